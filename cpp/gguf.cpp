@@ -1,0 +1,2 @@
+// placeholder: the GGUF reader is being written
+#include "gguf.h"

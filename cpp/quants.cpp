@@ -1,0 +1,2 @@
+// placeholder: tensor types are being written
+#include "quants.h"

@@ -1,0 +1,2 @@
+// placeholder: the tokenizer is being written
+#include "tokenizer.h"

@@ -1,0 +1,3 @@
+#include "bindings.h"
+
+void init_model(nb::module_& m) {}

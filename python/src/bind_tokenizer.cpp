@@ -1,0 +1,3 @@
+#include "bindings.h"
+
+void init_tokenizer(nb::module_& m) {}

@@ -1,0 +1,9 @@
+#include "bindings.h"
+
+NB_MODULE(_core, m) {
+    m.doc() = "kvrt engine (private; use the kvrt package)";
+    init_gguf(m);
+    init_quants(m);
+    init_tokenizer(m);
+    init_model(m);
+}
