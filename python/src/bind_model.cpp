@@ -1,3 +1,98 @@
-#include "bindings.h"
+// kvrt._core.Model: a loaded model with one inference context.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
-void init_model(nb::module_& m) {}
+#include <memory>
+
+#include "bindings.h"
+#include "context.h"
+#include "perplexity.h"
+
+namespace {
+
+struct py_model {
+    std::unique_ptr<kvrt::model> model;
+    std::unique_ptr<kvrt::context> ctx;
+
+    py_model(const std::string& path, int n_ctx, int n_threads, int n_batch,
+             const std::string& type_k, const std::string& type_v) {
+        kvrt::context_params p;
+        p.n_ctx = n_ctx;
+        p.n_threads = n_threads;
+        p.n_batch = n_batch;
+        p.type_k = kvrt::kv_type_from_name(type_k);
+        p.type_v = kvrt::kv_type_from_name(type_v);
+        nb::gil_scoped_release release;
+        model = kvrt::model::load(path);
+        ctx = std::make_unique<kvrt::context>(*model, p);
+    }
+};
+
+using logits_array = nb::ndarray<nb::numpy, float, nb::ndim<2>>;
+
+}  // namespace
+
+void init_model(nb::module_& m) {
+    nb::class_<py_model>(m, "Model")
+        .def(nb::init<const std::string&, int, int, int, const std::string&, const std::string&>(),
+             nb::arg("path"), nb::arg("n_ctx") = 0, nb::arg("n_threads") = 0,
+             nb::arg("n_batch") = 512, nb::arg("type_k") = "f16", nb::arg("type_v") = "f16")
+        .def("tokenize",
+             [](const py_model& s, const std::string& text, bool add_special, bool parse_special) {
+                 nb::gil_scoped_release release;
+                 return s.model->vocab().encode(text, add_special, parse_special);
+             },
+             nb::arg("text"), nb::arg("add_special") = true, nb::arg("parse_special") = false)
+        .def("detokenize",
+             [](const py_model& s, const std::vector<int32_t>& ids, bool render_special) {
+                 std::string bytes = s.model->vocab().decode(ids, render_special);
+                 PyObject* o = PyUnicode_DecodeUTF8(bytes.data(), (Py_ssize_t)bytes.size(), "replace");
+                 if (!o) throw nb::python_error();
+                 return nb::steal<nb::str>(o);
+             },
+             nb::arg("ids"), nb::arg("render_special") = false)
+        .def("eval",
+             [](py_model& s, const std::vector<int32_t>& tokens, bool logits_all) {
+                 const size_t n_vocab = (size_t)s.model->hp().n_vocab;
+                 const size_t n_out = logits_all ? tokens.size() : 1;
+                 float* buf = new float[n_out * n_vocab];
+                 nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                 {
+                     nb::gil_scoped_release release;
+                     s.ctx->eval(tokens.data(), (int)tokens.size(), logits_all, buf);
+                 }
+                 return logits_array(buf, {n_out, n_vocab}, owner);
+             },
+             nb::arg("tokens"), nb::arg("logits_all") = true)
+        .def("reset", [](py_model& s) { s.ctx->reset(); })
+        .def("truncate", [](py_model& s, int n) { s.ctx->truncate(n); })
+        .def("perplexity",
+             [](py_model& s, const std::vector<int32_t>& tokens, int n_chunks) {
+                 kvrt::perplexity_result r;
+                 {
+                     nb::gil_scoped_release release;
+                     r = kvrt::perplexity_compute(*s.ctx, tokens, n_chunks, nullptr);
+                 }
+                 nb::dict d;
+                 d["ppl"] = r.ppl;
+                 d["ppl_err"] = r.ppl_err;
+                 d["n_chunks"] = r.n_chunks;
+                 d["n_scored"] = r.n_scored;
+                 d["running_ppl"] = r.running_ppl;
+                 return d;
+             },
+             nb::arg("tokens"), nb::arg("n_chunks") = 0)
+        .def_prop_ro("n_past", [](const py_model& s) { return s.ctx->n_past(); })
+        .def_prop_ro("n_ctx", [](const py_model& s) { return s.ctx->n_ctx(); })
+        .def_prop_ro("n_threads", [](const py_model& s) { return s.ctx->n_threads(); })
+        .def_prop_ro("n_vocab", [](const py_model& s) { return s.model->hp().n_vocab; })
+        .def_prop_ro("n_layer", [](const py_model& s) { return s.model->hp().n_layer; })
+        .def_prop_ro("bos_id", [](const py_model& s) { return s.model->vocab().bos_id(); })
+        .def_prop_ro("eos_id", [](const py_model& s) { return s.model->vocab().eos_id(); })
+        .def_prop_ro("kv_bytes", [](const py_model& s) { return s.ctx->kv().bytes(); })
+        .def_prop_ro("kv_bits_per_element",
+                     [](const py_model& s) { return s.ctx->kv().bits_per_element(); })
+        .def_prop_ro("kv_summary", [](const py_model& s) { return s.ctx->kv().summary_line(); })
+        .def_prop_ro("description", [](const py_model& s) { return s.model->describe(); });
+}

@@ -1,0 +1,136 @@
+#include "context.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "quants.h"
+
+namespace kvrt {
+
+context::context(const model& m, const context_params& params)
+    : model_(m), params_(params),
+      pool_(params.n_threads > 0 ? params.n_threads : thread_pool::default_threads()) {
+    const hparams& hp = m.hp();
+    if (params_.n_ctx <= 0) params_.n_ctx = std::min(hp.n_ctx_train, 4096);
+    if (params_.n_ctx > (1 << 24)) throw error("context: n_ctx is too large");
+    if (params_.n_batch <= 0) params_.n_batch = 512;
+    params_.n_batch = std::min(params_.n_batch, params_.n_ctx);
+    kv_ = std::make_unique<kv_cache>(hp.n_layer, params_.n_ctx, hp.n_head_kv, hp.head_dim,
+                                     params_.type_k, params_.type_v);
+    rope_.init(hp);
+    const size_t B = params_.n_batch;
+    x_.resize(B * hp.n_embd);
+    xn_.resize(B * hp.n_embd);
+    q_.resize(B * hp.n_head * hp.head_dim);
+    k_.resize(B * hp.n_head_kv * hp.head_dim);
+    v_.resize(B * hp.n_head_kv * hp.head_dim);
+    att_.resize(B * hp.n_head * hp.head_dim);
+    gate_.resize(B * hp.n_ff);
+    up_.resize(B * hp.n_ff);
+    out_.resize(B * hp.n_embd);
+}
+
+void context::truncate(int n) {
+    if (n < 0 || n > n_past_) throw error("context: cannot truncate to " + std::to_string(n));
+    n_past_ = n;
+}
+
+void context::eval(const int32_t* tokens, int n, bool logits_all, float* logits) {
+    const int n_vocab = model_.hp().n_vocab;
+    if (n <= 0) throw error("eval: no tokens given");
+    if ((int64_t)n_past_ + n > params_.n_ctx)
+        throw error("eval: " + std::to_string(n_past_ + (int64_t)n) +
+                    " tokens do not fit the context of " + std::to_string(params_.n_ctx));
+    for (int i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            throw error("eval: token id " + std::to_string(tokens[i]) + " is out of range");
+    for (int i = 0; i < n; i += params_.n_batch) {
+        const int nb = std::min(params_.n_batch, n - i);
+        const bool last = i + nb == n;
+        float* dst = nullptr;
+        if (logits) dst = logits_all ? logits + (size_t)i * n_vocab : (last ? logits : nullptr);
+        forward_batch(tokens + i, nb, logits_all, dst);
+    }
+}
+
+void context::forward_batch(const int32_t* tokens, int n, bool logits_all, float* logits) {
+    const hparams& hp = model_.hp();
+    const int E = hp.n_embd, HD = hp.head_dim;
+    const int QD = hp.n_head * HD, KVD = hp.n_head_kv * HD;
+    const int pos0 = n_past_;
+
+    const weight& emb = model_.tok_embd();
+    for (int t = 0; t < n; ++t)
+        quants_dequantize_row(emb.type, emb.data + (size_t)tokens[t] * emb.row_bytes,
+                              x_.data() + (size_t)t * E, E);
+
+    attention_params ap;
+    ap.n_head = hp.n_head;
+    ap.n_head_kv = hp.n_head_kv;
+    ap.head_dim = HD;
+    ap.sliding_window = hp.sliding_window;
+
+    for (int il = 0; il < hp.n_layer; ++il) {
+        const layer_weights& L = model_.layers()[il];
+
+        // Attention block.
+        rms_norm_rows(x_.data(), L.attn_norm.data, xn_.data(), n, E, hp.rms_eps);
+        matmul_prepare(xn_.data(), n, E, L.wq.type, &in_a_, pool_);
+        matmul(L.wq, in_a_, q_.data(), pool_);
+        const matmul_input* in_kv = &in_a_;
+        if (quants_vec_dot_type(L.wk.type) != in_a_.type) {
+            matmul_prepare(xn_.data(), n, E, L.wk.type, &in_b_, pool_);
+            in_kv = &in_b_;
+        }
+        matmul(L.wk, *in_kv, k_.data(), pool_);
+        if (quants_vec_dot_type(L.wv.type) != in_kv->type) {
+            matmul_prepare(xn_.data(), n, E, L.wv.type, &in_b_, pool_);
+            in_kv = &in_b_;
+        }
+        matmul(L.wv, *in_kv, v_.data(), pool_);
+        if (L.bq.present()) add_bias_rows(q_.data(), L.bq.data, n, QD);
+        if (L.bk.present()) add_bias_rows(k_.data(), L.bk.data, n, KVD);
+        if (L.bv.present()) add_bias_rows(v_.data(), L.bv.data, n, KVD);
+        if (L.q_norm.present()) rms_norm_rows(q_.data(), L.q_norm.data, q_.data(), (int64_t)n * hp.n_head, HD, hp.rms_eps);
+        if (L.k_norm.present()) rms_norm_rows(k_.data(), L.k_norm.data, k_.data(), (int64_t)n * hp.n_head_kv, HD, hp.rms_eps);
+        for (int t = 0; t < n; ++t) {
+            rope_.apply(q_.data() + (size_t)t * QD, hp.n_head, pos0 + t);
+            rope_.apply(k_.data() + (size_t)t * KVD, hp.n_head_kv, pos0 + t);
+        }
+        kv_->keys(il).store(pos0, n, k_.data());
+        kv_->values(il).store(pos0, n, v_.data());
+        attention_forward(kv_->keys(il), kv_->values(il), q_.data(), n, pos0, ap, att_.data(),
+                          att_scratch_, pool_);
+        matmul_prepare(att_.data(), n, QD, L.wo.type, &in_a_, pool_);
+        matmul(L.wo, in_a_, out_.data(), pool_);
+        for (size_t i = 0; i < (size_t)n * E; ++i) x_[i] += out_[i];
+
+        // Feed-forward block.
+        rms_norm_rows(x_.data(), L.ffn_norm.data, xn_.data(), n, E, hp.rms_eps);
+        matmul_prepare(xn_.data(), n, E, L.w_gate.type, &in_a_, pool_);
+        matmul(L.w_gate, in_a_, gate_.data(), pool_);
+        const matmul_input* in_up = &in_a_;
+        if (quants_vec_dot_type(L.w_up.type) != in_a_.type) {
+            matmul_prepare(xn_.data(), n, E, L.w_up.type, &in_b_, pool_);
+            in_up = &in_b_;
+        }
+        matmul(L.w_up, *in_up, up_.data(), pool_);
+        swiglu(gate_.data(), up_.data(), gate_.data(), (int64_t)n * hp.n_ff);
+        matmul_prepare(gate_.data(), n, hp.n_ff, L.w_down.type, &in_a_, pool_);
+        matmul(L.w_down, in_a_, out_.data(), pool_);
+        for (size_t i = 0; i < (size_t)n * E; ++i) x_[i] += out_[i];
+    }
+    n_past_ += n;
+
+    if (!logits) return;
+    // Only the rows whose logits are wanted go through the output layer.
+    const int first = logits_all ? 0 : n - 1;
+    const int n_out = n - first;
+    rms_norm_rows(x_.data() + (size_t)first * E, model_.output_norm().data, xn_.data(), n_out, E,
+                  hp.rms_eps);
+    const weight& out_w = model_.output();
+    matmul_prepare(xn_.data(), n_out, E, out_w.type, &in_a_, pool_);
+    matmul(out_w, in_a_, logits, pool_);
+}
+
+}  // namespace kvrt

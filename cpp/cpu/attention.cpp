@@ -1,0 +1,108 @@
+// Causal attention over a KV cache, split into work items of (token, kv head,
+// span of positions). Each item produces a partial softmax (running max m,
+// normaliser l, unnormalised output) that a second pass merges, so decode at
+// long context spreads one token's attention over every thread
+// (flash-decoding) while prefill uses one span per (token, kv head).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+
+#include "ops.h"
+
+namespace kvrt {
+
+// Below this many positions a span is not split further.
+static constexpr int kMinSpan = 256;
+
+void attention_forward(const kv_stream& keys, const kv_stream& values, const float* q, int n_tok,
+                       int pos0, const attention_params& p, float* out,
+                       attention_scratch& scratch, thread_pool& pool) {
+    const int n_rep = p.n_head / p.n_head_kv, hd = p.head_dim;
+    const int nth = pool.size();
+    const int n_pairs = n_tok * p.n_head_kv;
+    const int max_len = pos0 + n_tok;
+    int n_split = 1;
+    if (n_pairs < 4 * nth) {
+        n_split = (4 * nth + n_pairs - 1) / n_pairs;
+        n_split = std::max(1, std::min(n_split, max_len / kMinSpan));
+    }
+    const int n_items = n_pairs * n_split;
+    const size_t item_floats = (size_t)n_rep * (hd + 2);
+    scratch.partial.resize((size_t)n_items * item_floats);
+    scratch.per_thread.resize(nth);
+    const float scale = 1.0f / std::sqrt((float)hd);
+    std::atomic<int> next{0};
+
+    pool.run([&](int ith, int) {
+        std::vector<float>& sbuf = scratch.per_thread[ith];
+        sbuf.resize((size_t)n_rep * (max_len + hd));
+        float* qbuf = sbuf.data();  // n_rep * hd, then scores
+        float* s = sbuf.data() + (size_t)n_rep * hd;
+        for (int item; (item = next.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
+            const int t = item / (p.n_head_kv * n_split);
+            const int kvh = (item / n_split) % p.n_head_kv;
+            const int split = item % n_split;
+            const int pos = pos0 + t;
+            const int lo = p.sliding_window > 0 ? std::max(0, pos - p.sliding_window + 1) : 0;
+            const int len = pos + 1 - lo;
+            const int t0 = lo + (int)((int64_t)len * split / n_split);
+            const int t1 = lo + (int)((int64_t)len * (split + 1) / n_split);
+            const int n = t1 - t0;
+            float* part = scratch.partial.data() + (size_t)item * item_floats;
+            float* acc = part + 2 * n_rep;
+            std::fill(acc, acc + (size_t)n_rep * hd, 0.0f);
+            if (n <= 0) {
+                for (int r = 0; r < n_rep; ++r) {
+                    part[2 * r] = -std::numeric_limits<float>::infinity();
+                    part[2 * r + 1] = 0.0f;
+                }
+                continue;
+            }
+            const float* qh = q + ((size_t)t * p.n_head + (size_t)kvh * n_rep) * hd;
+            for (int i = 0; i < n_rep * hd; ++i) qbuf[i] = qh[i] * scale;
+            keys.scores(kvh, qbuf, n_rep, t0, t1, s, n);
+            for (int r = 0; r < n_rep; ++r) {
+                float* sr = s + (size_t)r * n;
+                float m = sr[0];
+                for (int j = 1; j < n; ++j) m = std::max(m, sr[j]);
+                float l = 0.0f;
+                for (int j = 0; j < n; ++j) {
+                    sr[j] = std::exp(sr[j] - m);
+                    l += sr[j];
+                }
+                part[2 * r] = m;
+                part[2 * r + 1] = l;
+            }
+            values.accumulate(kvh, s, n_rep, t0, t1, n, acc);
+        }
+    });
+
+    // Merge the spans of each (token, head).
+    pool.run([&](int ith, int nth_) {
+        int64_t b, e;
+        split_range((int64_t)n_pairs * n_rep, ith, nth_, &b, &e);
+        for (int64_t i = b; i < e; ++i) {
+            const int64_t pair = i / n_rep;
+            const int r = (int)(i % n_rep);
+            const float* first = scratch.partial.data() + (size_t)pair * n_split * item_floats;
+            float m = -std::numeric_limits<float>::infinity();
+            for (int sp = 0; sp < n_split; ++sp) m = std::max(m, first[sp * item_floats + 2 * r]);
+            float* o = out + (size_t)i * hd;  // pair*n_rep + r == token*n_head + head
+            std::fill(o, o + hd, 0.0f);
+            float l = 0.0f;
+            for (int sp = 0; sp < n_split; ++sp) {
+                const float* part = first + sp * item_floats;
+                if (part[2 * r + 1] == 0.0f) continue;
+                const float w = std::exp(part[2 * r] - m);
+                l += w * part[2 * r + 1];
+                const float* acc = part + 2 * n_rep + (size_t)r * hd;
+                for (int d = 0; d < hd; ++d) o[d] += w * acc[d];
+            }
+            const float inv = 1.0f / l;
+            for (int d = 0; d < hd; ++d) o[d] *= inv;
+        }
+    });
+}
+
+}  // namespace kvrt

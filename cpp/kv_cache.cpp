@@ -1,0 +1,160 @@
+#include "kv_cache.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "common.h"
+#include "quants.h"
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace kvrt {
+
+kv_type kv_type_from_name(const std::string& name) {
+    if (name == "f32") return KV_TYPE_F32;
+    if (name == "f16") return KV_TYPE_F16;
+    throw error("unknown KV cache format '" + name + "' (known: f32, f16)");
+}
+
+const char* kv_type_name(kv_type t) {
+    switch (t) {
+        case KV_TYPE_F32: return "f32";
+        case KV_TYPE_F16: return "f16";
+    }
+    return "?";
+}
+
+namespace {
+
+// Plain float storage, token-major: [pos][head][dim]. Element access is
+// templated so f32 and f16 share one implementation.
+inline float kv_load(const float* p) { return *p; }
+inline float kv_load(const uint16_t* p) { return fp16_to_fp32(*p); }
+
+#if defined(__AVX2__) && defined(__F16C__)
+inline __m256 kv_load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 kv_load8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+template <class T>
+class kv_stream_plain final : public kv_stream {
+public:
+    kv_stream_plain(int n_ctx, int n_head_kv, int head_dim)
+        : n_ctx_(n_ctx), n_head_kv_(n_head_kv), hd_(head_dim),
+          size_((size_t)n_ctx * n_head_kv * head_dim), data_(new T[size_]) {}
+
+    void store(int pos0, int n, const float* x) override {
+        const size_t w = (size_t)n_head_kv_ * hd_;
+        T* dst = data_.get() + (size_t)pos0 * w;
+        for (size_t i = 0; i < (size_t)n * w; ++i) dst[i] = convert(x[i]);
+    }
+
+    void scores(int h, const float* q, int n_rep, int t0, int t1, float* s,
+                int ld) const override {
+        const size_t w = (size_t)n_head_kv_ * hd_;
+        for (int t = t0; t < t1; ++t) {
+            const T* k = data_.get() + (size_t)t * w + (size_t)h * hd_;
+            for (int r = 0; r < n_rep; ++r) s[(size_t)r * ld + (t - t0)] = dot(q + r * hd_, k);
+        }
+    }
+
+    void accumulate(int h, const float* p, int n_rep, int t0, int t1, int ld,
+                    float* out) const override {
+        const size_t w = (size_t)n_head_kv_ * hd_;
+        for (int t = t0; t < t1; ++t) {
+            const T* v = data_.get() + (size_t)t * w + (size_t)h * hd_;
+            for (int r = 0; r < n_rep; ++r) axpy(p[(size_t)r * ld + (t - t0)], v, out + r * hd_);
+        }
+    }
+
+    size_t bytes() const override { return size_ * sizeof(T); }
+
+private:
+    static T convert(float x) {
+        if constexpr (sizeof(T) == 2) return fp32_to_fp16(x);
+        else return x;
+    }
+
+    float dot(const float* q, const T* k) const {
+        int d = 0;
+        float sum = 0.0f;
+#if defined(__AVX2__) && defined(__F16C__)
+        __m256 acc = _mm256_setzero_ps();
+        for (; d + 8 <= hd_; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv_load8(k + d), acc);
+        sum = hsum8(acc);
+#endif
+        for (; d < hd_; ++d) sum += q[d] * kv_load(k + d);
+        return sum;
+    }
+
+    void axpy(float a, const T* v, float* out) const {
+        int d = 0;
+#if defined(__AVX2__) && defined(__F16C__)
+        const __m256 va = _mm256_set1_ps(a);
+        for (; d + 8 <= hd_; d += 8)
+            _mm256_storeu_ps(out + d, _mm256_fmadd_ps(va, kv_load8(v + d), _mm256_loadu_ps(out + d)));
+#endif
+        for (; d < hd_; ++d) out[d] += a * kv_load(v + d);
+    }
+
+    int n_ctx_, n_head_kv_, hd_;
+    size_t size_;
+    // Not value-initialised: pages are committed as tokens are stored.
+    std::unique_ptr<T[]> data_;
+};
+
+}  // namespace
+
+std::unique_ptr<kv_stream> kv_stream_create(kv_type t, int n_ctx, int n_head_kv, int head_dim) {
+    switch (t) {
+        case KV_TYPE_F32: return std::make_unique<kv_stream_plain<float>>(n_ctx, n_head_kv, head_dim);
+        case KV_TYPE_F16:
+            return std::make_unique<kv_stream_plain<uint16_t>>(n_ctx, n_head_kv, head_dim);
+    }
+    throw error("kv cache: unknown format");
+}
+
+kv_cache::kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type type_k,
+                   kv_type type_v)
+    : n_layer_(n_layer), n_ctx_(n_ctx), n_head_kv_(n_head_kv), head_dim_(head_dim),
+      type_k_(type_k), type_v_(type_v) {
+    for (int i = 0; i < n_layer; ++i) {
+        k_.push_back(kv_stream_create(type_k, n_ctx, n_head_kv, head_dim));
+        v_.push_back(kv_stream_create(type_v, n_ctx, n_head_kv, head_dim));
+    }
+}
+
+size_t kv_cache::bytes() const {
+    size_t b = 0;
+    for (int i = 0; i < n_layer_; ++i) b += k_[i]->bytes() + v_[i]->bytes();
+    return b;
+}
+
+double kv_cache::bits_per_element() const {
+    double elems = (double)n_ctx_ * n_layer_ * 2 * n_head_kv_ * head_dim_;
+    return elems > 0 ? 8.0 * (double)bytes() / elems : 0.0;
+}
+
+std::string kv_cache::format_name() const {
+    if (type_k_ == type_v_) return kv_type_name(type_k_);
+    return std::string("k=") + kv_type_name(type_k_) + ",v=" + kv_type_name(type_v_);
+}
+
+std::string kv_cache::summary_line() const {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "KV cache: %zu bytes, %.2f bits/element (%s)", bytes(),
+                  bits_per_element(), format_name().c_str());
+    return buf;
+}
+
+}  // namespace kvrt
