@@ -1,0 +1,29 @@
+// Internal interface between the quants dispatcher (quants.cpp) and the
+// per-ISA implementations in cpp/cpu/quants_*.cpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../ggml_types.h"
+#include "../quant_blocks.h"
+
+namespace kvrt {
+
+using vec_dot_fn = float (*)(int64_t n, const void* x, const void* y);
+using quantize_fn = void (*)(const float* x, void* y, int64_t n);
+using gemm_tile_fn = void (*)(int64_t n, const void* x, size_t bx, const void* y, size_t by,
+                              float* out, size_t ldo, int nr, int nc);
+
+// Scalar reference (quants_ref.cpp).
+void ref_dequantize_row(ggml_type t, const void* x, float* y, int64_t n);
+quantize_fn ref_quantizer(ggml_type t);  // nullptr if none
+vec_dot_fn ref_vec_dot(ggml_type t);
+
+// SIMD paths; each returns nullptr where it has no kernel for t.
+vec_dot_fn simd_vec_dot(ggml_type t);
+gemm_tile_fn simd_gemm_tile(ggml_type t);
+quantize_fn simd_quantizer(ggml_type t);  // activations: bit-identical to ref
+const char* simd_name();
+
+}  // namespace kvrt
