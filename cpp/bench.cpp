@@ -27,7 +27,7 @@ static double bench_once(context& ctx, const bench_test& t, std::mt19937& rng) {
     if (t.depth > 0) {
         std::vector<int32_t> fill(t.depth);
         for (auto& x : fill) x = pick(rng);
-        ctx.eval(fill.data(), t.depth, false, nullptr);
+        ctx.eval(fill.data(), t.depth, nullptr, 0);
     }
     std::vector<float> logits(n_vocab);
     const auto start = std::chrono::steady_clock::now();
@@ -35,12 +35,12 @@ static double bench_once(context& ctx, const bench_test& t, std::mt19937& rng) {
     if (t.n_prompt > 0) {
         std::vector<int32_t> prompt(t.n_prompt);
         for (auto& x : prompt) x = pick(rng);
-        ctx.eval(prompt.data(), t.n_prompt, false, logits.data());
+        ctx.eval(prompt.data(), t.n_prompt, logits.data(), 1);
         n = t.n_prompt;
     } else {
         int32_t tok = pick(rng);
         for (int i = 0; i < t.n_gen; ++i) {
-            ctx.eval(&tok, 1, false, logits.data());
+            ctx.eval(&tok, 1, logits.data(), 1);
             tok = pick(rng);
         }
         n = t.n_gen;

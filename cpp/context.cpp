@@ -35,25 +35,41 @@ void context::truncate(int n) {
     n_past_ = n;
 }
 
-void context::eval(const int32_t* tokens, int n, bool logits_all, float* logits) {
+void context::eval(const int32_t* tokens, int n, float* logits, int n_logits) {
     const int n_vocab = model_.hp().n_vocab;
     if (n <= 0) throw error("eval: no tokens given");
+    if (n_logits < 0 || n_logits > n || (n_logits > 0 && !logits))
+        throw error("eval: invalid logits request");
     if ((int64_t)n_past_ + n > params_.n_ctx)
         throw error("eval: " + std::to_string(n_past_ + (int64_t)n) +
                     " tokens do not fit the context of " + std::to_string(params_.n_ctx));
     for (int i = 0; i < n; ++i)
         if (tokens[i] < 0 || tokens[i] >= n_vocab)
             throw error("eval: token id " + std::to_string(tokens[i]) + " is out of range");
+    const int first_out = n - n_logits;  // first token whose logits are wanted
     for (int i = 0; i < n; i += params_.n_batch) {
         const int nb = std::min(params_.n_batch, n - i);
-        const bool last = i + nb == n;
-        float* dst = nullptr;
-        if (logits) dst = logits_all ? logits + (size_t)i * n_vocab : (last ? logits : nullptr);
-        forward_batch(tokens + i, nb, logits_all, dst);
+        const int from = std::max(first_out, i);  // within this batch
+        const int k = std::max(0, i + nb - from);
+        forward_batch(tokens + i, nb, k ? logits + (size_t)(from - first_out) * n_vocab : nullptr, k);
     }
 }
 
-void context::forward_batch(const int32_t* tokens, int n, bool logits_all, float* logits) {
+void context::project(const float* x, int n, int64_t cols, std::initializer_list<matmul_job> jobs) {
+    // Weights whose activations share a type go through one parallel pass.
+    const matmul_job* all = jobs.begin();
+    const int n_jobs = (int)jobs.size();
+    for (int i = 0; i < n_jobs;) {
+        const ggml_type t = quants_vec_dot_type(all[i].w->type);
+        int j = i + 1;
+        while (j < n_jobs && quants_vec_dot_type(all[j].w->type) == t) ++j;
+        matmul_prepare(x, n, cols, all[i].w->type, &in_a_, pool_);
+        matmul_many(all + i, j - i, in_a_, pool_);
+        i = j;
+    }
+}
+
+void context::forward_batch(const int32_t* tokens, int n, float* logits, int n_logits) {
     const hparams& hp = model_.hp();
     const int E = hp.n_embd, HD = hp.head_dim;
     const int QD = hp.n_head * HD, KVD = hp.n_head_kv * HD;
@@ -75,19 +91,7 @@ void context::forward_batch(const int32_t* tokens, int n, bool logits_all, float
 
         // Attention block.
         rms_norm_rows(x_.data(), L.attn_norm.data, xn_.data(), n, E, hp.rms_eps);
-        matmul_prepare(xn_.data(), n, E, L.wq.type, &in_a_, pool_);
-        matmul(L.wq, in_a_, q_.data(), pool_);
-        const matmul_input* in_kv = &in_a_;
-        if (quants_vec_dot_type(L.wk.type) != in_a_.type) {
-            matmul_prepare(xn_.data(), n, E, L.wk.type, &in_b_, pool_);
-            in_kv = &in_b_;
-        }
-        matmul(L.wk, *in_kv, k_.data(), pool_);
-        if (quants_vec_dot_type(L.wv.type) != in_kv->type) {
-            matmul_prepare(xn_.data(), n, E, L.wv.type, &in_b_, pool_);
-            in_kv = &in_b_;
-        }
-        matmul(L.wv, *in_kv, v_.data(), pool_);
+        project(xn_.data(), n, E, {{&L.wq, q_.data()}, {&L.wk, k_.data()}, {&L.wv, v_.data()}});
         if (L.bq.present()) add_bias_rows(q_.data(), L.bq.data, n, QD);
         if (L.bk.present()) add_bias_rows(k_.data(), L.bk.data, n, KVD);
         if (L.bv.present()) add_bias_rows(v_.data(), L.bv.data, n, KVD);
@@ -107,14 +111,7 @@ void context::forward_batch(const int32_t* tokens, int n, bool logits_all, float
 
         // Feed-forward block.
         rms_norm_rows(x_.data(), L.ffn_norm.data, xn_.data(), n, E, hp.rms_eps);
-        matmul_prepare(xn_.data(), n, E, L.w_gate.type, &in_a_, pool_);
-        matmul(L.w_gate, in_a_, gate_.data(), pool_);
-        const matmul_input* in_up = &in_a_;
-        if (quants_vec_dot_type(L.w_up.type) != in_a_.type) {
-            matmul_prepare(xn_.data(), n, E, L.w_up.type, &in_b_, pool_);
-            in_up = &in_b_;
-        }
-        matmul(L.w_up, *in_up, up_.data(), pool_);
+        project(xn_.data(), n, E, {{&L.w_gate, gate_.data()}, {&L.w_up, up_.data()}});
         swiglu(gate_.data(), up_.data(), gate_.data(), (int64_t)n * hp.n_ff);
         matmul_prepare(gate_.data(), n, hp.n_ff, L.w_down.type, &in_a_, pool_);
         matmul(L.w_down, in_a_, out_.data(), pool_);
@@ -122,10 +119,10 @@ void context::forward_batch(const int32_t* tokens, int n, bool logits_all, float
     }
     n_past_ += n;
 
-    if (!logits) return;
+    if (n_logits == 0) return;
     // Only the rows whose logits are wanted go through the output layer.
-    const int first = logits_all ? 0 : n - 1;
-    const int n_out = n - first;
+    const int first = n - n_logits;
+    const int n_out = n_logits;
     rms_norm_rows(x_.data() + (size_t)first * E, model_.output_norm().data, xn_.data(), n_out, E,
                   hp.rms_eps);
     const weight& out_w = model_.output();

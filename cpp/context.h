@@ -2,6 +2,7 @@
 // threads and the forward pass (batched prefill and single-token decode).
 #pragma once
 
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -25,10 +26,11 @@ public:
     context(const model& m, const context_params& params);
 
     // Evaluates tokens at positions n_past() .. n_past()+n-1 and advances
-    // n_past. Logits of the last token, or of every token if logits_all, are
-    // written to `logits` ([n_out][n_vocab]); `logits` may be null. Throws
-    // kvrt::error when the tokens do not fit the context or an id is invalid.
-    void eval(const int32_t* tokens, int n, bool logits_all, float* logits);
+    // n_past. Logits of the last n_logits tokens (0 <= n_logits <= n) are
+    // written to `logits` ([n_logits][n_vocab]); only those rows go through
+    // the output layer. Throws kvrt::error when the tokens do not fit the
+    // context or an id is invalid.
+    void eval(const int32_t* tokens, int n, float* logits, int n_logits);
 
     int n_past() const { return n_past_; }
     int n_ctx() const { return params_.n_ctx; }
@@ -42,7 +44,9 @@ public:
     const model& mdl() const { return model_; }
 
 private:
-    void forward_batch(const int32_t* tokens, int n, bool logits_all, float* logits);
+    void forward_batch(const int32_t* tokens, int n, float* logits, int n_logits);
+    // out_j = W_j x for weights sharing the input x ([n][cols]).
+    void project(const float* x, int n, int64_t cols, std::initializer_list<matmul_job> jobs);
 
     const model& model_;
     context_params params_;
@@ -53,7 +57,7 @@ private:
 
     // Scratch, sized for n_batch tokens.
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, ffn_, out_;
-    matmul_input in_a_, in_b_;
+    matmul_input in_a_;
     attention_scratch att_scratch_;
 };
 

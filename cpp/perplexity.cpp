@@ -29,7 +29,7 @@ perplexity_result perplexity_compute(context& ctx, std::vector<int32_t> tokens, 
     r.n_chunks = n_chunks > 0 ? std::min(n_chunks, n_max) : n_max;
     const int first = n_ctx / 2;
     const bool add_bos = ctx.mdl().vocab().add_bos() && ctx.mdl().vocab().bos_id() >= 0;
-    std::vector<float> logits((size_t)n_ctx * n_vocab);
+    std::vector<float> logits((size_t)(n_ctx - first) * n_vocab);
     double nll = 0.0, nll2 = 0.0;
     int64_t count = 0;
     for (int c = 0; c < r.n_chunks; ++c) {
@@ -37,12 +37,13 @@ perplexity_result perplexity_compute(context& ctx, std::vector<int32_t> tokens, 
                                    tokens.begin() + (size_t)(c + 1) * n_ctx);
         if (add_bos) chunk[0] = ctx.mdl().vocab().bos_id();
         ctx.reset();
-        ctx.eval(chunk.data(), n_ctx, true, logits.data());
+        ctx.eval(chunk.data(), n_ctx, logits.data(), n_ctx - first);
         // The scored targets are the original tokens (the BOS swap only
         // changes the input at position 0, which is never a target here).
         const int32_t* target = tokens.data() + (size_t)c * n_ctx;
         for (int j = first; j < n_ctx - 1; ++j) {
-            const double v = -log_softmax_at(logits.data() + (size_t)j * n_vocab, n_vocab, target[j + 1]);
+            const double v = -log_softmax_at(logits.data() + (size_t)(j - first) * n_vocab,
+                                             n_vocab, target[j + 1]);
             nll += v;
             nll2 += v * v;
         }

@@ -52,7 +52,12 @@ void thread_pool::run_impl(job_fn fn, void* ctx) {
     }
     if (sleepers_.load(std::memory_order_acquire) > 0) cv_.notify_all();
     fn(ctx, 0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) KVRT_CPU_RELAX();
+    // Yielding now and then keeps an oversubscribed machine (more runnable
+    // threads than cores) from stalling on a descheduled worker.
+    for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+        KVRT_CPU_RELAX();
+        if (spins % 256 == 255) std::this_thread::yield();
+    }
 }
 
 void thread_pool::worker_main(int ith) {
@@ -63,7 +68,9 @@ void thread_pool::worker_main(int ith) {
         int spins = 0;
         while ((gen = generation_.load(std::memory_order_acquire)) == seen) {
             KVRT_CPU_RELAX();
-            if (++spins % 1024 == 0 && std::chrono::steady_clock::now() > spin_until) {
+            if (++spins % 256 != 0) continue;
+            std::this_thread::yield();
+            if (std::chrono::steady_clock::now() > spin_until) {
                 std::unique_lock<std::mutex> lock(mu_);
                 sleepers_.fetch_add(1);
                 cv_.wait(lock, [&] { return generation_.load() != seen; });

@@ -41,6 +41,12 @@ void matmul_prepare(const float* x, int n_rows, int64_t cols, ggml_type weight_t
                     matmul_input* in, thread_pool& pool);
 // out[t][r] = w_row(r) . x_t, out row-major [n_rows][w.rows] (ld = w.rows).
 void matmul(const weight& w, const matmul_input& in, float* out, thread_pool& pool);
+// Several weights over the same input in one parallel pass.
+struct matmul_job {
+    const weight* w;
+    float* out;
+};
+void matmul_many(const matmul_job* jobs, int n_jobs, const matmul_input& in, thread_pool& pool);
 // out[t][r] += bias[r]
 void add_bias_rows(float* out, const float* bias, int n_rows, int64_t n);
 

@@ -55,12 +55,13 @@ void init_model(nb::module_& m) {
         .def("eval",
              [](py_model& s, const std::vector<int32_t>& tokens, bool logits_all) {
                  const size_t n_vocab = (size_t)s.model->hp().n_vocab;
+                 if (tokens.empty()) throw kvrt::error("eval: no tokens given");
                  const size_t n_out = logits_all ? tokens.size() : 1;
                  float* buf = new float[n_out * n_vocab];
                  nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<float*>(p); });
                  {
                      nb::gil_scoped_release release;
-                     s.ctx->eval(tokens.data(), (int)tokens.size(), logits_all, buf);
+                     s.ctx->eval(tokens.data(), (int)tokens.size(), buf, (int)n_out);
                  }
                  return logits_array(buf, {n_out, n_vocab}, owner);
              },
