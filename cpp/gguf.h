@@ -72,6 +72,10 @@ class gguf_file {
 public:
     // Maps and validates `path`. Throws kvrt::error.
     static std::unique_ptr<gguf_file> open(const std::string& path);
+    // Validates an in-memory image (fuzzing, tests); `data` must outlive the
+    // object, which points into it. `name` stands for the path in messages.
+    static std::unique_ptr<gguf_file> open_memory(const void* data, size_t size,
+                                                  const std::string& name);
     ~gguf_file();
     gguf_file(const gguf_file&) = delete;
     gguf_file& operator=(const gguf_file&) = delete;
@@ -108,6 +112,7 @@ private:
     std::string path_;
     const uint8_t* map_ = nullptr;
     uint64_t size_ = 0;
+    bool owns_map_ = false;  // false for open_memory
     uint32_t version_ = 0;
     uint64_t alignment_ = 32;
     std::vector<std::pair<std::string, gguf_value>> kv_;

@@ -111,52 +111,222 @@ struct w_q8_0 {
     }
 };
 
-template <class A>
-inline float act_sum(const A* a);
-template <>
-inline float act_sum(const block_q8_1* a) { return h2f(a->s); }
-template <>
-inline float act_sum(const block_q8_0*) { return 0.0f; }
+// d and s of a q8_1 block (adjacent halves) in one conversion; q8_0 has no s.
+inline __m128 act_scales(const block_q8_1* a) {
+    uint32_t ds;
+    __builtin_memcpy(&ds, a, 4);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)ds));
+}
+inline __m128 act_scales(const block_q8_0* a) { return _mm_set1_ps(h2f(a->d)); }
 
+// Per block: the R rows' scales (and minima) are gathered into one vector so
+// each column needs one multiply for all R row x column scale products, and
+// the _1 types' minimum terms accumulate as one vector per column (row r in
+// lane r) instead of a scalar chain per (row, column).
 template <class W, int R, int C>
 void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by, float* out,
                  size_t ldo) {
     using A = typename W::act;
     __m256 acc[R][C];
-    float macc[R][C];
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps(), macc[r][c] = 0.0f;
+    __m128 macc[C];
+    for (int c = 0; c < C; ++c) {
+        macc[c] = _mm_setzero_ps();
+        for (int r = 0; r < R; ++r) acc[r][c] = _mm256_setzero_ps();
+    }
     const int64_t nb = n / 32;
     for (int64_t b = 0; b < nb; ++b) {
         __m256i wq[R];
-        float wd[R], wm[R];
+        float wd[4] = {}, wm[4] = {};
         for (int r = 0; r < R; ++r) wq[r] = W::load(x + r * bx + b * W::size, &wd[r], &wm[r]);
+        // Built in registers: a 16-byte load of the scalars just stored would
+        // miss store forwarding and stall every block.
+        const __m128 vwd = _mm_setr_ps(wd[0], wd[1], wd[2], wd[3]);
         for (int c = 0; c < C; ++c) {
             const A* a = (const A*)(y + c * by) + b;
             const __m256i aq = _mm256_loadu_si256((const __m256i*)a->qs);
-            const float ad = h2f(a->d);
+            const __m128 as = act_scales(a);
+            alignas(16) float ds[4];
+            _mm_store_ps(ds, _mm_mul_ps(vwd, _mm_shuffle_ps(as, as, 0)));
             for (int r = 0; r < R; ++r) {
                 const __m256 p = _mm256_cvtepi32_ps(dot_i8<W::is_unsigned>(wq[r], aq));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(wd[r] * ad), p, acc[r][c]);
-                if (W::has_min) macc[r][c] += wm[r] * act_sum(a);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(&ds[r]), p, acc[r][c]);
+            }
+            if (W::has_min)
+                macc[c] = _mm_fmadd_ps(_mm_setr_ps(wm[0], wm[1], wm[2], wm[3]),
+                                       _mm_shuffle_ps(as, as, 0x55), macc[c]);
+        }
+    }
+    for (int c = 0; c < C; ++c) {
+        alignas(16) float m[4];
+        _mm_store_ps(m, macc[c]);
+        for (int r = 0; r < R; ++r) out[c * ldo + r] = hsum(acc[r][c]) + m[r];
+    }
+}
+
+// ---- K-quants ----
+// A superblock is unpacked once per row into 8 x 32 unsigned codes and 8
+// scale vectors (16 int16: 8 copies of s[2i], 8 of s[2i+1]) in L1, then
+// every column reuses it: maddubs(u, y) -> madd(scale) sums each 16-group
+// with its scale exactly in int32; the mins go through q8_K's bsums.
+struct k_tile_row {
+    __m256i u[8];
+    __m256i sc[8];
+    __m256i mn;  // 16 x int16
+    float d, dm;
+};
+
+inline void k_scales_q4(const uint8_t* scales, k_tile_row* w) {
+    // 6-bit scales/mins of 8 groups of 32; each serves two 16-groups.
+    uint32_t a[3];
+    __builtin_memcpy(a, scales, 12);
+    const uint32_t k1 = 0x3f3f3f3f, k2 = 0x0f0f0f0f, k3 = 0x03030303;
+    uint32_t sc[2], mn[2];
+    sc[0] = a[0] & k1;
+    mn[0] = a[1] & k1;
+    sc[1] = (a[2] & k2) | (((a[0] >> 6) & k3) << 4);
+    mn[1] = ((a[2] >> 4) & k2) | (((a[1] >> 6) & k3) << 4);
+    const uint8_t* s8 = (const uint8_t*)sc;
+    const uint8_t* m8 = (const uint8_t*)mn;
+    for (int i = 0; i < 8; ++i) w->sc[i] = _mm256_set1_epi16(s8[i]);
+    // Group g covers 16-groups 2g and 2g+1: widen each byte to two int16.
+    const __m128i m = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)m8));
+    w->mn = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
+}
+
+inline void k_unpack_q4_K(const uint8_t* p, k_tile_row* w) {
+    const block_q4_K* b = (const block_q4_K*)p;
+    w->d = h2f(b->d);
+    w->dm = h2f(b->dmin);
+    k_scales_q4(b->scales, w);
+    const __m256i lo = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < 4; ++j) {
+        const __m256i q = _mm256_loadu_si256((const __m256i*)(b->qs + 32 * j));
+        w->u[2 * j] = _mm256_and_si256(q, lo);
+        w->u[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(q, 4), lo);
+    }
+}
+
+inline void k_unpack_q5_K(const uint8_t* p, k_tile_row* w) {
+    const block_q5_K* b = (const block_q5_K*)p;
+    w->d = h2f(b->d);
+    w->dm = h2f(b->dmin);
+    k_scales_q4(b->scales, w);
+    const __m256i lo = _mm256_set1_epi8(0x0F), bit = _mm256_set1_epi8(0x10);
+    const __m256i qh = _mm256_loadu_si256((const __m256i*)b->qh);
+    for (int j = 0; j < 4; ++j) {
+        const __m256i q = _mm256_loadu_si256((const __m256i*)(b->qs + 32 * j));
+        // bit 2j of qh[l] -> 0x10 of element 64j+l; bit 2j+1 -> element 64j+32+l.
+        const __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j), 4), bit);
+        const __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j + 1), 4), bit);
+        w->u[2 * j] = _mm256_or_si256(_mm256_and_si256(q, lo), h0);
+        w->u[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), lo), h1);
+    }
+}
+
+inline void k_unpack_q6_K(const uint8_t* p, k_tile_row* w) {
+    const block_q6_K* b = (const block_q6_K*)p;
+    w->d = w->dm = h2f(b->d);
+    const __m256i lo = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30);
+    for (int h = 0; h < 2; ++h) {
+        const __m256i ql0 = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h));
+        const __m256i ql1 = _mm256_loadu_si256((const __m256i*)(b->ql + 64 * h + 32));
+        const __m256i qh = _mm256_loadu_si256((const __m256i*)(b->qh + 32 * h));
+        __m256i* u = w->u + 4 * h;
+        u[0] = _mm256_or_si256(_mm256_and_si256(ql0, lo), _mm256_and_si256(_mm256_slli_epi16(qh, 4), two));
+        u[1] = _mm256_or_si256(_mm256_and_si256(ql1, lo), _mm256_and_si256(_mm256_slli_epi16(qh, 2), two));
+        u[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), lo), _mm256_and_si256(qh, two));
+        u[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), lo),
+                               _mm256_and_si256(_mm256_srli_epi16(qh, 2), two));
+    }
+    const __m128i s8 = _mm_loadu_si128((const __m128i*)b->scales);
+    const __m256i s16 = _mm256_cvtepi8_epi16(s8);
+    w->mn = _mm256_slli_epi16(s16, 5);
+    alignas(32) int16_t s[16];
+    _mm256_store_si256((__m256i*)s, s16);
+    for (int i = 0; i < 8; ++i)
+        w->sc[i] = _mm256_set_m128i(_mm_set1_epi16(s[2 * i + 1]), _mm_set1_epi16(s[2 * i]));
+}
+
+template <void (*Unpack)(const uint8_t*, k_tile_row*), size_t Size, int R, int C>
+void k_tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by, float* out,
+                   size_t ldo) {
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    k_tile_row w[R];
+    for (int64_t b = 0; b < n / QK_K; ++b) {
+        for (int r = 0; r < R; ++r) Unpack(x + r * bx + b * Size, &w[r]);
+        for (int c = 0; c < C; ++c) {
+            const block_q8_K* a = (const block_q8_K*)(y + c * by) + b;
+            const __m256i bsums = _mm256_loadu_si256((const __m256i*)a->bsums);
+            for (int r = 0; r < R; ++r) {
+                __m256i isum = _mm256_setzero_si256();
+                for (int i = 0; i < 8; ++i) {
+                    const __m256i q = _mm256_loadu_si256((const __m256i*)(a->qs + 32 * i));
+                    isum = _mm256_add_epi32(
+                        isum, _mm256_madd_epi16(_mm256_maddubs_epi16(w[r].u[i], q), w[r].sc[i]));
+                }
+                const __m256i msum = _mm256_madd_epi16(bsums, w[r].mn);
+                acc[r][c] = _mm256_fmadd_ps(_mm256_set1_ps(w[r].d * a->d), _mm256_cvtepi32_ps(isum),
+                                            acc[r][c]);
+                acc[r][c] = _mm256_fnmadd_ps(_mm256_set1_ps(w[r].dm * a->d),
+                                             _mm256_cvtepi32_ps(msum), acc[r][c]);
             }
         }
     }
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) out[c * ldo + r] = hsum(acc[r][c]) + macc[r][c];
+        for (int c = 0; c < C; ++c) out[c * ldo + r] = hsum(acc[r][c]);
 }
 
+struct k_q4_K {
+    static constexpr size_t size = sizeof(block_q4_K);
+    template <int R, int C>
+    static void kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by,
+                       float* out, size_t ldo) {
+        k_tile_kernel<k_unpack_q4_K, size, R, C>(n, x, bx, y, by, out, ldo);
+    }
+};
+struct k_q5_K {
+    static constexpr size_t size = sizeof(block_q5_K);
+    template <int R, int C>
+    static void kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by,
+                       float* out, size_t ldo) {
+        k_tile_kernel<k_unpack_q5_K, size, R, C>(n, x, bx, y, by, out, ldo);
+    }
+};
+struct k_q6_K {
+    static constexpr size_t size = sizeof(block_q6_K);
+    template <int R, int C>
+    static void kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by,
+                       float* out, size_t ldo) {
+        k_tile_kernel<k_unpack_q6_K, size, R, C>(n, x, bx, y, by, out, ldo);
+    }
+};
+
+// Tile kernels of the 32-element block types under the interface the K-quant
+// kernels have, so one driver serves both.
+template <class W>
+struct blk {
+    template <int R, int C>
+    static void kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by,
+                       float* out, size_t ldo) {
+        tile_kernel<W, R, C>(n, x, bx, y, by, out, ldo);
+    }
+};
+
+// 4 rows x 2 columns: 8 float accumulators plus 4 unpacked weight blocks and
+// an activation block stay within the 16 ymm registers.
 constexpr int kR = 4, kC = 2;
 
-template <class W>
+template <class K>
 void gemm_tile(int64_t n, const void* vx, size_t bx, const void* vy, size_t by, float* out,
                size_t ldo, int nr, int nc) {
-    using K = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, size_t, float*, size_t);
-    static const K table[kR][kC] = {
-        {tile_kernel<W, 1, 1>, tile_kernel<W, 1, 2>},
-        {tile_kernel<W, 2, 1>, tile_kernel<W, 2, 2>},
-        {tile_kernel<W, 3, 1>, tile_kernel<W, 3, 2>},
-        {tile_kernel<W, 4, 1>, tile_kernel<W, 4, 2>},
+    using fn = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, size_t, float*, size_t);
+    static const fn table[kR][kC] = {
+        {K::template kernel<1, 1>, K::template kernel<1, 2>},
+        {K::template kernel<2, 1>, K::template kernel<2, 2>},
+        {K::template kernel<3, 1>, K::template kernel<3, 2>},
+        {K::template kernel<4, 1>, K::template kernel<4, 2>},
     };
     const uint8_t* x = (const uint8_t*)vx;
     const uint8_t* y = (const uint8_t*)vy;
@@ -169,10 +339,10 @@ void gemm_tile(int64_t n, const void* vx, size_t bx, const void* vy, size_t by, 
     }
 }
 
-template <class W>
+template <class K>
 float vec_dot(int64_t n, const void* x, const void* y) {
     float s;
-    tile_kernel<W, 1, 1>(n, (const uint8_t*)x, 0, (const uint8_t*)y, 0, &s, 1);
+    K::template kernel<1, 1>(n, (const uint8_t*)x, 0, (const uint8_t*)y, 0, &s, 1);
     return s;
 }
 
@@ -268,15 +438,71 @@ void quant_q8_1(const float* x, void* vy, int64_t n) {
     }
 }
 
+// q8_K: scale from the signed value of largest magnitude (first on ties),
+// codes rounded half to even (cvtps_epi32 under the default rounding mode is
+// exactly ggml's nearest_int), capped at 127.
+void quant_q8_K(const float* x, void* vy, int64_t n) {
+    block_q8_K* y = (block_q8_K*)vy;
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        __m256 amax = _mm256_setzero_ps();
+        for (int k = 0; k < QK_K; k += 8)
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, _mm256_loadu_ps(x + k)));
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float a = _mm_cvtss_f32(m);
+        if (a == 0.0f) {
+            __builtin_memset(&y[i], 0, sizeof y[i]);
+            continue;
+        }
+        float max = a;
+        const __m256 va = _mm256_set1_ps(a);
+        for (int k = 0; k < QK_K; k += 8) {
+            const __m256 v = _mm256_loadu_ps(x + k);
+            const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(sign_mask, v), va, _CMP_EQ_OQ));
+            if (hit) {
+                max = x[k + __builtin_ctz(hit)];
+                break;
+            }
+        }
+        const float iscale = -127.0f / max;
+        const __m256 vs = _mm256_set1_ps(iscale);
+        const __m256i cap = _mm256_set1_epi32(127);
+        for (int k = 0; k < QK_K; k += 32) {
+            __m256i q[4];
+            for (int j = 0; j < 4; ++j)
+                q[j] = _mm256_min_epi32(
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * j), vs)), cap);
+            __m256i p8 = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+            p8 = _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i*)(y[i].qs + k), p8);
+            // 16-element sums: maddubs with ones (pairs), madd (quads), two hadds.
+            const __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), p8);
+            const __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+            // s32 lanes: 8 sums of 4; lanes 0-3 -> elements 0..15, 4-7 -> 16..31.
+            const __m128i lo = _mm256_castsi256_si128(s32), hi = _mm256_extracti128_si256(s32, 1);
+            const __m128i h = _mm_hadd_epi32(lo, hi);   // sums of 8: [0-7, 8-15, 16-23, 24-31]
+            const __m128i g = _mm_hadd_epi32(h, h);     // [0-15, 16-31, ...]
+            y[i].bsums[k / 16] = (int16_t)_mm_cvtsi128_si32(g);
+            y[i].bsums[k / 16 + 1] = (int16_t)_mm_extract_epi32(g, 1);
+        }
+        y[i].d = 1 / iscale;
+    }
+}
+
 }  // namespace
 
 vec_dot_fn simd_vec_dot(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_Q4_0: return vec_dot<w_q4_0>;
-        case GGML_TYPE_Q4_1: return vec_dot<w_q4_1>;
-        case GGML_TYPE_Q5_0: return vec_dot<w_q5_0>;
-        case GGML_TYPE_Q5_1: return vec_dot<w_q5_1>;
-        case GGML_TYPE_Q8_0: return vec_dot<w_q8_0>;
+        case GGML_TYPE_Q4_0: return vec_dot<blk<w_q4_0>>;
+        case GGML_TYPE_Q4_1: return vec_dot<blk<w_q4_1>>;
+        case GGML_TYPE_Q5_0: return vec_dot<blk<w_q5_0>>;
+        case GGML_TYPE_Q5_1: return vec_dot<blk<w_q5_1>>;
+        case GGML_TYPE_Q8_0: return vec_dot<blk<w_q8_0>>;
+        case GGML_TYPE_Q4_K: return vec_dot<k_q4_K>;
+        case GGML_TYPE_Q5_K: return vec_dot<k_q5_K>;
+        case GGML_TYPE_Q6_K: return vec_dot<k_q6_K>;
         case GGML_TYPE_F16: return vec_dot_f16;
         case GGML_TYPE_F32: return vec_dot_f32;
         default: return nullptr;
@@ -285,11 +511,14 @@ vec_dot_fn simd_vec_dot(ggml_type t) {
 
 gemm_tile_fn simd_gemm_tile(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_Q4_0: return gemm_tile<w_q4_0>;
-        case GGML_TYPE_Q4_1: return gemm_tile<w_q4_1>;
-        case GGML_TYPE_Q5_0: return gemm_tile<w_q5_0>;
-        case GGML_TYPE_Q5_1: return gemm_tile<w_q5_1>;
-        case GGML_TYPE_Q8_0: return gemm_tile<w_q8_0>;
+        case GGML_TYPE_Q4_0: return gemm_tile<blk<w_q4_0>>;
+        case GGML_TYPE_Q4_1: return gemm_tile<blk<w_q4_1>>;
+        case GGML_TYPE_Q5_0: return gemm_tile<blk<w_q5_0>>;
+        case GGML_TYPE_Q5_1: return gemm_tile<blk<w_q5_1>>;
+        case GGML_TYPE_Q8_0: return gemm_tile<blk<w_q8_0>>;
+        case GGML_TYPE_Q4_K: return gemm_tile<k_q4_K>;
+        case GGML_TYPE_Q5_K: return gemm_tile<k_q5_K>;
+        case GGML_TYPE_Q6_K: return gemm_tile<k_q6_K>;
         default: return nullptr;
     }
 }
@@ -298,6 +527,7 @@ quantize_fn simd_quantizer(ggml_type t) {
     switch (t) {
         case GGML_TYPE_Q8_0: return quant_q8_0;
         case GGML_TYPE_Q8_1: return quant_q8_1;
+        case GGML_TYPE_Q8_K: return quant_q8_K;
         default: return nullptr;
     }
 }

@@ -15,7 +15,20 @@ using quantize_fn = void (*)(const float* x, void* y, int64_t n);
 using gemm_tile_fn = void (*)(int64_t n, const void* x, size_t bx, const void* y, size_t by,
                               float* out, size_t ldo, int nr, int nc);
 
+// A K-quant superblock in one form for all three types: 256 unsigned codes
+// u, per-16-element scales s and mins mn, so that with k = e / 16 element e is
+//   d * s[k] * u[e] - dm * mn[k]
+// and a dot with q8_K needs only integer sums plus q8_K's bsums.
+// q4_K/q5_K: s, mn = the 6-bit scale/min of each 32-group (repeated);
+// q6_K: s = the int8 scale, mn = 32 * s, dm = d (codes stored as u - 32).
+struct k_unpacked {
+    uint8_t u[QK_K];
+    int16_t s[16], mn[16];
+    float d, dm;
+};
+
 // Scalar reference (quants_ref.cpp).
+void ref_unpack_k(ggml_type t, const void* block, k_unpacked* w);
 void ref_dequantize_row(ggml_type t, const void* x, float* y, int64_t n);
 quantize_fn ref_quantizer(ggml_type t);  // nullptr if none
 vec_dot_fn ref_vec_dot(ggml_type t);

@@ -9,14 +9,25 @@
 #include "../quants.h"
 #include "quants_impl.h"
 
+// Bit-compatibility with llama.cpp / gguf-py needs each multiply and add
+// rounded separately: -march=native would otherwise fuse `x * id + 8.5f` into
+// an FMA and move a code across a rounding boundary now and then.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace kvrt {
 
 namespace {
 
 inline float h2f(kvrt_half h) { return fp16_to_fp32(h); }
 inline kvrt_half f2h(float f) { return fp32_to_fp16(f); }
-// roundf semantics (half away from zero), as ggml's nearest_int / np_roundf.
+// roundf (half away from zero): quantize_row_q8_0/q8_1_ref and np_roundf.
 inline int round_away(float x) { return (int)std::round(x); }
+// Half to even: ggml's nearest_int (the 1.5 * 2^23 trick), used by q8_K.
+inline int round_even(float x) { return (int)std::nearbyint(x); }
 
 // ---- dequantization ----
 
@@ -295,7 +306,7 @@ void quant_q8_K(const float* x, void* vy, int64_t n) {
             continue;
         }
         const float iscale = -127.0f / max;
-        for (int j = 0; j < QK_K; ++j) y[i].qs[j] = (int8_t)std::min(127, round_away(iscale * x[j]));
+        for (int j = 0; j < QK_K; ++j) y[i].qs[j] = (int8_t)std::min(127, round_even(iscale * x[j]));
         for (int j = 0; j < QK_K / 16; ++j) {
             int sum = 0;
             for (int k = 0; k < 16; ++k) sum += y[i].qs[j * 16 + k];
@@ -407,24 +418,75 @@ float dot_q8_0(int64_t n, const void* vx, const void* vy) {
     return s;
 }
 
-// K-quants: the weight block is dequantized and dotted with the q8_K codes
-// (exact up to float rounding; ggml's integer formulation is equivalent).
-template <void (*Dequant)(const void*, float*, int64_t), size_t BlockBytes>
-float dot_k(int64_t n, const void* vx, const void* vy) {
+// K-quants in ggml's integer form: the weight superblock as 256 unsigned
+// codes u, 16 scales s and 16 mins mn (one per 16 elements), so that
+//   dot = y.d * (d * sum_k s_k * (u . y)_k  -  dm * sum_k mn_k * bsum_k).
+float dot_k(ggml_type t, int64_t n, const void* vx, const void* vy) {
     const uint8_t* x = (const uint8_t*)vx;
     const block_q8_K* y = (const block_q8_K*)vy;
-    float w[QK_K];
-    double s = 0.0;
+    const size_t bytes = ggml_type_geometry(t).type_size;
+    float s = 0.0f;
     for (int64_t i = 0; i < n / QK_K; ++i) {
-        Dequant(x + i * BlockBytes, w, QK_K);
-        float b = 0.0f;
-        for (int j = 0; j < QK_K; ++j) b += w[j] * y[i].qs[j];
-        s += (double)b * y[i].d;
+        k_unpacked w;
+        ref_unpack_k(t, x + i * bytes, &w);
+        int sum = 0, msum = 0;
+        for (int k = 0; k < 16; ++k) {
+            int g = 0;
+            for (int l = 0; l < 16; ++l) g += w.u[16 * k + l] * y[i].qs[16 * k + l];
+            sum += w.s[k] * g;
+            msum += w.mn[k] * y[i].bsums[k];
+        }
+        s += y[i].d * (w.d * sum - w.dm * msum);
     }
-    return (float)s;
+    return s;
 }
 
+float dot_q4_K(int64_t n, const void* x, const void* y) { return dot_k(GGML_TYPE_Q4_K, n, x, y); }
+float dot_q5_K(int64_t n, const void* x, const void* y) { return dot_k(GGML_TYPE_Q5_K, n, x, y); }
+float dot_q6_K(int64_t n, const void* x, const void* y) { return dot_k(GGML_TYPE_Q6_K, n, x, y); }
+
 }  // namespace
+
+void ref_unpack_k(ggml_type t, const void* block, k_unpacked* w) {
+    if (t == GGML_TYPE_Q6_K) {
+        const block_q6_K* b = (const block_q6_K*)block;
+        w->d = w->dm = h2f(b->d);
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* ql = b->ql + 64 * h;
+            const uint8_t* qh = b->qh + 32 * h;
+            uint8_t* u = w->u + 128 * h;
+            for (int l = 0; l < 32; ++l) {
+                u[l] = (ql[l] & 0xF) | ((qh[l] & 3) << 4);
+                u[l + 32] = (ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4);
+                u[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                u[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+            }
+        }
+        for (int k = 0; k < 16; ++k) w->s[k] = b->scales[k], w->mn[k] = (int16_t)(32 * b->scales[k]);
+        return;
+    }
+    // q4_K / q5_K share d, dmin, scales and the nibble layout.
+    const bool five = t == GGML_TYPE_Q5_K;
+    const block_q4_K* b4 = (const block_q4_K*)block;
+    const block_q5_K* b5 = (const block_q5_K*)block;
+    const uint8_t* scales = five ? b5->scales : b4->scales;
+    const uint8_t* qs = five ? b5->qs : b4->qs;
+    w->d = h2f(five ? b5->d : b4->d);
+    w->dm = h2f(five ? b5->dmin : b4->dmin);
+    for (int j = 0; j < 4; ++j)
+        for (int l = 0; l < 32; ++l) {
+            int lo = qs[32 * j + l] & 0xF, hi = qs[32 * j + l] >> 4;
+            if (five) lo |= ((b5->qh[l] >> (2 * j)) & 1) << 4, hi |= ((b5->qh[l] >> (2 * j + 1)) & 1) << 4;
+            w->u[64 * j + l] = (uint8_t)lo;
+            w->u[64 * j + 32 + l] = (uint8_t)hi;
+        }
+    for (int g = 0; g < 8; ++g) {
+        uint8_t sc, m;
+        k_scale_min(g, scales, &sc, &m);
+        w->s[2 * g] = w->s[2 * g + 1] = sc;
+        w->mn[2 * g] = w->mn[2 * g + 1] = m;
+    }
+}
 
 void ref_dequantize_row(ggml_type t, const void* x, float* y, int64_t n) {
     switch (t) {
@@ -476,9 +538,9 @@ vec_dot_fn ref_vec_dot(ggml_type t) {
         case GGML_TYPE_Q5_0: return dot_q5_0;
         case GGML_TYPE_Q5_1: return dot_q5_1;
         case GGML_TYPE_Q8_0: return dot_q8_0;
-        case GGML_TYPE_Q4_K: return dot_k<deq_q4_K, sizeof(block_q4_K)>;
-        case GGML_TYPE_Q5_K: return dot_k<deq_q5_K, sizeof(block_q5_K)>;
-        case GGML_TYPE_Q6_K: return dot_k<deq_q6_K, sizeof(block_q6_K)>;
+        case GGML_TYPE_Q4_K: return dot_q4_K;
+        case GGML_TYPE_Q5_K: return dot_q5_K;
+        case GGML_TYPE_Q6_K: return dot_q6_K;
         default: return nullptr;
     }
 }
