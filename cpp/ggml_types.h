@@ -24,6 +24,9 @@ enum ggml_type {
     GGML_TYPE_Q8_K = 15,
     GGML_TYPE_BF16 = 30,
     GGML_TYPE_COUNT = 40,
+    /* kvrt's activation format (never in files): 32 int16 codes, float scale
+     * and scaled code sum; see quant_blocks.h. */
+    KVRT_TYPE_Q16 = 64,
 };
 
 #define QK4_0 32
@@ -61,6 +64,7 @@ static inline struct ggml_type_size ggml_type_geometry(uint32_t t) {
         case GGML_TYPE_Q5_K: r = (struct ggml_type_size){1, 256, 176, "Q5_K"}; break;
         case GGML_TYPE_Q6_K: r = (struct ggml_type_size){1, 256, 210, "Q6_K"}; break;
         case GGML_TYPE_Q8_K: r = (struct ggml_type_size){0, 256, 292, "Q8_K"}; break;
+        case KVRT_TYPE_Q16: r = (struct ggml_type_size){0, 32, 72, "Q16"}; break;
         default: break;
     }
     return r;

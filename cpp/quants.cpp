@@ -94,8 +94,9 @@ size_t quants_row_size(ggml_type t, int64_t n) {
 
 ggml_type quants_vec_dot_type(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_Q4_0: case GGML_TYPE_Q5_0: case GGML_TYPE_Q8_0: return GGML_TYPE_Q8_0;
-        case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_1: return GGML_TYPE_Q8_1;
+        case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1:
+        case GGML_TYPE_Q8_0:
+            return KVRT_TYPE_Q16;
         case GGML_TYPE_Q4_K: case GGML_TYPE_Q5_K: case GGML_TYPE_Q6_K: return GGML_TYPE_Q8_K;
         case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16: return GGML_TYPE_F32;
         default: unsupported("vec_dot", t);

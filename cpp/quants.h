@@ -3,9 +3,10 @@
 //
 // Every type has a scalar reference implementation (the oracle for the SIMD
 // paths, bit-for-bit llama.cpp compatible for quantization) plus AVX2 (x86)
-// and NEON (arm64) paths where they matter. Activations are quantized to the
-// weight type's `vec_dot_type` (Q8_0, Q8_1 or Q8_K as in llama.cpp; F32 for
-// float weights) and dotted against the weight rows.
+// and NEON (arm64) paths where they matter. Activations are converted to the
+// weight type's `vec_dot_type` and dotted against the weight rows:
+// KVRT_TYPE_Q16 (16-bit codes, see quant_blocks.h) for the 32-element types,
+// Q8_K for K-quants (as llama.cpp), F32 for float weights.
 #pragma once
 
 #include <cstddef>
@@ -37,7 +38,8 @@ void quants_dequantize_row(ggml_type t, const void* x, float* y, int64_t n);
 
 // Quantize n floats to type t (reference quantizer, bit-compatible with
 // llama.cpp's quantize_row_*_ref). Supported t: F32, F16, BF16, Q4_0, Q4_1,
-// Q5_0, Q5_1, Q8_0, Q8_1, Q8_K. Throws kvrt::error for others.
+// Q5_0, Q5_1, Q8_0, Q8_1, Q8_K, and kvrt's KVRT_TYPE_Q16. Throws
+// kvrt::error for others.
 void quants_quantize_row(ggml_type t, const float* x, void* y, int64_t n);
 
 // Dot product of a row x of type t with a row y of quants_vec_dot_type(t),

@@ -239,20 +239,6 @@ def sizes_for(qt: Q) -> list[int]:
     return base
 
 
-def q8_1_sum_rounding(qt: Q, x: np.ndarray, y: np.ndarray) -> float:
-    """Q4_1/Q5_1 dots use q8_1's s = f16(d * sum(q)) (as llama.cpp does), not
-    the exact d * sum(q): the difference, times each block's minimum m."""
-    if qt not in (Q.Q4_1, Q.Q5_1):
-        return 0.0
-    yb = y.reshape(-1, 36)
-    d = yb[:, 0:2].copy().view(np.float16).astype(np.float64).ravel()
-    s = yb[:, 2:4].copy().view(np.float16).astype(np.float64).ravel()
-    qsum = yb[:, 4:].view(np.int8).astype(np.int64).sum(-1)
-    xb = x.reshape(len(yb), -1)
-    m = xb[:, 2:4].copy().view(np.float16).astype(np.float64).ravel()
-    return float((m * (s - d * qsum)).sum())
-
-
 @pytest.mark.parametrize("qt", DOT_TYPES, ids=lambda t: t.name)
 def test_vec_dot_scalar_matches_dequantized(qt):
     rng = np.random.default_rng(int(qt) + 100)
@@ -264,7 +250,6 @@ def test_vec_dot_scalar_matches_dequantized(qt):
         ref = np.dot(
             kq.dequantize(int(qt), x, n).astype(np.float64), kq.dequantize(vt, y, n).astype(np.float64)
         )
-        ref += q8_1_sum_rounding(qt, x, y)
         got = kq.vec_dot(int(qt), x, y, n)
         scale = np.sqrt(n) * np.abs(kq.dequantize(int(qt), x, n)).max() * np.abs(kq.dequantize(vt, y, n)).max()
         # f32 accumulation over n terms: relative to the typical magnitude
@@ -323,17 +308,43 @@ def test_vec_dot_real_rows(reader):
         for r in pick:
             raw = np.ascontiguousarray(data[r]).view(np.uint8)
             ref = np.dot(gq.dequantize(raw.reshape(1, -1), qt).ravel().astype(np.float64), yv)
-            ref += q8_1_sum_rounding(qt, raw, y)
             for impl in ("scalar", "simd"):
                 kq.set_impl(impl)
                 got = kq.vec_dot(int(qt), raw, y, n)
                 assert got == pytest.approx(ref, rel=1e-4, abs=1e-4), (name, r, impl)
 
 
+KVRT_Q16 = 64  # kvrt's 16-bit activation format (cpp/quant_blocks.h)
+
+
+@pytest.mark.parametrize("impl", ["scalar", "simd"])
+def test_q16_activation_roundtrip(impl):
+    """Activations of the 32-element types keep 16-bit codes: the error of each
+    element is at most half a step, amax / 65534 (plus the float rounding of
+    x / d, ~2^-9 of a step at codes near 32767), and s = d * sum(codes)."""
+    kq.set_impl(impl)
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(32 * 40) * np.repeat(rng.uniform(0.01, 30, 40), 32)).astype(np.float32)
+    x[:32] = 0.0
+    y = kq.quantize(KVRT_Q16, x)
+    assert len(y) == 40 * 72
+    back = kq.dequantize(KVRT_Q16, y, len(x))
+    amax = np.abs(x.reshape(-1, 32)).max(-1, keepdims=True)
+    assert np.all(np.abs(back - x).reshape(-1, 32) <= amax / 65534 * 1.01 + 1e-30)
+    blocks = y.reshape(-1, 72)
+    d = blocks[:, 0:4].copy().view(np.float32).ravel()
+    s = blocks[:, 4:8].copy().view(np.float32).ravel()
+    codes = blocks[:, 8:].copy().view(np.int16).astype(np.int64)
+    np.testing.assert_allclose(s, d * codes.sum(-1), rtol=1e-6)
+    assert np.abs(codes).max() == 32767
+
+
 def test_row_size_and_types():
     assert kq.row_size(int(Q.Q4_1), 576) == 18 * 20
     assert kq.row_size(int(Q.Q8_K), 256) == 292
-    assert kq.vec_dot_type(int(Q.Q4_1)) == int(Q.Q8_1)
+    assert kq.vec_dot_type(int(Q.Q4_1)) == KVRT_Q16
+    assert kq.vec_dot_type(int(Q.Q8_0)) == KVRT_Q16
+    assert kq.row_size(KVRT_Q16, 576) == 18 * 72
     assert kq.vec_dot_type(int(Q.Q6_K)) == int(Q.Q8_K)
     assert kq.vec_dot_type(int(Q.F16)) == int(Q.F32)
     assert kq.simd_name() in ("AVX2", "NEON", "scalar")

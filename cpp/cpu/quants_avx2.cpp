@@ -33,22 +33,11 @@ inline __m256i unpack_nibbles(const uint8_t* qs) {
     return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
 }
 
-// Sum of products of 32 int8 pairs as 8 int32 lanes. `x_unsigned` lets the
-// unsigned-times-signed instruction take x directly; signed x goes through
-// the |x| * sign(y, x) identity.
-template <bool x_unsigned>
-inline __m256i dot_i8(__m256i x, __m256i y) {
-    __m256i p16;
-    if (x_unsigned) p16 = _mm256_maddubs_epi16(x, y);
-    else p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-}
-
 // Weight block traits: unpack codes, scale and (for _1 types) minimum.
 struct w_q4_0 {
-    using act = block_q8_0;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q4_0);
-    static constexpr bool is_unsigned = false, has_min = false;
+    static constexpr bool has_min = false;
     static inline __m256i load(const uint8_t* p, float* d, float*) {
         const block_q4_0* b = (const block_q4_0*)p;
         *d = h2f(b->d);
@@ -56,9 +45,9 @@ struct w_q4_0 {
     }
 };
 struct w_q4_1 {
-    using act = block_q8_1;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q4_1);
-    static constexpr bool is_unsigned = true, has_min = true;
+    static constexpr bool has_min = true;
     static inline __m256i load(const uint8_t* p, float* d, float* m) {
         const block_q4_1* b = (const block_q4_1*)p;
         *d = h2f(b->d);
@@ -79,9 +68,9 @@ inline __m256i q5_high_bits(const uint8_t* qh4) {
     return _mm256_and_si256(bytes, _mm256_set1_epi8(0x10));
 }
 struct w_q5_0 {
-    using act = block_q8_0;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q5_0);
-    static constexpr bool is_unsigned = false, has_min = false;
+    static constexpr bool has_min = false;
     static inline __m256i load(const uint8_t* p, float* d, float*) {
         const block_q5_0* b = (const block_q5_0*)p;
         *d = h2f(b->d);
@@ -90,9 +79,9 @@ struct w_q5_0 {
     }
 };
 struct w_q5_1 {
-    using act = block_q8_1;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q5_1);
-    static constexpr bool is_unsigned = true, has_min = true;
+    static constexpr bool has_min = true;
     static inline __m256i load(const uint8_t* p, float* d, float* m) {
         const block_q5_1* b = (const block_q5_1*)p;
         *d = h2f(b->d);
@@ -101,9 +90,9 @@ struct w_q5_1 {
     }
 };
 struct w_q8_0 {
-    using act = block_q8_0;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q8_0);
-    static constexpr bool is_unsigned = false, has_min = false;
+    static constexpr bool has_min = false;
     static inline __m256i load(const uint8_t* p, float* d, float*) {
         const block_q8_0* b = (const block_q8_0*)p;
         *d = h2f(b->d);
@@ -111,18 +100,22 @@ struct w_q8_0 {
     }
 };
 
-// d and s of a q8_1 block (adjacent halves) in one conversion; q8_0 has no s.
-inline __m128 act_scales(const block_q8_1* a) {
-    uint32_t ds;
-    __builtin_memcpy(&ds, a, 4);
-    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)ds));
+// d and s of a q16 block (adjacent floats) as lanes 0 and 1.
+inline __m128 act_scales(const block_q16* a) {
+    return _mm_castpd_ps(_mm_load_sd((const double*)a));
 }
-inline __m128 act_scales(const block_q8_0* a) { return _mm_set1_ps(h2f(a->d)); }
+
+// Sum of products of 32 weight codes (int8, widened here) with 32 int16
+// activation codes, as 8 int32 lanes.
+inline __m256i dot_w8_a16(__m256i w_lo, __m256i w_hi, __m256i a_lo, __m256i a_hi) {
+    return _mm256_add_epi32(_mm256_madd_epi16(w_lo, a_lo), _mm256_madd_epi16(w_hi, a_hi));
+}
 
 // Per block: the R rows' scales (and minima) are gathered into one vector so
 // each column needs one multiply for all R row x column scale products, and
 // the _1 types' minimum terms accumulate as one vector per column (row r in
-// lane r) instead of a scalar chain per (row, column).
+// lane r) instead of a scalar chain per (row, column). Weight codes are
+// widened to int16 once per block and reused by every column.
 template <class W, int R, int C>
 void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by, float* out,
                  size_t ldo) {
@@ -135,20 +128,25 @@ void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_
     }
     const int64_t nb = n / 32;
     for (int64_t b = 0; b < nb; ++b) {
-        __m256i wq[R];
+        __m256i w_lo[R], w_hi[R];
         float wd[4] = {}, wm[4] = {};
-        for (int r = 0; r < R; ++r) wq[r] = W::load(x + r * bx + b * W::size, &wd[r], &wm[r]);
+        for (int r = 0; r < R; ++r) {
+            const __m256i q = W::load(x + r * bx + b * W::size, &wd[r], &wm[r]);
+            w_lo[r] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
+            w_hi[r] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
+        }
         // Built in registers: a 16-byte load of the scalars just stored would
         // miss store forwarding and stall every block.
         const __m128 vwd = _mm_setr_ps(wd[0], wd[1], wd[2], wd[3]);
         for (int c = 0; c < C; ++c) {
             const A* a = (const A*)(y + c * by) + b;
-            const __m256i aq = _mm256_loadu_si256((const __m256i*)a->qs);
+            const __m256i a_lo = _mm256_loadu_si256((const __m256i*)a->qs);
+            const __m256i a_hi = _mm256_loadu_si256((const __m256i*)(a->qs + 16));
             const __m128 as = act_scales(a);
             alignas(16) float ds[4];
             _mm_store_ps(ds, _mm_mul_ps(vwd, _mm_shuffle_ps(as, as, 0)));
             for (int r = 0; r < R; ++r) {
-                const __m256 p = _mm256_cvtepi32_ps(dot_i8<W::is_unsigned>(wq[r], aq));
+                const __m256 p = _mm256_cvtepi32_ps(dot_w8_a16(w_lo[r], w_hi[r], a_lo, a_hi));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(&ds[r]), p, acc[r][c]);
             }
             if (W::has_min)
@@ -417,6 +415,37 @@ inline void quant_block_q8(const float* x, int8_t* qs, float* d_out, int* sum_ou
     *d_out = d;
 }
 
+// 32 floats -> q16 block, bit-identical to the reference quantizer.
+void quant_q16(const float* x, void* vy, int64_t n) {
+    block_q16* y = (block_q16*)vy;
+    const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / 32; ++i, x += 32) {
+        __m256 v[4], amax = _mm256_setzero_ps();
+        for (int k = 0; k < 4; ++k) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, v[k]));
+        }
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        const float d = _mm_cvtss_f32(m) / 32767;
+        const __m256 vid = _mm256_set1_ps(d ? 1.0f / d : 0.0f);
+        __m256i q[4];
+        for (int k = 0; k < 4; ++k) q[k] = round_away_epi32(_mm256_mul_ps(v[k], vid));
+        const __m256i s8 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        s4 = _mm_hadd_epi32(s4, s4);
+        s4 = _mm_hadd_epi32(s4, s4);
+        // packs interleaves 128-bit lanes; the permute restores element order.
+        const __m256i p0 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+        const __m256i p1 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
+        _mm256_storeu_si256((__m256i*)y[i].qs, p0);
+        _mm256_storeu_si256((__m256i*)(y[i].qs + 16), p1);
+        y[i].d = d;
+        y[i].s = d * (float)_mm_cvtsi128_si32(s4);
+    }
+}
+
 void quant_q8_0(const float* x, void* vy, int64_t n) {
     block_q8_0* y = (block_q8_0*)vy;
     for (int64_t i = 0; i < n / 32; ++i) {
@@ -526,6 +555,7 @@ gemm_tile_fn simd_gemm_tile(ggml_type t) {
 quantize_fn simd_quantizer(ggml_type t) {
     switch (t) {
         case GGML_TYPE_Q8_0: return quant_q8_0;
+        case KVRT_TYPE_Q16: return quant_q16;
         case GGML_TYPE_Q8_1: return quant_q8_1;
         case GGML_TYPE_Q8_K: return quant_q8_K;
         default: return nullptr;

@@ -74,7 +74,7 @@ inline codes32 sub_codes(codes32 a, int8_t k) {
 
 // Weight block traits: codes (as int8), scale and, for _1 types, minimum.
 struct w_q4_0 {
-    using act = block_q8_0;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q4_0);
     static constexpr bool has_min = false;
     static codes32 load(const uint8_t* p, float* d, float*) {
@@ -84,7 +84,7 @@ struct w_q4_0 {
     }
 };
 struct w_q4_1 {
-    using act = block_q8_1;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q4_1);
     static constexpr bool has_min = true;
     static codes32 load(const uint8_t* p, float* d, float* m) {
@@ -95,7 +95,7 @@ struct w_q4_1 {
     }
 };
 struct w_q5_0 {
-    using act = block_q8_0;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q5_0);
     static constexpr bool has_min = false;
     static codes32 load(const uint8_t* p, float* d, float*) {
@@ -105,7 +105,7 @@ struct w_q5_0 {
     }
 };
 struct w_q5_1 {
-    using act = block_q8_1;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q5_1);
     static constexpr bool has_min = true;
     static codes32 load(const uint8_t* p, float* d, float* m) {
@@ -116,7 +116,7 @@ struct w_q5_1 {
     }
 };
 struct w_q8_0 {
-    using act = block_q8_0;
+    using act = block_q16;
     static constexpr size_t size = sizeof(block_q8_0);
     static constexpr bool has_min = false;
     static codes32 load(const uint8_t* p, float* d, float*) {
@@ -126,8 +126,25 @@ struct w_q8_0 {
     }
 };
 
-inline float act_sum(const block_q8_1* a) { return h2f(a->s); }
-inline float act_sum(const block_q8_0*) { return 0.0f; }
+// Weight codes widened to int16 once per block, reused by every column.
+struct codes32_s16 {
+    int16x8_t q[4];  // elements 0..7, 8..15, 16..23, 24..31
+};
+inline codes32_s16 widen(codes32 c) {
+    return {{vmovl_s8(vget_low_s8(c.lo)), vmovl_high_s8(c.lo), vmovl_s8(vget_low_s8(c.hi)),
+             vmovl_high_s8(c.hi)}};
+}
+
+// Sum of products of 32 widened weight codes with 32 int16 activation codes.
+inline int32x4_t dot_w8_a16(const codes32_s16& w, const int16x8_t* a) {
+    int32x4_t s = vmull_s16(vget_low_s16(w.q[0]), vget_low_s16(a[0]));
+    s = vmlal_high_s16(s, w.q[0], a[0]);
+    for (int k = 1; k < 4; ++k) {
+        s = vmlal_s16(s, vget_low_s16(w.q[k]), vget_low_s16(a[k]));
+        s = vmlal_high_s16(s, w.q[k], a[k]);
+    }
+    return s;
+}
 
 template <class W, int R, int C>
 void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by, float* out,
@@ -138,17 +155,16 @@ void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = vdupq_n_f32(0.0f), macc[r][c] = 0.0f;
     for (int64_t b = 0; b < n / 32; ++b) {
-        codes32 wq[R];
+        codes32_s16 wq[R];
         float wd[R], wm[R];
-        for (int r = 0; r < R; ++r) wq[r] = W::load(x + r * bx + b * W::size, &wd[r], &wm[r]);
+        for (int r = 0; r < R; ++r) wq[r] = widen(W::load(x + r * bx + b * W::size, &wd[r], &wm[r]));
         for (int c = 0; c < C; ++c) {
             const A* a = (const A*)(y + c * by) + b;
-            const int8x16_t a0 = vld1q_s8(a->qs), a1 = vld1q_s8(a->qs + 16);
-            const float ad = h2f(a->d);
+            const int16x8_t aq[4] = {vld1q_s16(a->qs), vld1q_s16(a->qs + 8), vld1q_s16(a->qs + 16),
+                                     vld1q_s16(a->qs + 24)};
             for (int r = 0; r < R; ++r) {
-                const int32x4_t p = dot16(dot16(vdupq_n_s32(0), wq[r].lo, a0), wq[r].hi, a1);
-                acc[r][c] = vmlaq_n_f32(acc[r][c], vcvtq_f32_s32(p), wd[r] * ad);
-                if (W::has_min) macc[r][c] += wm[r] * act_sum(a);
+                acc[r][c] = vmlaq_n_f32(acc[r][c], vcvtq_f32_s32(dot_w8_a16(wq[r], aq)), wd[r] * a->d);
+                if (W::has_min) macc[r][c] += wm[r] * a->s;
             }
         }
     }
@@ -286,6 +302,26 @@ inline void quant_block_q8(const float* x, int8_t* qs, float* d_out, int* sum_ou
     *sum_out = vaddvq_s32(sum);
 }
 
+// 32 floats -> q16 block, bit-identical to the reference quantizer.
+void quant_q16(const float* x, void* vy, int64_t n) {
+    block_q16* y = (block_q16*)vy;
+    for (int64_t i = 0; i < n / 32; ++i, x += 32) {
+        float32x4_t v[8];
+        float32x4_t amax = vdupq_n_f32(0.0f);
+        for (int k = 0; k < 8; ++k) v[k] = vld1q_f32(x + 4 * k), amax = vmaxq_f32(amax, vabsq_f32(v[k]));
+        const float d = vmaxvq_f32(amax) / 32767;
+        const float id = d ? 1.0f / d : 0.0f;
+        int32x4_t sum = vdupq_n_s32(0);
+        for (int k = 0; k < 8; ++k) {
+            const int32x4_t q = vcvtaq_s32_f32(vmulq_n_f32(v[k], id));
+            sum = vaddq_s32(sum, q);
+            vst1_s16(y[i].qs + 4 * k, vmovn_s32(q));
+        }
+        y[i].d = d;
+        y[i].s = d * (float)vaddvq_s32(sum);
+    }
+}
+
 void quant_q8_0(const float* x, void* vy, int64_t n) {
     block_q8_0* y = (block_q8_0*)vy;
     for (int64_t i = 0; i < n / 32; ++i) {
@@ -372,6 +408,7 @@ gemm_tile_fn simd_gemm_tile(ggml_type t) {
 quantize_fn simd_quantizer(ggml_type t) {
     switch (t) {
         case GGML_TYPE_Q8_0: return quant_q8_0;
+        case KVRT_TYPE_Q16: return quant_q16;
         case GGML_TYPE_Q8_1: return quant_q8_1;
         case GGML_TYPE_Q8_K: return quant_q8_K;
         default: return nullptr;

@@ -316,6 +316,29 @@ void quant_q8_K(const float* x, void* vy, int64_t n) {
     }
 }
 
+void quant_q16(const float* x, void* vy, int64_t n) {
+    block_q16* y = (block_q16*)vy;
+    for (int64_t i = 0; i < n / 32; ++i, x += 32) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 32767;
+        const float id = d ? 1.0f / d : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; ++j) {
+            y[i].qs[j] = (int16_t)round_away(x[j] * id);
+            sum += y[i].qs[j];
+        }
+        y[i].d = d;
+        y[i].s = d * (float)sum;
+    }
+}
+
+void deq_q16(const void* vx, float* y, int64_t n) {
+    const block_q16* x = (const block_q16*)vx;
+    for (int64_t i = 0; i < n / 32; ++i, y += 32)
+        for (int j = 0; j < 32; ++j) y[j] = x[i].qs[j] * x[i].d;
+}
+
 // ---- dot products (x: weight row, y: activation row of vec_dot_type) ----
 
 float dot_f32(int64_t n, const void* x, const void* y) {
@@ -341,79 +364,54 @@ float dot_bf16(int64_t n, const void* x, const void* y) {
     return (float)s;
 }
 
-// Integer dot of 32 weight codes (already unpacked) with a q8 block.
-inline int idot32(const int* q, const int8_t* y) {
-    int s = 0;
-    for (int j = 0; j < 32; ++j) s += q[j] * y[j];
+// The 32-element types against q16 activations: weight codes unpacked to
+// integers, an exact int64 dot with the 16-bit activation codes, then
+// d_w * d_a * dot + m_w * s_a (m_w = 0 for the _0 types).
+inline int64_t idot32(const int* q, const int16_t* y) {
+    int64_t s = 0;
+    for (int j = 0; j < 32; ++j) s += (int64_t)q[j] * y[j];
     return s;
 }
 
-float dot_q4_0(int64_t n, const void* vx, const void* vy) {
-    const block_q4_0* x = (const block_q4_0*)vx;
-    const block_q8_0* y = (const block_q8_0*)vy;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK4_0; ++i) {
-        int q[32];
-        for (int j = 0; j < 16; ++j) q[j] = (x[i].qs[j] & 0xF) - 8, q[j + 16] = (x[i].qs[j] >> 4) - 8;
-        s += idot32(q, y[i].qs) * h2f(x[i].d) * h2f(y[i].d);
+inline void unpack_q5(const uint8_t* qs, const uint8_t* qh4, int offset, int* q) {
+    uint32_t qh;
+    std::memcpy(&qh, qh4, 4);
+    for (int j = 0; j < 16; ++j) {
+        q[j] = ((qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)) - offset;
+        q[j + 16] = ((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - offset;
     }
-    return s;
+}
+inline void unpack_q4_0(const block_q4_0& b, int* q, float* d, float* m) {
+    for (int j = 0; j < 16; ++j) q[j] = (b.qs[j] & 0xF) - 8, q[j + 16] = (b.qs[j] >> 4) - 8;
+    *d = h2f(b.d), *m = 0.0f;
+}
+inline void unpack_q4_1(const block_q4_1& b, int* q, float* d, float* m) {
+    for (int j = 0; j < 16; ++j) q[j] = b.qs[j] & 0xF, q[j + 16] = b.qs[j] >> 4;
+    *d = h2f(b.d), *m = h2f(b.m);
+}
+inline void unpack_q5_0(const block_q5_0& b, int* q, float* d, float* m) {
+    unpack_q5(b.qs, b.qh, 16, q);
+    *d = h2f(b.d), *m = 0.0f;
+}
+inline void unpack_q5_1(const block_q5_1& b, int* q, float* d, float* m) {
+    unpack_q5(b.qs, b.qh, 0, q);
+    *d = h2f(b.d), *m = h2f(b.m);
+}
+inline void unpack_q8_0(const block_q8_0& b, int* q, float* d, float* m) {
+    for (int j = 0; j < 32; ++j) q[j] = b.qs[j];
+    *d = h2f(b.d), *m = 0.0f;
 }
 
-float dot_q4_1(int64_t n, const void* vx, const void* vy) {
-    const block_q4_1* x = (const block_q4_1*)vx;
-    const block_q8_1* y = (const block_q8_1*)vy;
+template <class B, void (*Unpack)(const B&, int*, float*, float*)>
+float dot_q16(int64_t n, const void* vx, const void* vy) {
+    const B* x = (const B*)vx;
+    const block_q16* y = (const block_q16*)vy;
     float s = 0.0f;
-    for (int64_t i = 0; i < n / QK4_1; ++i) {
+    for (int64_t i = 0; i < n / 32; ++i) {
         int q[32];
-        for (int j = 0; j < 16; ++j) q[j] = x[i].qs[j] & 0xF, q[j + 16] = x[i].qs[j] >> 4;
-        s += idot32(q, y[i].qs) * h2f(x[i].d) * h2f(y[i].d) + h2f(x[i].m) * h2f(y[i].s);
-    }
-    return s;
-}
-
-float dot_q5_0(int64_t n, const void* vx, const void* vy) {
-    const block_q5_0* x = (const block_q5_0*)vx;
-    const block_q8_0* y = (const block_q8_0*)vy;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK5_0; ++i) {
-        uint32_t qh;
-        std::memcpy(&qh, x[i].qh, 4);
-        int q[32];
-        for (int j = 0; j < 16; ++j) {
-            q[j] = ((x[i].qs[j] & 0xF) | (((qh >> j) << 4) & 0x10)) - 16;
-            q[j + 16] = ((x[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - 16;
-        }
-        s += idot32(q, y[i].qs) * h2f(x[i].d) * h2f(y[i].d);
-    }
-    return s;
-}
-
-float dot_q5_1(int64_t n, const void* vx, const void* vy) {
-    const block_q5_1* x = (const block_q5_1*)vx;
-    const block_q8_1* y = (const block_q8_1*)vy;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK5_1; ++i) {
-        uint32_t qh;
-        std::memcpy(&qh, x[i].qh, 4);
-        int q[32];
-        for (int j = 0; j < 16; ++j) {
-            q[j] = (x[i].qs[j] & 0xF) | (((qh >> j) << 4) & 0x10);
-            q[j + 16] = (x[i].qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
-        }
-        s += idot32(q, y[i].qs) * h2f(x[i].d) * h2f(y[i].d) + h2f(x[i].m) * h2f(y[i].s);
-    }
-    return s;
-}
-
-float dot_q8_0(int64_t n, const void* vx, const void* vy) {
-    const block_q8_0* x = (const block_q8_0*)vx;
-    const block_q8_0* y = (const block_q8_0*)vy;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n / QK8_0; ++i) {
-        int sum = 0;
-        for (int j = 0; j < 32; ++j) sum += x[i].qs[j] * y[i].qs[j];
-        s += sum * h2f(x[i].d) * h2f(y[i].d);
+        float d, m;
+        Unpack(x[i], q, &d, &m);
+        s += (float)idot32(q, y[i].qs) * (d * y[i].d) + m * y[i].s;
     }
     return s;
 }
@@ -503,6 +501,7 @@ void ref_dequantize_row(ggml_type t, const void* x, float* y, int64_t n) {
         case GGML_TYPE_Q5_1: return deq_q5_1(x, y, n);
         case GGML_TYPE_Q8_0: return deq_q8_0(x, y, n);
         case GGML_TYPE_Q8_1: return deq_q8_1(x, y, n);
+        case KVRT_TYPE_Q16: return deq_q16(x, y, n);
         case GGML_TYPE_Q4_K: return deq_q4_K(x, y, n);
         case GGML_TYPE_Q5_K: return deq_q5_K(x, y, n);
         case GGML_TYPE_Q6_K: return deq_q6_K(x, y, n);
@@ -523,6 +522,7 @@ quantize_fn ref_quantizer(ggml_type t) {
         case GGML_TYPE_Q5_1: return quant_q5_1;
         case GGML_TYPE_Q8_0: return quant_q8_0;
         case GGML_TYPE_Q8_1: return quant_q8_1;
+        case KVRT_TYPE_Q16: return quant_q16;
         case GGML_TYPE_Q8_K: return quant_q8_K;
         default: return nullptr;
     }
@@ -533,11 +533,11 @@ vec_dot_fn ref_vec_dot(ggml_type t) {
         case GGML_TYPE_F32: return dot_f32;
         case GGML_TYPE_F16: return dot_f16;
         case GGML_TYPE_BF16: return dot_bf16;
-        case GGML_TYPE_Q4_0: return dot_q4_0;
-        case GGML_TYPE_Q4_1: return dot_q4_1;
-        case GGML_TYPE_Q5_0: return dot_q5_0;
-        case GGML_TYPE_Q5_1: return dot_q5_1;
-        case GGML_TYPE_Q8_0: return dot_q8_0;
+        case GGML_TYPE_Q4_0: return dot_q16<block_q4_0, unpack_q4_0>;
+        case GGML_TYPE_Q4_1: return dot_q16<block_q4_1, unpack_q4_1>;
+        case GGML_TYPE_Q5_0: return dot_q16<block_q5_0, unpack_q5_0>;
+        case GGML_TYPE_Q5_1: return dot_q16<block_q5_1, unpack_q5_1>;
+        case GGML_TYPE_Q8_0: return dot_q16<block_q8_0, unpack_q8_0>;
         case GGML_TYPE_Q4_K: return dot_q4_K;
         case GGML_TYPE_Q5_K: return dot_q5_K;
         case GGML_TYPE_Q6_K: return dot_q6_K;

@@ -162,6 +162,7 @@ int main(int argc, char** argv) {
     for (int64_t n : n32) {
         test_quantizer(rng, GGML_TYPE_Q8_0, n);
         test_quantizer(rng, GGML_TYPE_Q8_1, n);
+        test_quantizer(rng, KVRT_TYPE_Q16, n);
     }
     for (int64_t n : n256) test_quantizer(rng, GGML_TYPE_Q8_K, n);
 
