@@ -38,6 +38,11 @@ constexpr uint64_t kMinTensorInfoSize = 8 + 4 + 8 + 4 + 8;
 // Nested arrays recurse; the limit keeps a forged file from exhausting the stack.
 constexpr int kMaxArrayDepth = 8;
 constexpr uint64_t kMaxTensorDims = 4;
+// A gguf_value is ~100 bytes in memory, so a long array of 1-byte values
+// would cost 100x its size on disk. Real metadata holds about a million values
+// (256k-token vocabularies with scores and types); this cap keeps a hostile
+// file from asking for tens of GB while leaving plenty of headroom.
+constexpr uint64_t kMaxMetadataValues = uint64_t(1) << 24;
 
 const char* const kSpecialTokenKeys[] = {
     "tokenizer.ggml.bos_token_id",     "tokenizer.ggml.eos_token_id",
@@ -140,6 +145,7 @@ struct gguf_cursor {
     std::string ctx;
     uint64_t index[kMaxArrayDepth + 1];
     int depth = 0;
+    uint64_t n_array_values = 0;  // array elements read so far, all keys
 
     uint64_t remaining() const { return size - pos; }
 };
@@ -217,6 +223,10 @@ void gguf_read_value(gguf_cursor& c, gguf_value& v, gguf_vtype t) {
                                  gguf_vtype_name(v.elem_type) + " at offset " +
                                  std::to_string(c.pos) + " is past the end of the file (size " +
                                  std::to_string(c.size) + ")");
+            c.n_array_values += n;  // no overflow: each n is below the file size
+            if (c.n_array_values > kMaxMetadataValues)
+                gguf_fail(c, "array length " + std::to_string(n) + " takes the metadata past " +
+                                 std::to_string(kMaxMetadataValues) + " values in all");
             v.arr.resize(n);
             const int d = c.depth++;
             for (uint64_t i = 0; i < n; ++i) {
@@ -322,7 +332,9 @@ void gguf_parser::parse_tensor_info(gguf_cursor& c, gguf_file& f, uint64_t i) {
 
     const uint32_t type = gguf_read<uint32_t>(c, "type");
     const ggml_type_size g = ggml_type_geometry(type);
-    if (g.block_size == 0) gguf_fail(c, "unknown tensor type " + std::to_string(type));
+    // Ids from GGML_TYPE_COUNT up are kvrt's internal formats, never valid in a file.
+    if (type >= GGML_TYPE_COUNT || g.block_size == 0)
+        gguf_fail(c, "unknown tensor type " + std::to_string(type));
     if (!g.supported)
         gguf_fail(c, "unsupported tensor type " + std::string(g.name) + " (" +
                          std::to_string(type) + ")");
@@ -400,7 +412,8 @@ void gguf_parser::check_special_tokens(gguf_cursor& c, const gguf_file& f) {
             gguf_fail(c, std::string("token id must be an integer, not ") +
                              gguf_vtype_name(v->type));
         if (is_signed && v->i == -1) continue;  // llama.cpp's "no such token"
-        if (is_signed && v->i < 0) gguf_fail(c, "token id " + std::to_string(v->i) + " is negative");
+        if (is_signed && v->i < 0)
+            gguf_fail(c, "token id " + std::to_string(v->i) + " is negative");
         const uint64_t id = is_signed ? (uint64_t)v->i : v->u;
         if (toks && id >= toks->arr.size())
             gguf_fail(c, "token id " + std::to_string(id) + " is past the vocabulary (" +
@@ -410,7 +423,7 @@ void gguf_parser::check_special_tokens(gguf_cursor& c, const gguf_file& f) {
 }
 
 void gguf_parser::parse(gguf_file& f) {
-    gguf_cursor c{f.map_, f.size_, 0, f.path_, {}, {}, 0};
+    gguf_cursor c{f.map_, f.size_, 0, f.path_, {}, {}, 0, 0};
     uint64_t n_tensors = 0, n_kv = 0;
     parse_header(c, f, &n_tensors, &n_kv);
     parse_kv(c, f, n_kv);

@@ -57,6 +57,16 @@ def expect_error(tmp_path, data: bytes, *fragments: str) -> str:
     return msg
 
 
+@pytest.fixture
+def fast_tmp(tmp_path):
+    """A RAM-backed directory when there is one: these tests write thousands of files."""
+    if not os.path.isdir("/dev/shm"):
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        yield Path(d)
+
+
 def one_tensor(ne, ttype, offset=0, data_len=None, n_dims=None, alignment=32, kvs=None) -> bytes:
     info = tensor_info("t", ne, ttype, offset, n_dims=n_dims)
     data = b"\1" * (4096 if data_len is None else data_len)
@@ -99,8 +109,7 @@ def test_every_value_type_roundtrips(tmp_path):
         kv("nested", gc.ARRAY, nested),
     ]
     m = load(tmp_path, gc.gguf_bytes(kvs)).metadata
-    assert list(m) == [k for k in m]  # file order kept
-    assert m == {
+    expected = {
         "u8": 255, "i8": -128, "u16": 65535, "i16": -32768,
         "u32": 2**32 - 1, "i32": -(2**31), "u64": 2**64 - 1, "i64": -(2**63),
         "f32": float(np.float32(0.1)), "f64": math.pi, "t": True, "f": False,
@@ -108,8 +117,9 @@ def test_every_value_type_roundtrips(tmp_path):
         "arr_f32": [1.5, -2.25], "arr_bool": [True, False], "arr_empty": [],
         "nested": [[1, -2], [], ["x"]],
     }
+    assert m == expected
+    assert list(m) == list(expected)  # file order kept
     assert type(m["t"]) is bool and type(m["u8"]) is int and type(m["f32"]) is float
-    assert list(m)[:3] == ["u8", "i8", "u16"]
 
 
 def test_value_string(tmp_path):
@@ -164,7 +174,8 @@ def test_missing_file_and_directory(tmp_path):
 def test_empty_and_short_files(tmp_path):
     expect_error(tmp_path, b"", "file is empty")
     expect_error(tmp_path, b"GG", "bad magic")
-    expect_error(tmp_path, b"GGUF" + u32(3) + u64(0), "file too short for the GGUF header (16 bytes")
+    expect_error(tmp_path, b"GGUF" + u32(3) + u64(0),
+                 "file too short for the GGUF header (16 bytes")
 
 
 def test_bad_magic(tmp_path):
@@ -188,11 +199,11 @@ def test_huge_counts_fail_fast(tmp_path, count):
 
 
 def test_tensor_count_bounded_by_bytes_after_metadata(tmp_path):
-    # 3 real infos (>= 96 bytes) but 5 claimed: passes the header bound, which
-    # counts the metadata bytes too, and must fail on the second bound or on reading.
-    infos, data, _ = gc.layout(TENSORS)
-    msg = expect_error(tmp_path, gc.gguf_bytes(base_kvs(), infos, b"", n_tensors=40))
-    assert "tensor count 40" in msg or "past the end of the file" in msg
+    # 50 infos fit the bytes after the header (3.2 kB of metadata follows it),
+    # but not the bytes left once the metadata has been read.
+    kvs = [kv("pad", gc.STRING, "x" * 3200)]
+    expect_error(tmp_path, gc.gguf_bytes(kvs, n_tensors=50),
+                 "tensor count 50 is too large for the bytes left after the metadata")
 
 
 # ---- metadata ------------------------------------------------------------------------
@@ -200,7 +211,8 @@ def test_tensor_count_bounded_by_bytes_after_metadata(tmp_path):
 
 def test_key_string_length_past_end(tmp_path):
     data = gc.gguf_bytes([gc.string("general.name", length=2**40) + u32(gc.STRING)], n_kv=1)
-    expect_error(tmp_path, data, "key 0: key: string length 1099511627776", "past the end of the file")
+    expect_error(tmp_path, data, "key 0: key: string length 1099511627776",
+                 "past the end of the file")
 
 
 def test_value_string_length_past_end(tmp_path):
@@ -213,6 +225,15 @@ def test_array_length_past_end(tmp_path):
     bad = kv("tokenizer.ggml.scores", gc.ARRAY, (gc.FLOAT32, [1.0], 2**60))
     expect_error(tmp_path, gc.gguf_bytes([bad]), "key 'tokenizer.ggml.scores'",
                  f"array length {2**60} of float32", "past the end of the file")
+
+
+def test_metadata_value_cap(fast_tmp):
+    n = 2**24 + 1  # present in the file, but past the in-memory budget for values
+    big = gc.string("big") + u32(gc.ARRAY) + u32(gc.UINT8) + u64(n) + b"\0" * n
+    expect_error(fast_tmp, gc.gguf_bytes([big]), "key 'big': array length 16777217",
+                 "past 16777216 values in all")
+    ok = gc.string("ok") + u32(gc.ARRAY) + u32(gc.UINT8) + u64(1000) + b"\7" * 1000
+    assert load(fast_tmp, gc.gguf_bytes([ok])).metadata["ok"] == [7] * 1000
 
 
 def test_string_in_array_past_end_names_the_element(tmp_path):
@@ -285,11 +306,13 @@ def test_special_token_past_vocab(tmp_path, key):
 
 def test_special_token_wrong_type_or_negative(tmp_path):
     kvs = base_kvs() + [kv("tokenizer.ggml.eot_token_id", gc.STRING, "3")]
-    expect_error(tmp_path, gc.gguf_bytes(kvs), "eot_token_id': token id must be an integer, not string")
+    expect_error(tmp_path, gc.gguf_bytes(kvs),
+                 "eot_token_id': token id must be an integer, not string")
     kvs = base_kvs() + [kv("tokenizer.ggml.eot_token_id", gc.INT64, -7)]
     expect_error(tmp_path, gc.gguf_bytes(kvs), "eot_token_id': token id -7 is negative")
     kvs = [kv("tokenizer.ggml.tokens", gc.UINT32, 5)]
-    expect_error(tmp_path, gc.gguf_bytes(kvs), "tokenizer.ggml.tokens': must be an array, not uint32")
+    expect_error(tmp_path, gc.gguf_bytes(kvs),
+                 "tokenizer.ggml.tokens': must be an array, not uint32")
 
 
 # ---- tensor infos and data -----------------------------------------------------------
@@ -316,7 +339,7 @@ def test_data_size_overflow(tmp_path):
 
 
 @pytest.mark.parametrize("ttype,fragment", [
-    (4, "unknown tensor type 4"), (99, "unknown tensor type 99"),
+    (4, "unknown tensor type 4"), (64, "unknown tensor type 64"), (99, "unknown tensor type 99"),
     (2**32 - 1, "unknown tensor type 4294967295"),
     (gc.Q2_K, "unsupported tensor type Q2_K (10)"),
 ])
@@ -368,16 +391,6 @@ def test_tensor_name_past_end(tmp_path):
 # ---- robustness ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def fast_tmp(tmp_path):
-    """A RAM-backed directory when there is one: these tests write thousands of files."""
-    if not os.path.isdir("/dev/shm"):
-        yield tmp_path
-        return
-    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
-        yield Path(d)
-
-
 def test_every_truncation_fails_cleanly(fast_tmp):
     full = valid_bytes()
     for n in range(len(full)):
@@ -396,7 +409,9 @@ def test_random_corruption_fails_cleanly(fast_tmp):
             b[i] = rng.choice([0, 1, 0x7F, 0x80, 0xFF, rng.randrange(256)])
         try:
             f = load(fast_tmp, bytes(b))
-            f.metadata, [f.tensor_data(t["name"]) for t in f.tensors]
+            assert isinstance(f.metadata, dict)
+            for t in f.tensors:
+                assert f.tensor_data(t["name"]).nbytes == t["nbytes"]
             outcomes["ok"] += 1
         except RuntimeError as e:
             assert str(e).startswith("gguf: ") and "\n" not in str(e)
