@@ -81,6 +81,7 @@ bool unicode_is_number(uint32_t cp) {
     return in_ranges(cp, kUnicodeNumberRanges, kUnicodeNumberRanges_count);
 }
 
+// The White_Space property: what \s matches in Oniguruma (Hugging Face tokenizers).
 bool unicode_is_space(uint32_t cp) {
     switch (cp) {
         case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20: case 0x85: case 0xA0:
@@ -168,7 +169,9 @@ std::vector<std::string> pretokenize(const std::string& text, pretok_kind kind) 
     const std::vector<uint32_t> cps = utf8_decode(text, &off);
     std::vector<std::string> out;
     // Pieces are cut from the original bytes, so invalid UTF-8 survives.
-    auto emit = [&](size_t i, size_t len) { out.push_back(text.substr(off[i], off[i + len] - off[i])); };
+    auto emit = [&](size_t i, size_t len) {
+        out.push_back(text.substr(off[i], off[i + len] - off[i]));
+    };
     const size_t n = cps.size();
     for (size_t seg = 0; seg < n;) {
         // SMOLLM isolates every digit first, then applies GPT-2 to the text

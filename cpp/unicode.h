@@ -22,10 +22,15 @@ bool unicode_is_number(uint32_t cp);
 bool unicode_is_space(uint32_t cp);
 
 enum pretok_kind {
-    PRETOK_GPT2,    // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-    PRETOK_SMOLLM,  // \p{N} split off one by one, then GPT2
-    PRETOK_LLAMA3,  // (?i:'s|..)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
-    PRETOK_QWEN2,   // as LLAMA3 with \p{N} one digit at a time
+    // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+    PRETOK_GPT2,
+    // Each \p{N} isolated (Hugging Face's Digits(individual_digits)), then GPT2
+    PRETOK_SMOLLM,
+    // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+    //  ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+    PRETOK_LLAMA3,
+    // LLAMA3 with \p{N} instead of \p{N}{1,3}
+    PRETOK_QWEN2,
 };
 
 // Splits text into pre-tokens (UTF-8 substrings covering the whole text).

@@ -1,11 +1,23 @@
 #!/usr/bin/env python3
 """Writes cpp/unicode_tables.cpp: code point ranges of the Unicode general
-categories the pre-tokenizers need (letters \\p{L}, numbers \\p{N}), from
-Python's unicodedata. Rerun when moving to a newer Unicode version."""
+categories the pre-tokenizers need (letters \\p{L}, numbers \\p{N}).
+
+The tables must use the Unicode version of the regex engine kvrt is compared
+with: Hugging Face tokenizers' Oniguruma implements Unicode 16.0 (checked with
+tokenizers 0.23), newer than the stdlib unicodedata of Python <= 3.13. So the
+data comes from the `unicodedata2` backport when installed:
+
+    pip install unicodedata2==16.0.0 && python tools/gen_unicode_tables.py
+
+(Whitespace, \\s, is the small fixed White_Space list in cpp/unicode.cpp.)"""
 
 import sys
-import unicodedata
 from pathlib import Path
+
+try:
+    import unicodedata2 as unicodedata
+except ImportError:
+    import unicodedata
 
 
 def ranges(pred):

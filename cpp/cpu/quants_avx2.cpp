@@ -337,6 +337,36 @@ void gemm_tile(int64_t n, const void* vx, size_t bx, const void* vy, size_t by, 
     }
 }
 
+// The 32-element types against q16 activations: widened weight codes take
+// two registers per row, so prefill tiles are 2 rows x 4 columns (8
+// accumulators, 4 weight and 2 activation registers) and decode (one column)
+// runs 4 rows at a time to keep 4 independent accumulation chains.
+template <class W>
+void gemm_tile_q16(int64_t n, const void* vx, size_t bx, const void* vy, size_t by, float* out,
+                   size_t ldo, int nr, int nc) {
+    using fn = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, size_t, float*, size_t);
+    static const fn decode[4] = {tile_kernel<W, 1, 1>, tile_kernel<W, 2, 1>, tile_kernel<W, 3, 1>,
+                                 tile_kernel<W, 4, 1>};
+    static const fn prefill[2][4] = {
+        {tile_kernel<W, 1, 1>, tile_kernel<W, 1, 2>, tile_kernel<W, 1, 3>, tile_kernel<W, 1, 4>},
+        {tile_kernel<W, 2, 1>, tile_kernel<W, 2, 2>, tile_kernel<W, 2, 3>, tile_kernel<W, 2, 4>},
+    };
+    const uint8_t* x = (const uint8_t*)vx;
+    const uint8_t* y = (const uint8_t*)vy;
+    if (nc == 1) {
+        for (int r = 0; r < nr; r += 4)
+            decode[(nr - r < 4 ? nr - r : 4) - 1](n, x + r * bx, bx, y, by, out + r, ldo);
+        return;
+    }
+    for (int c = 0; c < nc; c += 4) {
+        const int cc = nc - c < 4 ? nc - c : 4;
+        for (int r = 0; r < nr; r += 2) {
+            const int rr = nr - r < 2 ? nr - r : 2;
+            prefill[rr - 1][cc - 1](n, x + r * bx, bx, y + c * by, by, out + c * ldo + r, ldo);
+        }
+    }
+}
+
 template <class K>
 float vec_dot(int64_t n, const void* x, const void* y) {
     float s;
@@ -540,11 +570,11 @@ vec_dot_fn simd_vec_dot(ggml_type t) {
 
 gemm_tile_fn simd_gemm_tile(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_Q4_0: return gemm_tile<blk<w_q4_0>>;
-        case GGML_TYPE_Q4_1: return gemm_tile<blk<w_q4_1>>;
-        case GGML_TYPE_Q5_0: return gemm_tile<blk<w_q5_0>>;
-        case GGML_TYPE_Q5_1: return gemm_tile<blk<w_q5_1>>;
-        case GGML_TYPE_Q8_0: return gemm_tile<blk<w_q8_0>>;
+        case GGML_TYPE_Q4_0: return gemm_tile_q16<w_q4_0>;
+        case GGML_TYPE_Q4_1: return gemm_tile_q16<w_q4_1>;
+        case GGML_TYPE_Q5_0: return gemm_tile_q16<w_q5_0>;
+        case GGML_TYPE_Q5_1: return gemm_tile_q16<w_q5_1>;
+        case GGML_TYPE_Q8_0: return gemm_tile_q16<w_q8_0>;
         case GGML_TYPE_Q4_K: return gemm_tile<k_q4_K>;
         case GGML_TYPE_Q5_K: return gemm_tile<k_q5_K>;
         case GGML_TYPE_Q6_K: return gemm_tile<k_q6_K>;
