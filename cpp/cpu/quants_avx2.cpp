@@ -26,88 +26,105 @@ inline float hsum(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// 16 bytes of nibbles -> 32 bytes: low nibbles first, then high nibbles.
-inline __m256i unpack_nibbles(const uint8_t* qs) {
-    const __m128i t = _mm_loadu_si128((const __m128i*)qs);
-    const __m256i b = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
-    return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
-}
 
-// Weight block traits: unpack codes, scale and (for _1 types) minimum.
+// Weight block traits: codes as two vectors of 16 int16 (elements 0..15,
+// 16..31). Widening straight from memory (vpmovzxbw / vpmovsxbw) unpacks a
+// block in 2-5 instructions. Every type keeps its f16 scale at byte 0 of the
+// block and, for the _1 types, its f16 minimum at byte 2.
+inline void nibbles_s16(const uint8_t* qs, __m256i* lo, __m256i* hi) {
+    const __m256i t = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)qs));
+    *lo = _mm256_and_si256(t, _mm256_set1_epi16(0x0F));
+    *hi = _mm256_srli_epi16(t, 4);
+}
+// 5th bits of q5_0 / q5_1 as 0x10 in int16 lanes: bit j of qh -> element j.
+inline void q5_high_s16(const uint8_t* qh4, __m256i* lo, __m256i* hi) {
+    uint32_t qh;
+    __builtin_memcpy(&qh, qh4, 4);
+    const __m256i bit = _mm256_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+                                          8192, 16384, (short)32768);
+    const __m256i l = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((short)qh), bit), bit);
+    const __m256i h = _mm256_cmpeq_epi16(_mm256_and_si256(_mm256_set1_epi16((short)(qh >> 16)), bit), bit);
+    *lo = _mm256_and_si256(l, _mm256_set1_epi16(0x10));
+    *hi = _mm256_and_si256(h, _mm256_set1_epi16(0x10));
+}
 struct w_q4_0 {
     using act = block_q16;
     static constexpr size_t size = sizeof(block_q4_0);
     static constexpr bool has_min = false;
-    static inline __m256i load(const uint8_t* p, float* d, float*) {
+    static inline void load(const uint8_t* p, __m256i* lo, __m256i* hi) {
         const block_q4_0* b = (const block_q4_0*)p;
-        *d = h2f(b->d);
-        return _mm256_sub_epi8(unpack_nibbles(b->qs), _mm256_set1_epi8(8));
+        nibbles_s16(b->qs, lo, hi);
+        *lo = _mm256_sub_epi16(*lo, _mm256_set1_epi16(8));
+        *hi = _mm256_sub_epi16(*hi, _mm256_set1_epi16(8));
     }
 };
 struct w_q4_1 {
     using act = block_q16;
     static constexpr size_t size = sizeof(block_q4_1);
     static constexpr bool has_min = true;
-    static inline __m256i load(const uint8_t* p, float* d, float* m) {
+    static inline void load(const uint8_t* p, __m256i* lo, __m256i* hi) {
         const block_q4_1* b = (const block_q4_1*)p;
-        *d = h2f(b->d);
-        *m = h2f(b->m);
-        return unpack_nibbles(b->qs);
+        nibbles_s16(b->qs, lo, hi);
     }
 };
-// 5th bits: bit j of qh goes to byte j (as 0x10).
-inline __m256i q5_high_bits(const uint8_t* qh4) {
-    uint32_t qh;
-    __builtin_memcpy(&qh, qh4, 4);
-    const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                           0x0101010101010101, 0x0000000000000000);
-    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf);
-    const __m256i bit = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe);
-    bytes = _mm256_or_si256(bytes, bit);
-    bytes = _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
-    return _mm256_and_si256(bytes, _mm256_set1_epi8(0x10));
-}
 struct w_q5_0 {
     using act = block_q16;
     static constexpr size_t size = sizeof(block_q5_0);
     static constexpr bool has_min = false;
-    static inline __m256i load(const uint8_t* p, float* d, float*) {
+    static inline void load(const uint8_t* p, __m256i* lo, __m256i* hi) {
         const block_q5_0* b = (const block_q5_0*)p;
-        *d = h2f(b->d);
-        const __m256i q = _mm256_or_si256(unpack_nibbles(b->qs), q5_high_bits(b->qh));
-        return _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+        __m256i hl, hh;
+        nibbles_s16(b->qs, lo, hi);
+        q5_high_s16(b->qh, &hl, &hh);
+        *lo = _mm256_sub_epi16(_mm256_or_si256(*lo, hl), _mm256_set1_epi16(16));
+        *hi = _mm256_sub_epi16(_mm256_or_si256(*hi, hh), _mm256_set1_epi16(16));
     }
 };
 struct w_q5_1 {
     using act = block_q16;
     static constexpr size_t size = sizeof(block_q5_1);
     static constexpr bool has_min = true;
-    static inline __m256i load(const uint8_t* p, float* d, float* m) {
+    static inline void load(const uint8_t* p, __m256i* lo, __m256i* hi) {
         const block_q5_1* b = (const block_q5_1*)p;
-        *d = h2f(b->d);
-        *m = h2f(b->m);
-        return _mm256_or_si256(unpack_nibbles(b->qs), q5_high_bits(b->qh));
+        __m256i hl, hh;
+        nibbles_s16(b->qs, lo, hi);
+        q5_high_s16(b->qh, &hl, &hh);
+        *lo = _mm256_or_si256(*lo, hl);
+        *hi = _mm256_or_si256(*hi, hh);
     }
 };
 struct w_q8_0 {
     using act = block_q16;
     static constexpr size_t size = sizeof(block_q8_0);
     static constexpr bool has_min = false;
-    static inline __m256i load(const uint8_t* p, float* d, float*) {
+    static inline void load(const uint8_t* p, __m256i* lo, __m256i* hi) {
         const block_q8_0* b = (const block_q8_0*)p;
-        *d = h2f(b->d);
-        return _mm256_loadu_si256((const __m256i*)b->qs);
+        *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)b->qs));
+        *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(b->qs + 16)));
     }
 };
+
+// The f16 at p + r * bx for r < R, as floats in lanes 0..R-1 (0 beyond):
+// assembled in registers, since a vector load of scalars just stored would
+// miss store forwarding.
+template <int R>
+inline __m128 gather_half(const uint8_t* p, size_t bx) {
+    auto h = [&](int r) { uint16_t v; __builtin_memcpy(&v, p + r * bx, 2); return (int)v; };
+    __m128i v = _mm_cvtsi32_si128(h(0));
+    if constexpr (R > 1) v = _mm_insert_epi16(v, h(1), 1);
+    if constexpr (R > 2) v = _mm_insert_epi16(v, h(2), 2);
+    if constexpr (R > 3) v = _mm_insert_epi16(v, h(3), 3);
+    return _mm_cvtph_ps(v);
+}
 
 // d and s of a q16 block (adjacent floats) as lanes 0 and 1.
 inline __m128 act_scales(const block_q16* a) {
     return _mm_castpd_ps(_mm_load_sd((const double*)a));
 }
 
-// Sum of products of 32 weight codes (int8, widened here) with 32 int16
+// Sum of products of 32 int16 weight codes with 32 int16
 // activation codes, as 8 int32 lanes.
-inline __m256i dot_w8_a16(__m256i w_lo, __m256i w_hi, __m256i a_lo, __m256i a_hi) {
+inline __m256i dot_s16(__m256i w_lo, __m256i w_hi, __m256i a_lo, __m256i a_hi) {
     return _mm256_add_epi32(_mm256_madd_epi16(w_lo, a_lo), _mm256_madd_epi16(w_hi, a_hi));
 }
 
@@ -115,7 +132,7 @@ inline __m256i dot_w8_a16(__m256i w_lo, __m256i w_hi, __m256i a_lo, __m256i a_hi
 // each column needs one multiply for all R row x column scale products, and
 // the _1 types' minimum terms accumulate as one vector per column (row r in
 // lane r) instead of a scalar chain per (row, column). Weight codes are
-// widened to int16 once per block and reused by every column.
+// unpacked to int16 once per block and reused by every column.
 template <class W, int R, int C>
 void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_t by, float* out,
                  size_t ldo) {
@@ -128,16 +145,11 @@ void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_
     }
     const int64_t nb = n / 32;
     for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* xb = x + b * W::size;
         __m256i w_lo[R], w_hi[R];
-        float wd[4] = {}, wm[4] = {};
-        for (int r = 0; r < R; ++r) {
-            const __m256i q = W::load(x + r * bx + b * W::size, &wd[r], &wm[r]);
-            w_lo[r] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(q));
-            w_hi[r] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(q, 1));
-        }
-        // Built in registers: a 16-byte load of the scalars just stored would
-        // miss store forwarding and stall every block.
-        const __m128 vwd = _mm_setr_ps(wd[0], wd[1], wd[2], wd[3]);
+        for (int r = 0; r < R; ++r) W::load(xb + r * bx, &w_lo[r], &w_hi[r]);
+        const __m128 vwd = gather_half<R>(xb, bx);
+        const __m128 vwm = W::has_min ? gather_half<R>(xb + 2, bx) : _mm_setzero_ps();
         for (int c = 0; c < C; ++c) {
             const A* a = (const A*)(y + c * by) + b;
             const __m256i a_lo = _mm256_loadu_si256((const __m256i*)a->qs);
@@ -146,12 +158,10 @@ void tile_kernel(int64_t n, const uint8_t* x, size_t bx, const uint8_t* y, size_
             alignas(16) float ds[4];
             _mm_store_ps(ds, _mm_mul_ps(vwd, _mm_shuffle_ps(as, as, 0)));
             for (int r = 0; r < R; ++r) {
-                const __m256 p = _mm256_cvtepi32_ps(dot_w8_a16(w_lo[r], w_hi[r], a_lo, a_hi));
+                const __m256 p = _mm256_cvtepi32_ps(dot_s16(w_lo[r], w_hi[r], a_lo, a_hi));
                 acc[r][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(&ds[r]), p, acc[r][c]);
             }
-            if (W::has_min)
-                macc[c] = _mm_fmadd_ps(_mm_setr_ps(wm[0], wm[1], wm[2], wm[3]),
-                                       _mm_shuffle_ps(as, as, 0x55), macc[c]);
+            if (W::has_min) macc[c] = _mm_fmadd_ps(vwm, _mm_shuffle_ps(as, as, 0x55), macc[c]);
         }
     }
     for (int c = 0; c < C; ++c) {
