@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace kvrt {
@@ -26,7 +27,8 @@ public:
 
     template <class F>
     void run(F&& fn) {
-        run_impl(&trampoline<F>, &fn);
+        using Fn = std::remove_reference_t<F>;
+        run_impl(&trampoline<Fn>, const_cast<void*>(static_cast<const void*>(&fn)));
     }
 
     // Number of threads to use when the user did not say: physical cores are

@@ -14,6 +14,9 @@ namespace kvrt {
 
 // Below this many positions a span is not split further.
 static constexpr int kMinSpan = 256;
+// Attention with fewer (query, key) head-pairs than this runs on the calling
+// thread: at small depth in decode it costs less than waking the others.
+static constexpr int64_t kMinParallelWork = 16384;
 
 void attention_forward(const kv_stream& keys, const kv_stream& values, const float* q, int n_tok,
                        int pos0, const attention_params& p, float* out,
@@ -33,8 +36,13 @@ void attention_forward(const kv_stream& keys, const kv_stream& values, const flo
     scratch.per_thread.resize(nth);
     const float scale = 1.0f / std::sqrt((float)hd);
     std::atomic<int> next{0};
+    const bool inline_only = (int64_t)n_tok * max_len * p.n_head < kMinParallelWork;
+    auto run = [&](auto&& fn) {
+        if (inline_only) fn(0, 1);
+        else pool.run(fn);
+    };
 
-    pool.run([&](int ith, int) {
+    run([&](int ith, int) {
         std::vector<float>& sbuf = scratch.per_thread[ith];
         sbuf.resize((size_t)n_rep * (max_len + hd));
         float* qbuf = sbuf.data();  // n_rep * hd, then scores
@@ -79,7 +87,7 @@ void attention_forward(const kv_stream& keys, const kv_stream& values, const flo
     });
 
     // Merge the spans of each (token, head).
-    pool.run([&](int ith, int nth_) {
+    run([&](int ith, int nth_) {
         int64_t b, e;
         split_range((int64_t)n_pairs * n_rep, ith, nth_, &b, &e);
         for (int64_t i = b; i < e; ++i) {
