@@ -39,4 +39,37 @@ gemm_tile_fn simd_gemm_tile(ggml_type t);
 quantize_fn simd_quantizer(ggml_type t);  // activations: bit-identical to ref
 const char* simd_name();
 
+
+// Drives a kernel family K (K::kernel<R, C>, R <= 4 rows, C <= 2 columns)
+// over an nr x nc tile; shared by the SIMD paths. 4 x 2 keeps 8 float
+// accumulators plus 4 unpacked weight blocks within 16 vector registers.
+template <class K>
+void gemm_tile_4x2(int64_t n, const void* vx, size_t bx, const void* vy, size_t by, float* out,
+                   size_t ldo, int nr, int nc) {
+    using fn = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, size_t, float*, size_t);
+    static const fn table[4][2] = {
+        {K::template kernel<1, 1>, K::template kernel<1, 2>},
+        {K::template kernel<2, 1>, K::template kernel<2, 2>},
+        {K::template kernel<3, 1>, K::template kernel<3, 2>},
+        {K::template kernel<4, 1>, K::template kernel<4, 2>},
+    };
+    const uint8_t* x = (const uint8_t*)vx;
+    const uint8_t* y = (const uint8_t*)vy;
+    for (int c = 0; c < nc; c += 2) {
+        const int cc = nc - c < 2 ? nc - c : 2;
+        for (int r = 0; r < nr; r += 4) {
+            const int rr = nr - r < 4 ? nr - r : 4;
+            table[rr - 1][cc - 1](n, x + r * bx, bx, y + c * by, by, out + c * ldo + r, ldo);
+        }
+    }
+}
+
+// One dot product through a kernel family's 1 x 1 tile.
+template <class K>
+float tile_vec_dot(int64_t n, const void* x, const void* y) {
+    float s;
+    K::template kernel<1, 1>(n, (const uint8_t*)x, 0, (const uint8_t*)y, 0, &s, 1);
+    return s;
+}
+
 }  // namespace kvrt

@@ -221,35 +221,7 @@ struct kq {
     }
 };
 
-constexpr int kR = 4, kC = 2;
 
-template <class K>
-void gemm_tile(int64_t n, const void* vx, size_t bx, const void* vy, size_t by, float* out,
-               size_t ldo, int nr, int nc) {
-    using fn = void (*)(int64_t, const uint8_t*, size_t, const uint8_t*, size_t, float*, size_t);
-    static const fn table[kR][kC] = {
-        {K::template kernel<1, 1>, K::template kernel<1, 2>},
-        {K::template kernel<2, 1>, K::template kernel<2, 2>},
-        {K::template kernel<3, 1>, K::template kernel<3, 2>},
-        {K::template kernel<4, 1>, K::template kernel<4, 2>},
-    };
-    const uint8_t* x = (const uint8_t*)vx;
-    const uint8_t* y = (const uint8_t*)vy;
-    for (int c = 0; c < nc; c += kC) {
-        const int cc = nc - c < kC ? nc - c : kC;
-        for (int r = 0; r < nr; r += kR) {
-            const int rr = nr - r < kR ? nr - r : kR;
-            table[rr - 1][cc - 1](n, x + r * bx, bx, y + c * by, by, out + c * ldo + r, ldo);
-        }
-    }
-}
-
-template <class K>
-float vec_dot(int64_t n, const void* x, const void* y) {
-    float s;
-    K::template kernel<1, 1>(n, (const uint8_t*)x, 0, (const uint8_t*)y, 0, &s, 1);
-    return s;
-}
 
 float vec_dot_f32(int64_t n, const void* vx, const void* vy) {
     const float* x = (const float*)vx;
@@ -377,14 +349,14 @@ void quant_q8_K(const float* x, void* vy, int64_t n) {
 
 vec_dot_fn simd_vec_dot(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_Q4_0: return vec_dot<blk<w_q4_0>>;
-        case GGML_TYPE_Q4_1: return vec_dot<blk<w_q4_1>>;
-        case GGML_TYPE_Q5_0: return vec_dot<blk<w_q5_0>>;
-        case GGML_TYPE_Q5_1: return vec_dot<blk<w_q5_1>>;
-        case GGML_TYPE_Q8_0: return vec_dot<blk<w_q8_0>>;
-        case GGML_TYPE_Q4_K: return vec_dot<kq<GGML_TYPE_Q4_K>>;
-        case GGML_TYPE_Q5_K: return vec_dot<kq<GGML_TYPE_Q5_K>>;
-        case GGML_TYPE_Q6_K: return vec_dot<kq<GGML_TYPE_Q6_K>>;
+        case GGML_TYPE_Q4_0: return tile_vec_dot<blk<w_q4_0>>;
+        case GGML_TYPE_Q4_1: return tile_vec_dot<blk<w_q4_1>>;
+        case GGML_TYPE_Q5_0: return tile_vec_dot<blk<w_q5_0>>;
+        case GGML_TYPE_Q5_1: return tile_vec_dot<blk<w_q5_1>>;
+        case GGML_TYPE_Q8_0: return tile_vec_dot<blk<w_q8_0>>;
+        case GGML_TYPE_Q4_K: return tile_vec_dot<kq<GGML_TYPE_Q4_K>>;
+        case GGML_TYPE_Q5_K: return tile_vec_dot<kq<GGML_TYPE_Q5_K>>;
+        case GGML_TYPE_Q6_K: return tile_vec_dot<kq<GGML_TYPE_Q6_K>>;
         case GGML_TYPE_F16: return vec_dot_f16;
         case GGML_TYPE_F32: return vec_dot_f32;
         default: return nullptr;
@@ -393,14 +365,14 @@ vec_dot_fn simd_vec_dot(ggml_type t) {
 
 gemm_tile_fn simd_gemm_tile(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_Q4_0: return gemm_tile<blk<w_q4_0>>;
-        case GGML_TYPE_Q4_1: return gemm_tile<blk<w_q4_1>>;
-        case GGML_TYPE_Q5_0: return gemm_tile<blk<w_q5_0>>;
-        case GGML_TYPE_Q5_1: return gemm_tile<blk<w_q5_1>>;
-        case GGML_TYPE_Q8_0: return gemm_tile<blk<w_q8_0>>;
-        case GGML_TYPE_Q4_K: return gemm_tile<kq<GGML_TYPE_Q4_K>>;
-        case GGML_TYPE_Q5_K: return gemm_tile<kq<GGML_TYPE_Q5_K>>;
-        case GGML_TYPE_Q6_K: return gemm_tile<kq<GGML_TYPE_Q6_K>>;
+        case GGML_TYPE_Q4_0: return gemm_tile_4x2<blk<w_q4_0>>;
+        case GGML_TYPE_Q4_1: return gemm_tile_4x2<blk<w_q4_1>>;
+        case GGML_TYPE_Q5_0: return gemm_tile_4x2<blk<w_q5_0>>;
+        case GGML_TYPE_Q5_1: return gemm_tile_4x2<blk<w_q5_1>>;
+        case GGML_TYPE_Q8_0: return gemm_tile_4x2<blk<w_q8_0>>;
+        case GGML_TYPE_Q4_K: return gemm_tile_4x2<kq<GGML_TYPE_Q4_K>>;
+        case GGML_TYPE_Q5_K: return gemm_tile_4x2<kq<GGML_TYPE_Q5_K>>;
+        case GGML_TYPE_Q6_K: return gemm_tile_4x2<kq<GGML_TYPE_Q6_K>>;
         default: return nullptr;
     }
 }
