@@ -42,6 +42,7 @@ int cli_perplexity(int argc, char** argv) {
     });
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
     std::printf("\n");
+    std::fflush(stdout);
     std::fprintf(stderr, "evaluated %lld tokens in %.2f s (%.1f tokens/s)\n",
                  (long long)r.n_chunks * ctx.n_ctx(), secs, r.n_chunks * ctx.n_ctx() / secs);
     std::printf("Final estimate: PPL = %.4f +/- %.5f\n", r.ppl, r.ppl_err);

@@ -59,12 +59,14 @@ public:
         for (size_t i = 0; i < (size_t)n * w; ++i) dst[i] = convert(x[i]);
     }
 
+    // Each cached key/value is converted once and used by all n_rep query
+    // heads of its group (grouped-query attention).
     void scores(int h, const float* q, int n_rep, int t0, int t1, float* s,
                 int ld) const override {
         const size_t w = (size_t)n_head_kv_ * hd_;
         for (int t = t0; t < t1; ++t) {
             const T* k = data_.get() + (size_t)t * w + (size_t)h * hd_;
-            for (int r = 0; r < n_rep; ++r) s[(size_t)r * ld + (t - t0)] = dot(q + r * hd_, k);
+            dot_group(q, k, n_rep, s + (t - t0), ld);
         }
     }
 
@@ -73,7 +75,7 @@ public:
         const size_t w = (size_t)n_head_kv_ * hd_;
         for (int t = t0; t < t1; ++t) {
             const T* v = data_.get() + (size_t)t * w + (size_t)h * hd_;
-            for (int r = 0; r < n_rep; ++r) axpy(p[(size_t)r * ld + (t - t0)], v, out + r * hd_);
+            axpy_group(p + (t - t0), ld, v, n_rep, out);
         }
     }
 
@@ -85,26 +87,47 @@ private:
         else return x;
     }
 
-    float dot(const float* q, const T* k) const {
-        int d = 0;
-        float sum = 0.0f;
+    // s[r * ld] = q_r . k for r < n_rep.
+    void dot_group(const float* q, const T* k, int n_rep, float* s, int ld) const {
+        int d0 = 0;
 #if defined(__AVX2__) && defined(__F16C__)
-        __m256 acc = _mm256_setzero_ps();
-        for (; d + 8 <= hd_; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), kv_load8(k + d), acc);
-        sum = hsum8(acc);
+        constexpr int kMaxRep = 16;
+        if (n_rep <= kMaxRep && hd_ % 8 == 0) {
+            __m256 acc[kMaxRep];
+            for (int r = 0; r < n_rep; ++r) acc[r] = _mm256_setzero_ps();
+            for (int d = 0; d < hd_; d += 8) {
+                const __m256 kv = kv_load8(k + d);
+                for (int r = 0; r < n_rep; ++r)
+                    acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * hd_ + d), kv, acc[r]);
+            }
+            for (int r = 0; r < n_rep; ++r) s[(size_t)r * ld] = hsum8(acc[r]);
+            return;
+        }
 #endif
-        for (; d < hd_; ++d) sum += q[d] * kv_load(k + d);
-        return sum;
+        for (int r = 0; r < n_rep; ++r) {
+            float sum = 0.0f;
+            for (int d = d0; d < hd_; ++d) sum += q[r * hd_ + d] * kv_load(k + d);
+            s[(size_t)r * ld] = sum;
+        }
     }
 
-    void axpy(float a, const T* v, float* out) const {
-        int d = 0;
+    // out_r += p[r * ld] * v for r < n_rep.
+    void axpy_group(const float* p, int ld, const T* v, int n_rep, float* out) const {
 #if defined(__AVX2__) && defined(__F16C__)
-        const __m256 va = _mm256_set1_ps(a);
-        for (; d + 8 <= hd_; d += 8)
-            _mm256_storeu_ps(out + d, _mm256_fmadd_ps(va, kv_load8(v + d), _mm256_loadu_ps(out + d)));
+        if (hd_ % 8 == 0) {
+            for (int d = 0; d < hd_; d += 8) {
+                const __m256 vv = kv_load8(v + d);
+                for (int r = 0; r < n_rep; ++r) {
+                    float* o = out + r * hd_ + d;
+                    _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_set1_ps(p[(size_t)r * ld]), vv,
+                                                        _mm256_loadu_ps(o)));
+                }
+            }
+            return;
+        }
 #endif
-        for (; d < hd_; ++d) out[d] += a * kv_load(v + d);
+        for (int r = 0; r < n_rep; ++r)
+            for (int d = 0; d < hd_; ++d) out[r * hd_ + d] += p[(size_t)r * ld] * kv_load(v + d);
     }
 
     int n_ctx_, n_head_kv_, hd_;
