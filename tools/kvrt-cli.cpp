@@ -11,7 +11,8 @@ static void print_usage(FILE* out) {
                  "usage: kvrt-cli <command> [options]\n\n"
                  "commands:\n"
                  "  perplexity   perplexity of a model over a text file\n"
-                 "  bench        prompt-processing and generation speed\n\n"
+                 "  bench        prompt-processing and generation speed\n"
+                 "  run          generate text from a prompt\n\n"
                  "Run 'kvrt-cli <command> --help' for a command's options.\n");
 }
 
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
     try {
         if (cmd == "perplexity") return kvrt::cli_perplexity(argc - 2, argv + 2);
         if (cmd == "bench") return kvrt::cli_bench(argc - 2, argv + 2);
+        if (cmd == "run") return kvrt::cli_run(argc - 2, argv + 2);
         std::fprintf(stderr, "kvrt-cli: unknown command '%s' (see kvrt-cli --help)\n", cmd.c_str());
         return 2;
     } catch (const std::exception& e) {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -57,6 +58,88 @@ class Model:
         """llama-perplexity protocol over `tokens` with chunks of n_ctx."""
         return self._m.perplexity(list(tokens), n_chunks)
 
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int = 128,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+    ) -> str | Iterator[str]:
+        """Generates text after `prompt` with llama.cpp's sampling chain and
+        defaults (temperature <= 0: greedy; max_tokens=-1: until the context
+        is full). A str prompt is tokenized with special tokens added and
+        parsed (so chat templates work); a list of ids is used as is.
+
+        Returns the text, or with stream=True an iterator of text pieces
+        (each valid UTF-8; joined they equal the non-streamed text). Stops at
+        an end-of-generation token, max_tokens, a stop string (not included)
+        or a full context. The KV cache is reset first, so a call interrupted
+        by KeyboardInterrupt leaves the model usable.
+        """
+        gen = self._generator(
+            prompt,
+            max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            repeat_last_n=repeat_last_n,
+            seed=seed,
+            stop=stop,
+        )
+        it = _pieces(gen)
+        return it if stream else "".join(it)
+
+    def generate_tokens(
+        self, prompt: str | Sequence[int], max_tokens: int = 128, **sampling
+    ) -> list:
+        """Like generate() (same keyword arguments, no stream) but returns the
+        sampled token ids, an end-of-generation token included when one
+        stopped it."""
+        gen = self._generator(prompt, max_tokens, **sampling)
+        for _ in _pieces(gen):
+            pass
+        return list(gen.tokens)
+
+    def _generator(
+        self,
+        prompt,
+        max_tokens,
+        temperature=0.8,
+        top_k=40,
+        top_p=0.95,
+        min_p=0.05,
+        repeat_penalty=1.0,
+        repeat_last_n=64,
+        seed=None,
+        stop=None,
+    ):
+        ids = self.tokenize(prompt, True, True) if isinstance(prompt, str) else list(prompt)
+        if isinstance(stop, str):
+            stop = [stop]
+        if seed is not None and not 0 <= seed <= 0xFFFFFFFF:
+            raise ValueError("seed must be in [0, 2**32)")
+        return self._m.generator(
+            ids,
+            max_tokens,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            repeat_last_n,
+            -1 if seed is None else seed,
+            list(stop or []),
+        )
+
     @property
     def metadata(self) -> dict:
         if self._metadata is None:
@@ -74,3 +157,9 @@ class Model:
 
     def __repr__(self) -> str:
         return f"kvrt.Model({self.path!r}, n_ctx={self.n_ctx}) [{self._m.description}]"
+
+
+def _pieces(gen) -> Iterator[str]:
+    """Text pieces of a _core.Generator until it stops."""
+    while (piece := gen.next()) is not None:
+        yield piece

@@ -7,6 +7,7 @@
 
 #include "bindings.h"
 #include "context.h"
+#include "generate.h"
 #include "perplexity.h"
 
 namespace {
@@ -14,6 +15,9 @@ namespace {
 struct py_model {
     std::unique_ptr<kvrt::model> model;
     std::unique_ptr<kvrt::context> ctx;
+    // Bumped by each generate call: an older generator still held by Python
+    // must not write into a context a newer one is using.
+    uint64_t generation = 0;
 
     py_model(const std::string& path, int n_ctx, int n_threads, int n_batch,
              const std::string& type_k, const std::string& type_v) {
@@ -29,11 +33,67 @@ struct py_model {
     }
 };
 
+// One generate call. Holds the model alive (keep_alive in the binding).
+struct py_generator {
+    py_model& owner;
+    uint64_t generation;
+    kvrt::generator gen;
+
+    // Each generate call starts from an empty cache: a previous call that
+    // was interrupted (KeyboardInterrupt) leaves nothing behind.
+    static kvrt::context& fresh_context(py_model& m) {
+        m.ctx->reset();
+        return *m.ctx;
+    }
+
+    py_generator(py_model& m, std::vector<int32_t> prompt, const kvrt::generate_params& p)
+        : owner(m), generation(++m.generation), gen(fresh_context(m), std::move(prompt), p) {}
+
+    // The next non-empty piece of text, or None when generation has stopped.
+    // The GIL is released while the model runs, so Ctrl-C is seen between
+    // tokens and other Python threads keep running.
+    nb::object next() {
+        if (owner.generation != generation)
+            throw kvrt::error("this generation was superseded by a later generate call");
+        std::string piece;
+        {
+            nb::gil_scoped_release release;
+            while (piece.empty() && gen.next(piece)) {
+            }
+        }
+        if (piece.empty()) return nb::none();
+        PyObject* o = PyUnicode_DecodeUTF8(piece.data(), (Py_ssize_t)piece.size(), "replace");
+        if (!o) throw nb::python_error();
+        return nb::steal(o);
+    }
+};
+
 using logits_array = nb::ndarray<nb::numpy, float, nb::ndim<2>>;
 
 }  // namespace
 
 void init_model(nb::module_& m) {
+    nb::class_<py_generator>(m, "Generator")
+        .def("next", &py_generator::next)
+        .def_prop_ro("tokens", [](const py_generator& g) { return g.gen.tokens(); })
+        .def_prop_ro("done", [](const py_generator& g) { return g.gen.done(); })
+        .def_prop_ro("seed", [](const py_generator& g) { return g.gen.seed(); })
+        .def_prop_ro("stop_reason",
+                     [](const py_generator& g) {
+                         return std::string(kvrt::generate_stop_name(g.gen.stop_reason()));
+                     })
+        .def_prop_ro("stats", [](const py_generator& g) {
+            const kvrt::generate_stats& st = g.gen.stats();
+            nb::dict d;
+            d["n_prompt"] = st.n_prompt;
+            d["prompt_seconds"] = st.t_prompt;
+            d["prompt_tokens_per_s"] = st.prompt_tps();
+            d["n_decode"] = st.n_decode;
+            d["decode_seconds"] = st.t_decode;
+            d["decode_tokens_per_s"] = st.decode_tps();
+            return d;
+        });
+
     nb::class_<py_model>(m, "Model")
         .def(nb::init<const std::string&, int, int, int, const std::string&, const std::string&>(),
              nb::arg("path"), nb::arg("n_ctx") = 0, nb::arg("n_threads") = 0,
@@ -66,6 +126,27 @@ void init_model(nb::module_& m) {
                  return logits_array(buf, {n_out, n_vocab}, owner);
              },
              nb::arg("tokens"), nb::arg("logits_all") = true)
+        .def("generator",
+             [](py_model& s, const std::vector<int32_t>& prompt, int max_tokens,
+                float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+                int repeat_last_n, int64_t seed, const std::vector<std::string>& stop) {
+                 kvrt::generate_params p;
+                 p.max_tokens = max_tokens;
+                 p.stop = stop;
+                 p.sampling.temperature = temperature;
+                 p.sampling.top_k = top_k;
+                 p.sampling.top_p = top_p;
+                 p.sampling.min_p = min_p;
+                 p.sampling.repeat_penalty = repeat_penalty;
+                 p.sampling.repeat_last_n = repeat_last_n;
+                 p.sampling.seed_random = seed < 0;
+                 p.sampling.seed = (uint32_t)(seed < 0 ? 0 : seed);
+                 return new py_generator(s, prompt, p);
+             },
+             nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("temperature"), nb::arg("top_k"),
+             nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"),
+             nb::arg("repeat_last_n"), nb::arg("seed"), nb::arg("stop"),
+             nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
         .def("reset", [](py_model& s) { s.ctx->reset(); })
         .def("truncate", [](py_model& s, int n) { s.ctx->truncate(n); })
         .def("perplexity",
