@@ -5,6 +5,7 @@
 // tokens per second.
 #pragma once
 
+#include <cstddef>
 #include <string>
 #include <vector>
 
@@ -28,5 +29,26 @@ struct bench_result {
 
 // Runs one test `reps` times after one untimed warm-up run.
 bench_result bench_run(context& ctx, const bench_test& test, int reps, unsigned seed);
+
+// One printed row: what was measured and on what.
+struct bench_row {
+    std::string model, size, params, backend;  // as shown in the markdown table
+    int threads = 0;
+    std::string type_k, type_v, kv;  // kv: the cache's own name ("f16", "k=q8_0,v=f16")
+    int n_ctx = 0;                   // tokens the cache was allocated for
+    size_t kv_bytes = 0;             // allocated for n_ctx tokens, from the allocator
+    double bits_per_element = 0;
+    bench_result result;
+};
+
+enum bench_output { BENCH_OUTPUT_MD, BENCH_OUTPUT_CSV, BENCH_OUTPUT_JSON };
+
+// Parses "md", "csv", "json"; throws kvrt::error otherwise.
+bench_output bench_output_from_name(const std::string& name);
+// Rows are printed as they come (a long run shows progress); md adds a table
+// of KV cache sizes per format after the last row, json closes its array.
+void bench_print_header(bench_output o);
+void bench_print_row(bench_output o, const bench_row& r, bool first);
+void bench_print_footer(bench_output o, const std::vector<bench_row>& rows);
 
 }  // namespace kvrt

@@ -54,5 +54,6 @@ std::string cli_read_file(const std::string& path);
 int cli_perplexity(int argc, char** argv);
 int cli_bench(int argc, char** argv);
 int cli_run(int argc, char** argv);
+int cli_chat(int argc, char** argv);
 
 }  // namespace kvrt

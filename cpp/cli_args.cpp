@@ -99,9 +99,14 @@ std::vector<cli_option> cli_model_options() {
         {{"-t", "--threads"}, "N", "threads", "all hardware threads, at most 8"},
         {{"-c", "--ctx-size"}, "N", "context size in tokens", ""},
         {{"-b", "--batch-size"}, "N", "tokens per forward call in prefill", "512"},
-        {{"-ctk", "--cache-type-k"}, "TYPE", "KV cache format of keys: f32, f16", "f16"},
-        {{"-ctv", "--cache-type-v"}, "TYPE", "KV cache format of values: f32, f16", "f16"},
-        {{"--kv"}, "TYPE", "KV cache format of keys and values", "f16"},
+        {{"-ctk", "--cache-type-k"}, "TYPE", "KV cache format of keys (as --kv)", "f16"},
+        {{"-ctv", "--cache-type-v"}, "TYPE", "KV cache format of values (as --kv)", "f16"},
+        {{"--kv"}, "TYPE",
+         "KV cache format of keys and values: f32, f16, q8_0, q4_0, affine:B, rot:B (B code "
+         "bits: 2, 3, 4, 8), pca[:B] (B average bits; needs a calibration), auto (pca when a "
+         "calibration is found, else f16)",
+         "f16"},
+        {{"--kv-calib"}, "FILE", "KV calibration sidecar of pca", "<model>.kvcal.gguf"},
     };
 }
 
@@ -113,6 +118,7 @@ context_params cli_context_params(const cli_args& a, int default_ctx) {
     const std::string both = a.str("--kv", "f16");
     p.type_k = kv_type_from_name(a.str("-ctk", both));
     p.type_v = kv_type_from_name(a.str("-ctv", both));
+    p.kv_calib = a.str("--kv-calib", "");
     return p;
 }
 

@@ -1,6 +1,7 @@
 #include "context.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "quants.h"
@@ -15,8 +16,9 @@ context::context(const model& m, const context_params& params)
     if (params_.n_ctx > (1 << 24)) throw error("context: n_ctx is too large");
     if (params_.n_batch <= 0) params_.n_batch = 512;
     params_.n_batch = std::min(params_.n_batch, params_.n_ctx);
+    resolve_kv_formats();
     kv_ = std::make_unique<kv_cache>(hp.n_layer, params_.n_ctx, hp.n_head_kv, hp.head_dim,
-                                     params_.type_k, params_.type_v);
+                                     params_.type_k, params_.type_v, calib_.get());
     rope_.init(hp);
     const size_t B = params_.n_batch;
     x_.resize(B * hp.n_embd);
@@ -28,6 +30,39 @@ context::context(const model& m, const context_params& params)
     gate_.resize(B * hp.n_ff);
     up_.resize(B * hp.n_ff);
     out_.resize(B * hp.n_embd);
+}
+
+void context::resolve_kv_formats() {
+    const bool pk = params_.type_k.kind == KV_KIND_PCA, pv = params_.type_v.kind == KV_KIND_PCA;
+    if (!pk && !pv) return;
+    std::string path = params_.kv_calib;
+    if (path.empty()) {
+        const std::string dflt = kv_calib_default_path(model_.file().path());
+        if (std::FILE* f = std::fopen(dflt.c_str(), "rb")) {
+            std::fclose(f);
+            path = dflt;
+        }
+    }
+    for (kv_type* t : {&params_.type_k, &params_.type_v})
+        if (t->kind == KV_KIND_PCA && t->budget < 0) *t = path.empty() ? KV_TYPE_F16 : kv_type{KV_KIND_PCA, 0, 0};
+    if (!path.empty()) {
+        calib_ = kv_calibration::load(path, model_);
+        return;
+    }
+    if (params_.type_k.kind != KV_KIND_PCA && params_.type_v.kind != KV_KIND_PCA) return;
+    // No calibration: the rotation format at the nearest code width that
+    // does not exceed the budget (its scale and minimum add 0.5 bit at dim 64).
+    std::string was;
+    for (kv_type* t : {&params_.type_k, &params_.type_v}) {
+        if (t->kind != KV_KIND_PCA) continue;
+        const float b = t->budget > 0 ? t->budget : 3.0f;
+        const int bits = b >= 8 ? 8 : b >= 4 ? 4 : b >= 3 ? 3 : 2;
+        was = kv_type_name(*t);
+        *t = kv_type{KV_KIND_ROT, bits, 0};
+    }
+    std::fprintf(stderr, "kvrt: no KV calibration %s (python -m kvrt calibrate makes one); "
+                 "%s falls back to rot\n", kv_calib_default_path(model_.file().path()).c_str(),
+                 was.c_str());
 }
 
 void context::truncate(int n) {
@@ -101,10 +136,19 @@ void context::forward_batch(const int32_t* tokens, int n, float* logits, int n_l
             rope_.apply(q_.data() + (size_t)t * QD, hp.n_head, pos0 + t);
             rope_.apply(k_.data() + (size_t)t * KVD, hp.n_head_kv, pos0 + t);
         }
+        if (observer_) observer_->on_qkv(il, pos0, n, q_.data(), k_.data(), v_.data());
         kv_->keys(il).store(pos0, n, k_.data());
         kv_->values(il).store(pos0, n, v_.data());
         attention_forward(kv_->keys(il), kv_->values(il), q_.data(), n, pos0, ap, att_.data(),
                           att_scratch_, pool_);
+        if (capture_) {  // rows of this batch inside the captured window
+            attn_capture& cap = *capture_;
+            const int t0 = std::max(0, cap.pos0 - pos0);
+            const int t1 = std::min(n, cap.pos0 + cap.n_rows - pos0);
+            for (int t = t0; t < t1; ++t)
+                std::memcpy(&cap.out[((size_t)il * cap.n_rows + pos0 + t - cap.pos0) * QD],
+                            &att_[(size_t)t * QD], sizeof(float) * QD);
+        }
         matmul_prepare(att_.data(), n, QD, L.wo.type, &in_a_, pool_);
         matmul(L.wo, in_a_, out_.data(), pool_);
         for (size_t i = 0; i < (size_t)n * E; ++i) x_[i] += out_[i];

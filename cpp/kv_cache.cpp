@@ -1,9 +1,12 @@
 #include "kv_cache.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "common.h"
+#include "kv_calib.h"
+#include "kv_formats.h"
 #include "quants.h"
 
 #if defined(__AVX2__) && defined(__F16C__)
@@ -13,15 +16,52 @@
 namespace kvrt {
 
 kv_type kv_type_from_name(const std::string& name) {
+    auto bits_of = [&](size_t colon) -> float {
+        const std::string num = name.substr(colon + 1);
+        char* end = nullptr;
+        const float b = std::strtof(num.c_str(), &end);
+        if (num.empty() || *end != '\0') throw error("KV format '" + name + "': bad bit count");
+        return b;
+    };
     if (name == "f32") return KV_TYPE_F32;
     if (name == "f16") return KV_TYPE_F16;
-    throw error("unknown KV cache format '" + name + "' (known: f32, f16)");
+    if (name == "q8_0") return {KV_KIND_Q8_0, 8, 0};
+    if (name == "q4_0") return {KV_KIND_Q4_0, 4, 0};
+    if (name == "pca") return {KV_KIND_PCA, 0, 0};
+    if (name == "auto") return {KV_KIND_PCA, 0, -1};
+    const size_t colon = name.find(':');
+    if (colon != std::string::npos) {
+        const std::string kind = name.substr(0, colon);
+        const float b = bits_of(colon);
+        if (kind == "affine" || kind == "rot") {
+            if (b != 2 && b != 3 && b != 4 && b != 8)
+                throw error("KV format '" + name + "': bits must be 2, 3, 4 or 8");
+            return {kind == "affine" ? KV_KIND_AFFINE : KV_KIND_ROT, (int)b, 0};
+        }
+        if (kind == "pca") {
+            if (!(b >= 0.5f && b <= 8.0f))
+                throw error("KV format '" + name + "': average bits must be in 0.5..8");
+            return {KV_KIND_PCA, 0, b};
+        }
+    }
+    throw error("unknown KV cache format '" + name +
+                "' (known: f32, f16, q8_0, q4_0, affine:B, rot:B with B in 2,3,4,8, pca, pca:B, auto)");
 }
 
-const char* kv_type_name(kv_type t) {
-    switch (t) {
-        case KV_TYPE_F32: return "f32";
-        case KV_TYPE_F16: return "f16";
+std::string kv_type_name(const kv_type& t) {
+    char buf[32];
+    switch (t.kind) {
+        case KV_KIND_F32: return "f32";
+        case KV_KIND_F16: return "f16";
+        case KV_KIND_Q8_0: return "q8_0";
+        case KV_KIND_Q4_0: return "q4_0";
+        case KV_KIND_AFFINE: return "affine:" + std::to_string(t.bits);
+        case KV_KIND_ROT: return "rot:" + std::to_string(t.bits);
+        case KV_KIND_PCA:
+            if (t.budget < 0) return "auto";
+            if (t.budget == 0) return "pca";
+            std::snprintf(buf, sizeof buf, "pca:%g", t.budget);
+            return buf;
     }
     return "?";
 }
@@ -81,6 +121,11 @@ public:
 
     size_t bytes() const override { return size_ * sizeof(T); }
 
+    void decode(int pos, float* x) const override {
+        const size_t w = (size_t)n_head_kv_ * hd_;
+        for (size_t i = 0; i < w; ++i) x[i] = kv_load(data_.get() + (size_t)pos * w + i);
+    }
+
 private:
     static T convert(float x) {
         if constexpr (sizeof(T) == 2) return fp32_to_fp16(x);
@@ -138,23 +183,50 @@ private:
 
 }  // namespace
 
-std::unique_ptr<kv_stream> kv_stream_create(kv_type t, int n_ctx, int n_head_kv, int head_dim) {
-    switch (t) {
-        case KV_TYPE_F32: return std::make_unique<kv_stream_plain<float>>(n_ctx, n_head_kv, head_dim);
-        case KV_TYPE_F16:
+std::unique_ptr<kv_stream> kv_stream_create(const kv_type& t, bool is_key, int n_ctx,
+                                            int n_head_kv, int head_dim, uint32_t seed,
+                                            const std::vector<kv_pca_head>* pca) {
+    switch (t.kind) {
+        case KV_KIND_F32: return std::make_unique<kv_stream_plain<float>>(n_ctx, n_head_kv, head_dim);
+        case KV_KIND_F16:
             return std::make_unique<kv_stream_plain<uint16_t>>(n_ctx, n_head_kv, head_dim);
+        case KV_KIND_PCA:
+            if (!pca || (int)pca->size() != n_head_kv)
+                throw error("KV format pca needs a calibration for every kv head");
+            return kv_stream_create_pca(n_ctx, *pca);
+        default: return kv_stream_create_quantized(t, is_key, n_ctx, n_head_kv, head_dim, seed);
     }
-    throw error("kv cache: unknown format");
 }
 
 kv_cache::kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type type_k,
-                   kv_type type_v)
+                   kv_type type_v, const kv_calibration* calib)
     : n_layer_(n_layer), n_ctx_(n_ctx), n_head_kv_(n_head_kv), head_dim_(head_dim),
       type_k_(type_k), type_v_(type_v) {
-    for (int i = 0; i < n_layer; ++i) {
-        k_.push_back(kv_stream_create(type_k, n_ctx, n_head_kv, head_dim));
-        v_.push_back(kv_stream_create(type_v, n_ctx, n_head_kv, head_dim));
+    const bool pk = type_k.kind == KV_KIND_PCA, pv = type_v.kind == KV_KIND_PCA;
+    kv_calibration::plan plan;
+    if (pk || pv) {
+        if (!calib) throw error("KV format pca needs a calibration file");
+        if (pk && pv && type_k.budget == type_v.budget) {
+            plan = calib->solve(type_k.budget > 0 ? type_k.budget : calib->default_bits, true, true,
+                                n_ctx);
+        } else {
+            // Different budgets for keys and values: two separate knapsacks.
+            if (pk) plan.k = calib->solve(type_k.budget > 0 ? type_k.budget : calib->default_bits,
+                                          true, false, n_ctx).k;
+            if (pv) plan.v = calib->solve(type_v.budget > 0 ? type_v.budget : calib->default_bits,
+                                          false, true, n_ctx).v;
+        }
     }
+    for (int i = 0; i < n_layer; ++i) {
+        k_.push_back(kv_stream_create(type_k, true, n_ctx, n_head_kv, head_dim, 2 * i,
+                                      pk ? &plan.k[i] : nullptr));
+        v_.push_back(kv_stream_create(type_v, false, n_ctx, n_head_kv, head_dim, 2 * i + 1,
+                                      pv ? &plan.v[i] : nullptr));
+    }
+}
+
+void kv_cache::set_stream(int layer, bool is_value, std::unique_ptr<kv_stream> s) {
+    (is_value ? v_ : k_).at(layer) = std::move(s);
 }
 
 size_t kv_cache::bytes() const {
@@ -169,7 +241,7 @@ double kv_cache::bits_per_element() const {
 }
 
 std::string kv_cache::format_name() const {
-    if (type_k_ == type_v_) return kv_type_name(type_k_);
+    if (kv_type_name(type_k_) == kv_type_name(type_v_)) return kv_type_name(type_k_);
     return std::string("k=") + kv_type_name(type_k_) + ",v=" + kv_type_name(type_v_);
 }
 

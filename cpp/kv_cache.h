@@ -1,8 +1,9 @@
 // KV cache: per layer, one stream of keys and one of values, each in its own
-// format. A format implements storing new tokens and the two halves of
-// attention over its own storage (scores against keys, the probability-
-// weighted sum of values), so attention never needs a dequantized copy of
-// the cache. Softmax and the split over positions live in cpu/attention.cpp.
+// format (layouts in kv_layout.h). A format implements storing new tokens and
+// the two halves of attention over its own storage (scores against keys, the
+// probability-weighted sum of values), so attention never needs a
+// dequantized copy of the cache. Softmax and the split over positions live in
+// cpu/attention.cpp.
 #pragma once
 
 #include <cstddef>
@@ -13,40 +14,86 @@
 
 namespace kvrt {
 
-enum kv_type {
-    KV_TYPE_F32,
-    KV_TYPE_F16,
+enum kv_kind {
+    KV_KIND_F32,
+    KV_KIND_F16,
+    KV_KIND_Q8_0,    // llama.cpp's block layout: the comparison baseline
+    KV_KIND_Q4_0,
+    KV_KIND_AFFINE,  // keys per channel over token blocks (KIVI), values per token
+    KV_KIND_ROT,     // random-sign Walsh-Hadamard, then per-token affine
+    KV_KIND_PCA,     // calibrated basis, banded static quantizers
 };
 
-// Parses "f32" / "f16"; throws kvrt::error listing the known names.
+struct kv_type {
+    kv_kind kind = KV_KIND_F16;
+    int bits = 16;      // code bits of affine / rot
+    float budget = 0;   // pca: average bits per element (0: the calibration's default;
+                        // -1: "auto", pca when a calibration is found, else f16)
+};
+
+inline constexpr kv_type KV_TYPE_F32{KV_KIND_F32, 32, 0};
+inline constexpr kv_type KV_TYPE_F16{KV_KIND_F16, 16, 0};
+
+// Parses "f32", "f16", "q8_0", "q4_0", "affine:B" (B in 2,3,4,8), "rot:B",
+// "pca", "pca:B" (B average bits, 0.5..8), "auto"; throws kvrt::error naming the
+// known formats.
 kv_type kv_type_from_name(const std::string& name);
-const char* kv_type_name(kv_type t);
+std::string kv_type_name(const kv_type& t);
+
+// Static quantizer and basis of one (layer, kv head) of a pca stream.
+struct kv_pca_head {
+    std::vector<float> basis;  // (dim, dim): row c is principal direction c
+    std::vector<float> mean;   // (dim)
+    std::vector<float> sigma;  // (dim) standard deviation of y_c
+    std::vector<uint8_t> bits; // (dim) bits of channel c, 0 = truncated
+    std::vector<float> lo;     // (dim) y_c / a_t = lo_c + step_c * code
+    std::vector<float> step;   // (dim)
+};
 
 // One layer's keys or values: n_ctx positions x n_head_kv heads x head_dim.
 class kv_stream {
 public:
     virtual ~kv_stream() = default;
-    // x: [n][n_head_kv*head_dim], written at positions pos0 .. pos0+n-1.
+    // x: [n][n_head_kv*head_dim], written at positions pos0 .. pos0+n-1
+    // (pos0 may be below the positions written so far: they are replaced).
     virtual void store(int pos0, int n, const float* x) = 0;
-    // s[r*ld + j] = q_r . key(t0 + j) for query rows r < n_rep of kv head h,
-    // q: [n_rep][head_dim].
+    // s[r*ld + j] = q_r . key(t0 + j) + c_r for query rows r < n_rep of kv
+    // head h, q: [n_rep][head_dim]; c_r is any constant independent of the
+    // position (softmax ignores it), the same for every call with this q.
     virtual void scores(int h, const float* q, int n_rep, int t0, int t1, float* s,
                         int ld) const = 0;
-    // out[r*head_dim + d] += sum_j p[r*ld + j] * value(t0 + j)[d].
+    // out[r*head_dim + d] += sum_j p[r*ld + j] * u(t0 + j)[d], where u is
+    // the value in the stream's own domain (finish() maps it back).
     virtual void accumulate(int h, const float* p, int n_rep, int t0, int t1, int ld,
                             float* out) const = 0;
+    // Maps a normalised (probabilities summing to 1) accumulation of head h
+    // from the stream's domain to values, in place: o[head_dim].
+    virtual void finish(int /*h*/, float* /*o*/) const {}
     // Bytes this stream holds (codes, scales, staging), from its allocations.
     virtual size_t bytes() const = 0;
+    // The cached vector at `pos` as the format reproduces it, all heads:
+    // x[n_head_kv*head_dim] (tests and error measurements, not attention).
+    virtual void decode(int pos, float* x) const = 0;
 };
 
-std::unique_ptr<kv_stream> kv_stream_create(kv_type t, int n_ctx, int n_head_kv, int head_dim);
+// `seed` varies rot's signs between streams; pca needs the per-head
+// quantizers (n_head_kv of them), other formats ignore them.
+std::unique_ptr<kv_stream> kv_stream_create(const kv_type& t, bool is_key, int n_ctx,
+                                            int n_head_kv, int head_dim, uint32_t seed = 0,
+                                            const std::vector<kv_pca_head>* pca = nullptr);
+
+class kv_calibration;
 
 class kv_cache {
 public:
-    kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type type_k, kv_type type_v);
+    // A pca format needs `calib` (a null one is an error).
+    kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type type_k, kv_type type_v,
+             const kv_calibration* calib = nullptr);
 
     kv_stream& keys(int layer) { return *k_[layer]; }
     kv_stream& values(int layer) { return *v_[layer]; }
+    // Replaces one stream (calibration probes one layer's format at a time).
+    void set_stream(int layer, bool is_value, std::unique_ptr<kv_stream> s);
     int n_ctx() const { return n_ctx_; }
 
     size_t bytes() const;

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
-"""Side-by-side speed and perplexity of kvrt and llama.cpp on one GGUF.
+"""Side-by-side speed and perplexity of kvrt and llama.cpp on one GGUF, per KV cache format.
 
 llama.cpp is built outside this repository (from the llama-cpp-python sdist's
 vendor/llama.cpp); point --llama-bin at its bin folder. Both programs run in
 the same invocation on the same machine, file, text and thread count, and the
-table reports kvrt / llama.cpp ratios.
+tables report kvrt / llama.cpp ratios per KV cache format: llama.cpp with
+`-ctk F -ctv F -fa on` (its quantized caches need flash attention; f16 runs
+with it too, so every llama.cpp row uses the same attention path), kvrt with
+`--kv F`. A format llama.cpp does not have (affine:B, rot:B, pca) gets kvrt's
+numbers only.
 
     python tools/compare_llamacpp.py --llama-bin /path/llama.cpp/build/bin \
-        -m model.gguf -t 2 [--ppl-text text.txt -c 1024 --chunks 20]
+        -m model.gguf -t 2 --kv f16,q8_0,q4_0 [-d 0,1024] \
+        [--ppl-text text.txt -c 1024 --chunks 20]
 """
 
 from __future__ import annotations
@@ -20,43 +25,70 @@ import shutil
 import subprocess
 import sys
 
+# KV cache types llama.cpp's -ctk/-ctv accept that kvrt also implements.
+LLAMA_CPP_KV = {"f32", "f16", "q8_0", "q4_0"}
 
-def run(cmd: list[str]) -> str:
+
+def run(cmd: list[str], with_stderr: bool = False) -> str:
     print("$", " ".join(cmd), file=sys.stderr, flush=True)
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"command failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
-    return r.stdout
+    # llama-perplexity logs its final estimate on stderr.
+    return r.stdout + r.stderr if with_stderr else r.stdout
 
 
-def llama_bench(bin_dir: str, a, test: str, depth: int) -> tuple[float, float]:
-    n_p, n_g = (a.p, 0) if test == "pp" else (0, a.n)
-    cmd = [f"{bin_dir}/llama-bench", "-m", a.model, "-t", str(a.t), "-r", str(a.r),
-           "-p", str(n_p), "-n", str(n_g), "-o", "json"]
-    if depth:
-        cmd += ["-d", str(depth)]
-    for kv in a.llama_args:
-        cmd += kv.split()
-    rows = json.loads(run(cmd))
-    return rows[0]["avg_ts"], rows[0]["stddev_ts"]
+def bench_args(a) -> list[str]:
+    return [
+        "-m",
+        a.model,
+        "-t",
+        str(a.t),
+        "-r",
+        str(a.r),
+        "-p",
+        str(a.p),
+        "-n",
+        str(a.n),
+        "-d",
+        a.d,
+        "-o",
+        "json",
+    ]
 
 
-def kvrt_bench(cli: str, a, test: str, depth: int) -> tuple[float, float]:
-    n_p, n_g = (a.p, 0) if test == "pp" else (0, a.n)
-    out = run([cli, "bench", "-m", a.model, "-t", str(a.t), "-r", str(a.r),
-               "-p", str(n_p), "-n", str(n_g), "-d", str(depth)])
-    m = re.search(r"\| ([0-9.]+) ± ([0-9.]+) \|\s*$", out.strip().splitlines()[-1])
-    return float(m.group(1)), float(m.group(2))
+def test_name(row: dict) -> str:
+    n_p, n_g, d = row["n_prompt"], row["n_gen"], row.get("n_depth", 0)
+    name = f"pp{n_p}" if n_p else f"tg{n_g}"
+    return name + (f" @ d{d}" if d else "")
+
+
+def llama_bench(a, kv: str) -> dict:
+    cmd = [f"{a.llama_bin}/llama-bench", *bench_args(a), "-ctk", kv, "-ctv", kv, "-fa", "on"]
+    for extra in a.llama_args:
+        cmd += extra.split()
+    return {test_name(r): (r["avg_ts"], r["stddev_ts"]) for r in json.loads(run(cmd))}
+
+
+def kvrt_bench(a, kv: str) -> tuple[dict, dict]:
+    rows = json.loads(run([a.kvrt_cli, "bench", *bench_args(a), "--kv", kv]))
+    return {test_name(r): (r["avg_ts"], r["stddev_ts"]) for r in rows}, rows[0]
 
 
 def final_ppl(out: str) -> tuple[float, float]:
     m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", out)
+    if not m:
+        sys.exit("no 'Final estimate' line in the perplexity output")
     return float(m.group(1)), float(m.group(2))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--llama-bin", required=True, help="folder with llama-bench and llama-perplexity")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--llama-bin", required=True, help="folder with llama-bench and llama-perplexity"
+    )
     ap.add_argument("--kvrt-cli", default=shutil.which("kvrt-cli") or "kvrt-cli")
     ap.add_argument("-m", "--model", required=True)
     ap.add_argument("-t", type=int, default=2, help="threads for both")
@@ -64,33 +96,51 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("-r", type=int, default=5)
     ap.add_argument("-d", default="0", help="depths, comma separated")
+    ap.add_argument("--kv", default="f16", help="KV cache formats, comma separated")
+    ap.add_argument("--no-bench", action="store_true", help="perplexity only")
     ap.add_argument("--ppl-text", help="also compare perplexity on this text")
     ap.add_argument("-c", type=int, default=1024)
     ap.add_argument("--chunks", type=int, default=20)
     ap.add_argument("--llama-args", nargs="*", default=[], help="extra llama-bench args")
     a = ap.parse_args()
+    formats = [f for f in a.kv.split(",") if f]
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, "
-          f"{a.t} threads, model {a.model}\n")
-    print("| test | llama.cpp t/s | kvrt t/s | kvrt / llama.cpp |")
-    print("| ---- | ------------: | -------: | ---------------: |")
-    for depth in [int(x) for x in a.d.split(",")]:
-        for test in ("pp", "tg"):
-            if depth and test == "pp":
-                continue
-            name = f"{test}{a.p if test == 'pp' else a.n}" + (f" @ d{depth}" if depth else "")
-            lm, ls = llama_bench(a.llama_bin, a, test, depth)
-            km, ks = kvrt_bench(a.kvrt_cli, a, test, depth)
-            print(f"| {name} | {lm:.2f} ± {ls:.2f} | {km:.2f} ± {ks:.2f} | {km / lm:.2f} |", flush=True)
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, "
+        f"{a.t} threads, model {a.model}\n"
+    )
+    if not a.no_bench:
+        print("| kv | KV bytes/token | test | llama.cpp t/s | kvrt t/s | kvrt / llama.cpp |")
+        print("| -- | -------------: | ---- | ------------: | -------: | ---------------: |")
+        for kv in formats:
+            ours, first = kvrt_bench(a, kv)
+            theirs = llama_bench(a, kv) if kv in LLAMA_CPP_KV else {}
+            per_token = first["kv_bytes_per_token"]
+            for name, (km, ks) in ours.items():
+                lm_ls = theirs.get(name)
+                llama = f"{lm_ls[0]:.2f} ± {lm_ls[1]:.2f}" if lm_ls else "—"
+                ratio = f"{km / lm_ls[0]:.2f}" if lm_ls else "—"
+                print(
+                    f"| {kv} | {per_token:.0f} | {name} | {llama} | {km:.2f} ± {ks:.2f} | "
+                    f"{ratio} |",
+                    flush=True,
+                )
 
     if a.ppl_text:
-        common = ["-m", a.model, "-f", a.ppl_text, "-c", str(a.c), "--chunks", str(a.chunks),
-                  "-t", str(a.t)]
-        lp, le = final_ppl(run([f"{a.llama_bin}/llama-perplexity", *common]))
-        kp, ke = final_ppl(run([a.kvrt_cli, "perplexity", *common]))
-        print(f"\n| perplexity (-c {a.c}, {a.chunks} chunks) | llama.cpp | kvrt | kvrt / llama.cpp |")
-        print("| --- | ---: | ---: | ---: |")
-        print(f"| {a.ppl_text} | {lp:.4f} ± {le:.4f} | {kp:.4f} ± {ke:.4f} | {kp / lp:.4f} |")
+        common = ["-m", a.model, "-f", a.ppl_text, "-c", str(a.c)]
+        common += ["--chunks", str(a.chunks), "-t", str(a.t)]
+        print(f"\nperplexity of {a.ppl_text}, -c {a.c}, {a.chunks} chunks:\n")
+        print("| kv | llama.cpp PPL | kvrt PPL | kvrt / llama.cpp |")
+        print("| -- | ------------: | -------: | ---------------: |")
+        for kv in formats:
+            kp, ke = final_ppl(run([a.kvrt_cli, "perplexity", *common, "--kv", kv]))
+            if kv in LLAMA_CPP_KV:
+                cmd = [f"{a.llama_bin}/llama-perplexity", *common, "-ctk", kv, "-ctv", kv]
+                lp, le = final_ppl(run([*cmd, "-fa", "on"], with_stderr=True))
+                llama, ratio = f"{lp:.4f} ± {le:.4f}", f"{kp / lp:.4f}"
+            else:
+                llama, ratio = "—", "—"
+            print(f"| {kv} | {llama} | {kp:.4f} ± {ke:.4f} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

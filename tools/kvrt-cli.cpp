@@ -12,7 +12,8 @@ static void print_usage(FILE* out) {
                  "commands:\n"
                  "  perplexity   perplexity of a model over a text file\n"
                  "  bench        prompt-processing and generation speed\n"
-                 "  run          generate text from a prompt\n\n"
+                 "  run          generate text from a prompt\n"
+                 "  chat         interactive chat with a chat model\n\n"
                  "Run 'kvrt-cli <command> --help' for a command's options.\n");
 }
 
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
         if (cmd == "perplexity") return kvrt::cli_perplexity(argc - 2, argv + 2);
         if (cmd == "bench") return kvrt::cli_bench(argc - 2, argv + 2);
         if (cmd == "run") return kvrt::cli_run(argc - 2, argv + 2);
+        if (cmd == "chat") return kvrt::cli_chat(argc - 2, argv + 2);
         std::fprintf(stderr, "kvrt-cli: unknown command '%s' (see kvrt-cli --help)\n", cmd.c_str());
         return 2;
     } catch (const std::exception& e) {

@@ -109,6 +109,7 @@ void attention_forward(const kv_stream& keys, const kv_stream& values, const flo
             }
             const float inv = 1.0f / l;
             for (int d = 0; d < hd; ++d) o[d] *= inv;
+            values.finish((int)(pair % p.n_head_kv), o);
         }
     });
 }

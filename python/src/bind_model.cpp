@@ -20,18 +20,24 @@ struct py_model {
     uint64_t generation = 0;
 
     py_model(const std::string& path, int n_ctx, int n_threads, int n_batch,
-             const std::string& type_k, const std::string& type_v) {
+             const std::string& type_k, const std::string& type_v, const std::string& kv_calib) {
         kvrt::context_params p;
         p.n_ctx = n_ctx;
         p.n_threads = n_threads;
         p.n_batch = n_batch;
         p.type_k = kvrt::kv_type_from_name(type_k);
         p.type_v = kvrt::kv_type_from_name(type_v);
+        p.kv_calib = kv_calib;
         nb::gil_scoped_release release;
         model = kvrt::model::load(path);
         ctx = std::make_unique<kvrt::context>(*model, p);
     }
 };
+
+void check_layer(py_model& s, int layer) {
+    if (layer < 0 || layer >= s.model->hp().n_layer)
+        throw kvrt::error("layer " + std::to_string(layer) + " out of range");
+}
 
 // One generate call. Holds the model alive (keep_alive in the binding).
 struct py_generator {
@@ -40,14 +46,18 @@ struct py_generator {
     kvrt::generator gen;
 
     // Each generate call starts from an empty cache: a previous call that
-    // was interrupted (KeyboardInterrupt) leaves nothing behind.
-    static kvrt::context& fresh_context(py_model& m) {
-        m.ctx->reset();
+    // was interrupted (KeyboardInterrupt) leaves nothing behind. A chat turn
+    // keeps the first n_keep cached tokens, the prefix its prompt shares.
+    static kvrt::context& fresh_context(py_model& m, int n_keep) {
+        m.ctx->truncate(n_keep);
         return *m.ctx;
     }
 
-    py_generator(py_model& m, std::vector<int32_t> prompt, const kvrt::generate_params& p)
-        : owner(m), generation(++m.generation), gen(fresh_context(m), std::move(prompt), p) {}
+    py_generator(py_model& m, std::vector<int32_t> prompt, const kvrt::generate_params& p,
+                 int n_keep)
+        : owner(m),
+          generation(++m.generation),
+          gen(fresh_context(m, n_keep), std::move(prompt), p) {}
 
     // The next non-empty piece of text, or None when generation has stopped.
     // The GIL is released while the model runs, so Ctrl-C is seen between
@@ -95,9 +105,57 @@ void init_model(nb::module_& m) {
         });
 
     nb::class_<py_model>(m, "Model")
-        .def(nb::init<const std::string&, int, int, int, const std::string&, const std::string&>(),
+        .def(nb::init<const std::string&, int, int, int, const std::string&, const std::string&,
+                      const std::string&>(),
              nb::arg("path"), nb::arg("n_ctx") = 0, nb::arg("n_threads") = 0,
-             nb::arg("n_batch") = 512, nb::arg("type_k") = "f16", nb::arg("type_v") = "f16")
+             nb::arg("n_batch") = 512, nb::arg("type_k") = "f16", nb::arg("type_v") = "f16",
+             nb::arg("kv_calib") = "")
+        // The cache as its format reproduces it, and the two halves of
+        // attention over the packed data, for tests against the decoded cache.
+        .def("kv_decode",
+             [](py_model& s, int layer, bool is_value) {
+                 const auto& hp = s.model->hp();
+                 check_layer(s, layer);
+                 const size_t n = (size_t)s.ctx->n_past(), w = (size_t)hp.n_head_kv * hp.head_dim;
+                 float* buf = new float[std::max<size_t>(1, n * w)];
+                 nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                 kvrt::kv_cache& kv = s.ctx->kv_mutable();
+                 const kvrt::kv_stream& st = is_value ? kv.values(layer) : kv.keys(layer);
+                 for (size_t t = 0; t < n; ++t) st.decode((int)t, buf + t * w);
+                 return logits_array(buf, {n, w}, owner);
+             },
+             nb::arg("layer"), nb::arg("is_value"))
+        .def("kv_scores",
+             [](py_model& s, int layer, int head, const std::vector<float>& q) {
+                 const auto& hp = s.model->hp();
+                 check_layer(s, layer);
+                 const int n_rep = (int)(q.size() / hp.head_dim), n = s.ctx->n_past();
+                 if (head < 0 || head >= hp.n_head_kv || n_rep < 1 ||
+                     q.size() != (size_t)n_rep * hp.head_dim || n < 1)
+                     throw kvrt::error("kv_scores: bad head, query size or empty cache");
+                 float* buf = new float[(size_t)n_rep * n];
+                 nb::capsule owner(buf, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+                 s.ctx->kv_mutable().keys(layer).scores(head, q.data(), n_rep, 0, n, buf, n);
+                 return logits_array(buf, {(size_t)n_rep, (size_t)n}, owner);
+             },
+             nb::arg("layer"), nb::arg("head"), nb::arg("q"))
+        .def("kv_mix",
+             [](py_model& s, int layer, int head, const std::vector<float>& p, int n_rep) {
+                 const auto& hp = s.model->hp();
+                 check_layer(s, layer);
+                 const int n = s.ctx->n_past(), hd = hp.head_dim;
+                 if (head < 0 || head >= hp.n_head_kv || n_rep < 1 || n < 1 ||
+                     p.size() != (size_t)n_rep * n)
+                     throw kvrt::error("kv_mix: bad head, weights size or empty cache");
+                 float* buf = new float[(size_t)n_rep * hd]();
+                 nb::capsule owner(buf, [](void* q) noexcept { delete[] static_cast<float*>(q); });
+                 const kvrt::kv_stream& v = s.ctx->kv_mutable().values(layer);
+                 v.accumulate(head, p.data(), n_rep, 0, n, n, buf);
+                 for (int r = 0; r < n_rep; ++r) v.finish(head, buf + (size_t)r * hd);
+                 return logits_array(buf, {(size_t)n_rep, (size_t)hd}, owner);
+             },
+             nb::arg("layer"), nb::arg("head"), nb::arg("p"), nb::arg("n_rep"))
+        .def_prop_ro("kv_format", [](const py_model& s) { return s.ctx->kv().format_name(); })
         .def("tokenize",
              [](const py_model& s, const std::string& text, bool add_special, bool parse_special) {
                  nb::gil_scoped_release release;
@@ -129,7 +187,8 @@ void init_model(nb::module_& m) {
         .def("generator",
              [](py_model& s, const std::vector<int32_t>& prompt, int max_tokens,
                 float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
-                int repeat_last_n, int64_t seed, const std::vector<std::string>& stop) {
+                int repeat_last_n, int64_t seed, const std::vector<std::string>& stop,
+                int n_keep) {
                  kvrt::generate_params p;
                  p.max_tokens = max_tokens;
                  p.stop = stop;
@@ -141,11 +200,11 @@ void init_model(nb::module_& m) {
                  p.sampling.repeat_last_n = repeat_last_n;
                  p.sampling.seed_random = seed < 0;
                  p.sampling.seed = (uint32_t)(seed < 0 ? 0 : seed);
-                 return new py_generator(s, prompt, p);
+                 return new py_generator(s, prompt, p, n_keep);
              },
              nb::arg("prompt"), nb::arg("max_tokens"), nb::arg("temperature"), nb::arg("top_k"),
              nb::arg("top_p"), nb::arg("min_p"), nb::arg("repeat_penalty"),
-             nb::arg("repeat_last_n"), nb::arg("seed"), nb::arg("stop"),
+             nb::arg("repeat_last_n"), nb::arg("seed"), nb::arg("stop"), nb::arg("n_keep") = 0,
              nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
         .def("reset", [](py_model& s) { s.ctx->reset(); })
         .def("truncate", [](py_model& s, int n) { s.ctx->truncate(n); })

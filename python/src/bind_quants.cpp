@@ -3,8 +3,10 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "bindings.h"
@@ -15,6 +17,7 @@ namespace {
 
 using bytes_in = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using floats_in = nb::ndarray<const float, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using floats_nd = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
 using bytes_out = nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>;
 using floats_out = nb::ndarray<nb::numpy, float, nb::ndim<1>>;
 
@@ -72,6 +75,44 @@ void init_quants(nb::module_& m) {
           },
           nb::arg("type"), nb::arg("x"),
           "Quantize a float32 row to `type` (current impl); returns the block bytes.");
+    m.def("quantize_rows",
+          [](int type, floats_nd x) {
+              const ggml_type t = checked_type(type);
+              if (x.ndim() == 0)
+                  throw kvrt::error("quantize_rows: x must have at least 1 dimension");
+              const int64_t n = (int64_t)x.shape(x.ndim() - 1);
+              const int64_t rows = n ? (int64_t)x.size() / n : 0;
+              check_row(t, n, SIZE_MAX, "quantize_rows");
+              const size_t rb = kvrt::quants_row_size(t, n);
+              std::vector<uint8_t> y(rb * (size_t)rows);
+              const float* src = x.data();
+              uint8_t* dst = y.data();
+              if (rows == 0) return to_numpy(std::move(y));
+              // The first row on this thread: an unsupported type throws here, not in a worker.
+              kvrt::quants_quantize_row(t, src, dst, n);
+              {
+                  // Rows are independent and conversion time is dominated by this loop, so it
+                  // runs without the GIL on every core.
+                  nb::gil_scoped_release release;
+                  const int64_t n_thr = std::max<int64_t>(
+                      1, std::min<int64_t>(std::thread::hardware_concurrency(), rows / 16));
+                  auto work = [&](int64_t r0, int64_t r1) {
+                      for (int64_t r = r0; r < r1; ++r)
+                          kvrt::quants_quantize_row(t, src + r * n, dst + r * rb, n);
+                  };
+                  const int64_t per = (rows - 1 + n_thr - 1) / n_thr;
+                  std::vector<std::thread> threads;
+                  for (int64_t i = 1; i < n_thr; ++i)
+                      threads.emplace_back(work, std::min(rows, 1 + i * per),
+                                           std::min(rows, 1 + (i + 1) * per));
+                  work(1, std::min(rows, 1 + per));
+                  for (auto& th : threads) th.join();
+              }
+              return to_numpy(std::move(y));
+          },
+          nb::arg("type"), nb::arg("x"),
+          "Quantize a float32 array row by row (rows: the last dimension) to `type`; returns the "
+          "packed bytes of all rows as one uint8 array.");
     m.def("vec_dot",
           [](int type, bytes_in x, bytes_in y, int64_t n) {
               const ggml_type t = checked_type(type);

@@ -6,4 +6,7 @@ NB_MODULE(_core, m) {
     init_quants(m);
     init_tokenizer(m);
     init_model(m);
+    init_calib(m);
+    init_eval(m);
+    init_chat(m);
 }

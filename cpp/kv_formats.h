@@ -1,0 +1,25 @@
+// Constructors of the KV stream formats, for kv_cache.cpp.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "kv_cache.h"
+
+namespace kvrt {
+
+// q8_0, q4_0, affine:B, rot:B. `seed` picks rot's random signs.
+std::unique_ptr<kv_stream> kv_stream_create_quantized(const kv_type& t, bool is_key, int n_ctx,
+                                                      int n_head_kv, int head_dim, uint32_t seed);
+// pca with one quantizer per kv head. kv_pca.cpp
+std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads);
+
+// y = P(x - mu), all channels.
+void kv_pca_project(const kv_pca_head& p, const float* x, float* y);
+// A token's scale: sqrt(mean_c (y_c / sigma_c)^2), clamped to a half's range.
+float kv_pca_token_scale(const kv_pca_head& p, const float* y);
+
+// n random signs (+1 / -1) from a seed, the same on every platform.
+std::vector<float> kv_random_signs(int n, uint32_t seed);
+
+}  // namespace kvrt

@@ -1,0 +1,266 @@
+// The pca KV format: y = P(x - mu) in a calibrated basis; per token one
+// scale a_t (the RMS of y_c / sigma_c), and each kept channel quantized as
+// y_c / a_t ~ lo_c + step_c * code with its own bits and static quantizer;
+// channel-major blocks (kv_layout.h).
+//
+// Attention never leaves the rotated domain:
+//  - keys: q.k = (Pq).y + q.mu; q.mu is the same for every position and is
+//    dropped (softmax ignores it); the query is rotated once per call and
+//    the codes are read as they are. Truncated channels cost nothing.
+//  - values: sum_t p_t x_t = P^T(sum_t p_t y_t) + mu since sum_t p_t = 1;
+//    accumulate() sums in the rotated domain, finish() un-rotates once per
+//    head.
+#include <algorithm>
+#include <cmath>
+
+#include "common.h"
+#include "cpu/kv_kernels.h"
+#include "kv_formats.h"
+#include "kv_layout.h"
+#include "quants.h"
+
+namespace kvrt {
+
+namespace {
+
+class kv_stream_pca final : public kv_stream {
+    // The first positions (BOS and its neighbours) draw much of the attention
+    // and sit far outside the calibrated ranges ("attention sinks"); they are
+    // kept unquantized in the rotated basis.
+    static constexpr int kSinks = KV_PCA_SINKS;
+
+public:
+    kv_stream_pca(int n_ctx, const std::vector<kv_pca_head>& heads)
+        : n_ctx_(n_ctx), n_blocks_((n_ctx + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS), src_(heads) {
+        if (src_.empty()) throw error("pca KV stream: no heads");
+        hd_ = (int)src_[0].mean.size();
+        size_t off = 0;
+        for (const kv_pca_head& h : src_) {
+            if ((int)h.mean.size() != hd_ || h.basis.size() != (size_t)hd_ * hd_ ||
+                (int)h.bits.size() != hd_ || (int)h.lo.size() != hd_ ||
+                (int)h.step.size() != hd_ || (int)h.sigma.size() != hd_)
+                throw error("pca KV stream: inconsistent calibration shapes");
+            head g;
+            g.src = &h;
+            for (int c = 0; c < hd_; ++c)
+                if (h.bits[c] > 0) {
+                    if (h.bits[c] > KV_MAX_BITS) throw error("pca KV stream: bits above 8");
+                    g.keep.push_back(c);
+                    g.bits.push_back(h.bits[c]);
+                    g.blk += kv_group_bytes(h.bits[c]);
+                }
+            g.offset = off;
+            off += g.blk * n_blocks_;
+            heads_.push_back(std::move(g));
+        }
+        const size_t nh = src_.size();
+        data_.reset(new uint8_t[off]());
+        scale_.reset(new uint16_t[nh * n_ctx]());
+        sinks_.reset(new uint16_t[nh * kSinks * hd_]());
+        bytes_ = off + nh * n_ctx * sizeof(uint16_t) + nh * kSinks * hd_ * sizeof(uint16_t);
+    }
+
+    void store(int pos0, int n, const float* x) override {
+        const int nh = (int)heads_.size();
+        std::vector<float> y(hd_);
+        for (int t = 0; t < n; ++t) {
+            const int pos = pos0 + t;
+            for (int h = 0; h < nh; ++h) {
+                const head& g = heads_[h];
+                const kv_pca_head& p = *g.src;
+                kv_pca_project(p, x + ((size_t)t * nh + h) * hd_, y.data());
+                if (pos < kSinks) {  // every channel, as halves
+                    uint16_t* dst = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
+                    for (int c = 0; c < hd_; ++c) dst[c] = fp32_to_fp16(y[c]);
+                    continue;
+                }
+                const float a = kv_pca_token_scale(p, y.data());
+                scale_[(size_t)h * n_ctx_ + pos] = fp32_to_fp16(a);
+                const float inv = 1.0f / fp16_to_fp32(scale_[(size_t)h * n_ctx_ + pos]);
+                uint8_t* grp = block(h, pos / KV_BLOCK_TOKENS);
+                for (size_t i = 0; i < g.keep.size(); ++i) {
+                    const int c = g.keep[i], b = g.bits[i];
+                    const float code = std::nearbyint((y[c] * inv - p.lo[c]) / p.step[c]);
+                    kv_code_set(grp, b, pos % KV_BLOCK_TOKENS,
+                                (unsigned)std::clamp(code, 0.0f, (float)((1 << b) - 1)));
+                    grp += kv_group_bytes(b);
+                }
+            }
+        }
+    }
+
+    // s_t = a_t * (sum_kept w_c code_c + K_r) with w_c = (Pq)_c step_c and
+    // K_r = sum_kept (Pq)_c lo_c; q.mu, the same for every position, is dropped.
+    void scores(int h, const float* q, int n_rep, int t0, int t1, float* s,
+                int ld) const override {
+        const head& g = heads_[h];
+        const kv_pca_head& p = *g.src;
+        const int nk = (int)g.keep.size();
+        std::vector<float> qr((size_t)n_rep * hd_), w((size_t)n_rep * nk), K(n_rep, 0.0f);
+        std::vector<float> sb((size_t)n_rep * KV_BLOCK_TOKENS);
+        for (int r = 0; r < n_rep; ++r) {
+            float* qy = qr.data() + (size_t)r * hd_;
+            for (int c = 0; c < hd_; ++c) {
+                const float* row = p.basis.data() + (size_t)c * hd_;
+                float acc = 0.0f;
+                for (int d = 0; d < hd_; ++d) acc += row[d] * q[(size_t)r * hd_ + d];
+                qy[c] = acc;
+            }
+            for (int i = 0; i < nk; ++i) {
+                w[(size_t)r * nk + i] = qy[g.keep[i]] * p.step[g.keep[i]];
+                K[r] += qy[g.keep[i]] * p.lo[g.keep[i]];
+            }
+        }
+        for (int t = t0; t < std::min(t1, kSinks); ++t)
+            for (int r = 0; r < n_rep; ++r) {
+                const std::vector<float> y = sink(h, t);
+                float acc = 0.0f;
+                for (int c = 0; c < hd_; ++c) acc += qr[(size_t)r * hd_ + c] * y[c];
+                s[(size_t)r * ld + (t - t0)] = acc;
+            }
+        for (int b0 = std::max(t0, kSinks) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS; b0 < t1;
+             b0 += KV_BLOCK_TOKENS) {
+            const int lo = std::max({t0, b0, kSinks}), hi = std::min(t1, b0 + KV_BLOCK_TOKENS);
+            if (lo >= hi) continue;
+            if (nk > 0)
+                kv_cmajor_scores(block(h, b0 / KV_BLOCK_TOKENS), g.bits.data(), nk, w.data(),
+                                 n_rep, sb.data());
+            else
+                std::fill(sb.begin(), sb.end(), 0.0f);
+            const uint16_t* a = &scale_[(size_t)h * n_ctx_];
+            for (int r = 0; r < n_rep; ++r)
+                for (int t = lo; t < hi; ++t)
+                    s[(size_t)r * ld + (t - t0)] =
+                        fp16_to_fp32(a[t]) * (sb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] + K[r]);
+        }
+    }
+
+    // Accumulates in the rotated domain y: with p'_t = p_t a_t,
+    // sum_t p_t y_tc = step_c sum_t p'_t code_tc + lo_c sum_t p'_t.
+    void accumulate(int h, const float* p, int n_rep, int t0, int t1, int ld,
+                    float* out) const override {
+        const head& g = heads_[h];
+        const kv_pca_head& ph = *g.src;
+        const int nk = (int)g.keep.size();
+        for (int t = t0; t < std::min(t1, kSinks); ++t)
+            for (int r = 0; r < n_rep; ++r) {
+                const float pt = p[(size_t)r * ld + (t - t0)];
+                const std::vector<float> y = sink(h, t);
+                for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * y[c];
+            }
+        if (nk == 0) return;
+        std::vector<float> pb((size_t)n_rep * KV_BLOCK_TOKENS), acc((size_t)n_rep * nk, 0.0f);
+        std::vector<float> psum(n_rep, 0.0f);
+        const uint16_t* a = &scale_[(size_t)h * n_ctx_];
+        for (int b0 = std::max(t0, kSinks) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS; b0 < t1;
+             b0 += KV_BLOCK_TOKENS) {
+            const int lo = std::max({t0, b0, kSinks}), hi = std::min(t1, b0 + KV_BLOCK_TOKENS);
+            if (lo >= hi) continue;
+            // Positions of the block outside [lo, hi) get probability 0.
+            std::fill(pb.begin(), pb.end(), 0.0f);
+            for (int r = 0; r < n_rep; ++r)
+                for (int t = lo; t < hi; ++t) {
+                    const float pt = p[(size_t)r * ld + (t - t0)] * fp16_to_fp32(a[t]);
+                    pb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] = pt;
+                    psum[r] += pt;
+                }
+            kv_cmajor_accumulate(block(h, b0 / KV_BLOCK_TOKENS), g.bits.data(), nk, pb.data(),
+                                 n_rep, acc.data(), nk);
+        }
+        for (int r = 0; r < n_rep; ++r)
+            for (int i = 0; i < nk; ++i) {
+                const int c = g.keep[i];
+                out[(size_t)r * hd_ + c] += ph.step[c] * acc[(size_t)r * nk + i] + ph.lo[c] * psum[r];
+            }
+    }
+
+    // o: the normalised accumulation in the rotated domain; x = mu + P^T o.
+    void finish(int h, float* o) const override {
+        const kv_pca_head& p = *heads_[h].src;
+        std::vector<float> y(o, o + hd_);
+        for (int d = 0; d < hd_; ++d) o[d] = p.mean[d];
+        for (int c = 0; c < hd_; ++c) {
+            if (y[c] == 0.0f) continue;
+            const float* row = p.basis.data() + (size_t)c * hd_;
+            for (int d = 0; d < hd_; ++d) o[d] += row[d] * y[c];
+        }
+    }
+
+    size_t bytes() const override { return bytes_; }
+
+    void decode(int pos, float* x) const override {
+        for (int h = 0; h < (int)heads_.size(); ++h) {
+            const head& g = heads_[h];
+            const kv_pca_head& p = *g.src;
+            float* xh = x + (size_t)h * hd_;
+            if (pos < kSinks) {
+                const std::vector<float> y = sink(h, pos);
+                std::copy(y.begin(), y.end(), xh);
+            } else {
+                std::fill(xh, xh + hd_, 0.0f);
+                const float a = fp16_to_fp32(scale_[(size_t)h * n_ctx_ + pos]);
+                const uint8_t* grp = block(h, pos / KV_BLOCK_TOKENS);
+                for (size_t i = 0; i < g.keep.size(); ++i) {
+                    const int c = g.keep[i];
+                    xh[c] = a * (p.lo[c] + p.step[c] * (float)kv_code_get(grp, g.bits[i], pos % KV_BLOCK_TOKENS));
+                    grp += kv_group_bytes(g.bits[i]);
+                }
+            }
+            finish(h, xh);
+        }
+    }
+
+private:
+    struct head {
+        const kv_pca_head* src = nullptr;
+        std::vector<int> keep;       // kept channels, in order
+        std::vector<uint8_t> bits;   // their bits
+        size_t blk = 0;              // bytes of one block
+        size_t offset = 0;
+    };
+
+    // y of sink position pos of head h, as floats.
+    std::vector<float> sink(int h, int pos) const {
+        const uint16_t* src = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
+        std::vector<float> y(hd_);
+        for (int c = 0; c < hd_; ++c) y[c] = fp16_to_fp32(src[c]);
+        return y;
+    }
+    uint8_t* block(int h, int b) const {
+        return data_.get() + heads_[h].offset + (size_t)b * heads_[h].blk;
+    }
+
+    int n_ctx_, n_blocks_, hd_ = 0;
+    std::vector<kv_pca_head> src_;  // the calibrated quantizers; heads_ point into it
+    std::vector<head> heads_;
+    std::unique_ptr<uint8_t[]> data_;
+    std::unique_ptr<uint16_t[]> scale_;  // [head][pos] half: the token's scale a_t
+    std::unique_ptr<uint16_t[]> sinks_;  // [head][kSinks][dim] half y of the first positions
+    size_t bytes_ = 0;
+};
+
+}  // namespace
+
+void kv_pca_project(const kv_pca_head& p, const float* x, float* y) {
+    const int n = (int)p.mean.size();
+    for (int c = 0; c < n; ++c) {
+        const float* row = p.basis.data() + (size_t)c * n;
+        float acc = 0.0f;
+        for (int d = 0; d < n; ++d) acc += row[d] * (x[d] - p.mean[d]);
+        y[c] = acc;
+    }
+}
+
+float kv_pca_token_scale(const kv_pca_head& p, const float* y) {
+    const int n = (int)p.mean.size();
+    double ss = 0;
+    for (int c = 0; c < n; ++c) ss += (double)y[c] * y[c] / ((double)p.sigma[c] * p.sigma[c]);
+    // Kept finite and representable as a half.
+    return (float)std::clamp(std::sqrt(ss / n), 1e-4, 6.0e4);
+}
+
+std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads) {
+    return std::make_unique<kv_stream_pca>(n_ctx, heads);
+}
+
+}  // namespace kvrt
