@@ -248,19 +248,22 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
     cp.n_ctx = p.n_ctx;
     cp.n_threads = p.n_threads;
     cp.type_k = cp.type_v = KV_TYPE_F32;
-    context ctx(m, cp);
     moments_observer obs(hp, p.max_samples);
-    ctx.set_observer(&obs);
     const int n_chunks = n_use / p.n_ctx;
+    // Post-RoPE keys depend on the absolute position: each chunk is placed at
+    // an evenly spread offset so the statistics cover the whole trained
+    // context, not only the first n_ctx positions.
+    const int span = std::max(0, hp.n_ctx_train - p.n_ctx);
     for (int c = 0; c < n_chunks; ++c) {
         progress(p.progress, "moments", c, n_chunks, t_start);
-
-        ctx.reset();
-        ctx.eval(tokens.data() + (size_t)c * p.n_ctx, p.n_ctx, nullptr, 0);
+        context_params cc = cp;
+        cc.rope_offset = n_chunks > 1 ? (int)((int64_t)span * c / (n_chunks - 1)) : 0;
+        context chunk_ctx(m, cc);
+        chunk_ctx.set_observer(&obs);
+        chunk_ctx.eval(tokens.data() + (size_t)c * p.n_ctx, p.n_ctx, nullptr, 0);
     }
     progress(p.progress, "moments", n_chunks, n_chunks, t_start);
     const double t_pca = now_s();
-    ctx.set_observer(nullptr);
     res.n_tokens = n_chunks * p.n_ctx;
 
     // Output projection as floats, for the value weights.

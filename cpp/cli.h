@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "context.h"
+#include "sampler.h"
 
 namespace kvrt {
 
@@ -50,6 +51,11 @@ context_params cli_context_params(const cli_args& a, int default_ctx);
 std::string cli_model_path(const cli_args& a);
 // Reads a whole text file; throws a one-line error if it cannot.
 std::string cli_read_file(const std::string& path);
+
+// A float option in [lo, hi], or dflt when absent; throws kvrt::error.
+float cli_float(const cli_args& a, const std::string& name, float dflt, float lo, float hi);
+// The sampling flags of run and chat (llama.cpp's names and defaults).
+sampler_params cli_sampler_params(const cli_args& a);
 
 int cli_perplexity(int argc, char** argv);
 int cli_bench(int argc, char** argv);

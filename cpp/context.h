@@ -33,6 +33,10 @@ struct context_params {
     // pca formats: the calibration sidecar; empty: <model>.kvcal.gguf when
     // present. Without one, pca falls back to rot (said on stderr).
     std::string kv_calib;
+    // Added to every rotary position. Attention depends only on position
+    // differences, so outputs stay the same while post-RoPE keys turn as they
+    // would deeper in a long context (calibration samples all of them).
+    int rope_offset = 0;
 };
 
 // Sees each layer's post-RoPE queries [n][n_head*head_dim], keys and

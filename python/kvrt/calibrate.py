@@ -32,7 +32,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("model", type=Path, help="GGUF model file")
     p.add_argument("-f", "--file", type=Path, default=None,
-                   help="calibration text (default: the Shakespeare excerpt shipped with kvrt)")
+                   help="calibration text (default: a WikiText-2 validation excerpt shipped with kvrt)")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="sidecar path (default: <model>.kvcal.gguf)")
     p.add_argument("--bits", type=float, default=3.0,

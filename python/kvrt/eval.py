@@ -397,6 +397,15 @@ def run(
     return report
 
 
+def require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "the report's plots need matplotlib: pip install \"kvrt[eval]\""
+        ) from None
+
+
 def write_report(report: dict, arrays: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -478,6 +487,8 @@ def main(a: argparse.Namespace) -> int:
 
 
 def _main(a: argparse.Namespace) -> int:
+    if a.out:
+        require_matplotlib()
     specs = split_specs(a.kv)
     ctxs = parse_ints(a.ctx, "--ctx")
     text = a.text or str(DEFAULT_TEXT)
