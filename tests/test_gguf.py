@@ -10,10 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import gguf_craft as gc
 import numpy as np
 import pytest
-
-import gguf_craft as gc
 from gguf_craft import kv, tensor_info, u32, u64
 
 core = pytest.importorskip("kvrt._core")

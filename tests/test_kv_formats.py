@@ -14,13 +14,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import kvrt
 import numpy as np
 import pytest
-
-import kvrt
-from kvrt import _core
-
 from conftest import REPO, TESTDATA
+from kvrt import _core
 
 N_CTX = 256
 N_TOK = 200  # not a multiple of 32: partial blocks and affine staging in play

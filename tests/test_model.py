@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import kvrt
 import numpy as np
 import pytest
-
-import kvrt
 from conftest import text_file
 
 

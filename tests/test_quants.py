@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as Q
 from gguf import quants as gq
-
 from kvrt import _core as kq
 
 REPO = Path(__file__).resolve().parent.parent

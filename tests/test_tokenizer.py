@@ -16,7 +16,6 @@ import random
 import shutil
 
 import pytest
-
 from conftest import text_file
 
 core = pytest.importorskip("kvrt._core")

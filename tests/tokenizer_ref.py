@@ -3,8 +3,8 @@ the pre-tokenizer regexes, and writers of tokenizer-only GGUF files."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import gguf
 
