@@ -55,6 +55,7 @@ std::string cli_read_file(const std::string& path);
 // A float option in [lo, hi], or dflt when absent; throws kvrt::error.
 float cli_float(const cli_args& a, const std::string& name, float dflt, float lo, float hi);
 // The sampling flags of run and chat (llama.cpp's names and defaults).
+std::vector<cli_option> cli_sampler_options();
 sampler_params cli_sampler_params(const cli_args& a);
 
 int cli_perplexity(int argc, char** argv);

@@ -177,6 +177,18 @@ float cli_float(const cli_args& a, const std::string& name, float dflt, float lo
     return (float)v;
 }
 
+std::vector<cli_option> cli_sampler_options() {
+    return {
+        {{"--temp"}, "T", "temperature, <= 0 = greedy", "0.8"},
+        {{"--top-k"}, "N", "top-k sampling, 0 = off", "40"},
+        {{"--top-p"}, "P", "top-p sampling, 1.0 = off", "0.95"},
+        {{"--min-p"}, "P", "min-p sampling, 0.0 = off", "0.05"},
+        {{"--repeat-penalty"}, "X", "penalty of repeated tokens, 1.0 = off", "1.0"},
+        {{"--repeat-last-n"}, "N", "tokens the penalty looks back on, -1 = all", "64"},
+        {{"-s", "--seed"}, "N", "random seed", "random"},
+    };
+}
+
 sampler_params cli_sampler_params(const cli_args& a) {
     sampler_params sp;
     sp.temperature = cli_float(a, "--temp", 0.8f, -1e9f, 1e9f);

@@ -97,13 +97,7 @@ int cli_chat(int argc, char** argv) {
                     "from the model"});
     opts.push_back(
         {{"-n", "--n-predict"}, "N", "most tokens per reply, -1 = until end of turn", "-1"});
-    opts.push_back({{"--temp"}, "T", "temperature, <= 0 = greedy", "0.8"});
-    opts.push_back({{"--top-k"}, "N", "top-k sampling, 0 = off", "40"});
-    opts.push_back({{"--top-p"}, "P", "top-p sampling, 1.0 = off", "0.95"});
-    opts.push_back({{"--min-p"}, "P", "min-p sampling, 0.0 = off", "0.05"});
-    opts.push_back({{"--repeat-penalty"}, "X", "penalty of repeated tokens, 1.0 = off", "1.0"});
-    opts.push_back({{"--repeat-last-n"}, "N", "tokens the penalty looks back on, -1 = all", "64"});
-    opts.push_back({{"-s", "--seed"}, "N", "random seed", "random"});
+    for (const cli_option& o : cli_sampler_options()) opts.push_back(o);
     cli_args a("chat", opts, argc, argv);
     if (a.help()) {
         std::printf(
