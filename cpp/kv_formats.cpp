@@ -219,6 +219,7 @@ public:
     void scores(int h, const float* q, int n_rep, int t0, int t1, float* s,
                 int ld) const override {
         std::vector<float> w((size_t)n_rep * hd_), sb((size_t)n_rep * KV_BLOCK_TOKENS), x(hd_);
+        std::vector<float> cst(n_rep);
         const int qend = std::min(t1, stage0_);
         for (int b0 = t0 / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS; b0 < qend; b0 += KV_BLOCK_TOKENS) {
             const uint8_t* blk = block(h, b0 / KV_BLOCK_TOKENS);
@@ -226,7 +227,7 @@ public:
             const uint16_t* mn = sc + hd_;
             // q.k = sum_c (q_c*scale_c)*code_c + sum_c q_c*min_c; the second
             // term differs between blocks, so it stays.
-            std::vector<float> cst(n_rep, 0.0f);
+            std::fill(cst.begin(), cst.end(), 0.0f);
             for (int r = 0; r < n_rep; ++r)
                 for (int c = 0; c < hd_; ++c) {
                     w[(size_t)r * hd_ + c] = q[(size_t)r * hd_ + c] * fp16_to_fp32(sc[c]);

@@ -111,13 +111,14 @@ public:
                 K[r] += qy[g.keep[i]] * p.lo[g.keep[i]];
             }
         }
-        for (int t = t0; t < std::min(t1, kSinks); ++t)
+        for (int t = t0; t < std::min(t1, kSinks); ++t) {
+            const std::vector<float> y = sink(h, t);
             for (int r = 0; r < n_rep; ++r) {
-                const std::vector<float> y = sink(h, t);
                 float acc = 0.0f;
                 for (int c = 0; c < hd_; ++c) acc += qr[(size_t)r * hd_ + c] * y[c];
                 s[(size_t)r * ld + (t - t0)] = acc;
             }
+        }
         for (int b0 = std::max(t0, kSinks) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS; b0 < t1;
              b0 += KV_BLOCK_TOKENS) {
             const int lo = std::max({t0, b0, kSinks}), hi = std::min(t1, b0 + KV_BLOCK_TOKENS);
@@ -142,12 +143,13 @@ public:
         const head& g = heads_[h];
         const kv_pca_head& ph = *g.src;
         const int nk = (int)g.keep.size();
-        for (int t = t0; t < std::min(t1, kSinks); ++t)
+        for (int t = t0; t < std::min(t1, kSinks); ++t) {
+            const std::vector<float> y = sink(h, t);
             for (int r = 0; r < n_rep; ++r) {
                 const float pt = p[(size_t)r * ld + (t - t0)];
-                const std::vector<float> y = sink(h, t);
                 for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * y[c];
             }
+        }
         if (nk == 0) return;
         std::vector<float> pb((size_t)n_rep * KV_BLOCK_TOKENS), acc((size_t)n_rep * nk, 0.0f);
         std::vector<float> psum(n_rep, 0.0f);
