@@ -46,10 +46,50 @@ public:
           n_(hp.n_layer * 2 * hp.n_head_kv), sum_(n_, std::vector<double>(hd_, 0.0)),
           outer_(n_, std::vector<double>((size_t)hd_ * hd_, 0.0)),
           qouter_(hp.n_layer * hp.n_head_kv, std::vector<double>((size_t)hd_ * hd_, 0.0)),
-          samples_(n_), rng_(1234) {}
+          samples_(n_), pre_sum_(hp.n_layer * hp.n_head_kv, std::vector<double>(hd_, 0.0)),
+          rope_mean_(hp.n_layer * hp.n_head_kv), rng_(1234) {
+        rope_.init(hp);
+    }
 
-    void on_qkv(int layer, int, int n, const float* q, const float* k, const float* v) override {
+    // The rotary offset of the chunk being run (context_params::rope_offset).
+    void set_rope_offset(int off) { rope_offset_ = off; }
+    // First pass: only the mean of the keys before RoPE. finish_mean_pass()
+    // turns it into each stream's rope_mean, subtracted in the second pass.
+    void set_mean_pass(bool on) { mean_pass_ = on; }
+    void finish_mean_pass() {
+        for (size_t i = 0; i < pre_sum_.size(); ++i) {
+            rope_mean_[i].assign(hd_, 0.0f);
+            for (int d = 0; d < hp_.n_rot; ++d)  // unrotated dims keep their mean in `mean`
+                rope_mean_[i][d] = (float)(pre_sum_[i][d] / std::max<int64_t>(pre_count_, 1));
+        }
+        mean_pass_ = false;
+    }
+    const std::vector<float>& rope_mean(int layer, int h) const { return rope_mean_[layer * hp_.n_head_kv + h]; }
+
+    void on_qkv(int layer, int pos0, int n, const float* q, const float* k, const float* v) override {
         const int nh = hp_.n_head_kv;
+        std::vector<float> tmp((size_t)nh * hd_), km((size_t)n * nh * hd_);
+        if (mean_pass_) {
+            for (int t = 0; t < n; ++t) {
+                std::copy(k + (size_t)t * nh * hd_, k + (size_t)(t + 1) * nh * hd_, tmp.begin());
+                rope_.apply(tmp.data(), nh, -(pos0 + t + rope_offset_));
+                for (int h = 0; h < nh; ++h)
+                    for (int d = 0; d < hd_; ++d) pre_sum_[layer * nh + h][d] += tmp[(size_t)h * hd_ + d];
+            }
+            if (layer == 0) pre_count_ += n;
+            return;
+        }
+        if (!rope_mean_[layer * nh].empty()) {  // keys less their turned pre-RoPE mean
+            for (int t = 0; t < n; ++t) {
+                for (int h = 0; h < nh; ++h)
+                    std::copy(rope_mean_[layer * nh + h].begin(), rope_mean_[layer * nh + h].end(),
+                              tmp.begin() + (size_t)h * hd_);
+                rope_.apply(tmp.data(), nh, pos0 + t + rope_offset_);
+                for (size_t i = 0; i < (size_t)nh * hd_; ++i)
+                    km[(size_t)t * nh * hd_ + i] = k[(size_t)t * nh * hd_ + i] - tmp[i];
+            }
+            k = km.data();
+        }
         // One reservoir decision per token, made at layer 0 and shared by
         // every stream, so the samples of all heads come from the same tokens.
         if (layer == 0) {
@@ -109,6 +149,12 @@ private:
     int64_t count_ = 0;
     uint64_t n_seen0_ = 0;
     std::vector<int> picks_;  // reservoir slot of each token of the batch, or -1
+    std::vector<std::vector<double>> pre_sum_;  // per (layer, kv head): sum of pre-RoPE keys
+    std::vector<std::vector<float>> rope_mean_;
+    int64_t pre_count_ = 0;
+    int rope_offset_ = 0;
+    bool mean_pass_ = false;
+    rope_table rope_;
     std::mt19937_64 rng_;
 };
 
@@ -254,15 +300,27 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
     // an evenly spread offset so the statistics cover the whole trained
     // context, not only the first n_ctx positions.
     const int span = std::max(0, hp.n_ctx_train - p.n_ctx);
-    for (int c = 0; c < n_chunks; ++c) {
-        progress(p.progress, "moments", c, n_chunks, t_start);
+    auto run_chunk = [&](int c) {
         context_params cc = cp;
         cc.rope_offset = n_chunks > 1 ? (int)((int64_t)span * c / (n_chunks - 1)) : 0;
+        obs.set_rope_offset(cc.rope_offset);
         context chunk_ctx(m, cc);
         chunk_ctx.set_observer(&obs);
         chunk_ctx.eval(tokens.data() + (size_t)c * p.n_ctx, p.n_ctx, nullptr, 0);
+    };
+    // Pre-RoPE key means from the first and last chunks (a mean settles fast).
+    const int n_mean = std::min(n_chunks, 2);
+    obs.set_mean_pass(true);
+    for (int i = 0; i < n_mean; ++i) {
+        progress(p.progress, "moments", i, n_chunks + n_mean, t_start);
+        run_chunk(i == 0 ? 0 : n_chunks - 1);
     }
-    progress(p.progress, "moments", n_chunks, n_chunks, t_start);
+    obs.finish_mean_pass();
+    for (int c = 0; c < n_chunks; ++c) {
+        progress(p.progress, "moments", n_mean + c, n_chunks + n_mean, t_start);
+        run_chunk(c);
+    }
+    progress(p.progress, "moments", n_chunks + n_mean, n_chunks + n_mean, t_start);
     const double t_pca = now_s();
     res.n_tokens = n_chunks * p.n_ctx;
 
@@ -277,6 +335,7 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
     cal.head_dim = hd;
     cal.default_bits = p.default_bits;
     cal.model_hash = kv_calib_model_hash(m);
+    cal.set_rope(m);
     cal.heads.resize((size_t)hp.n_layer * 2 * nh);
     const double N = (double)obs.count();
     std::vector<std::vector<float>> weights(cal.heads.size());
@@ -298,6 +357,7 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
                         cov[(size_t)i * hd + k] = cov[(size_t)i * hd + k] / N - mean[i] * mean[k];
                 calib_eigen_sym(cov, hd, ev, vec);
                 ch.basis.assign(vec.begin(), vec.end());
+                if (s == 0) ch.rope_mean = obs.rope_mean(il, h);
                 ch.mean.assign(mean.begin(), mean.end());
                 ch.sigma.resize(hd);
                 for (int c = 0; c < hd; ++c)
@@ -334,7 +394,7 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
                 // token's scale as the cache does.
                 const std::vector<float>& smp = obs.samples(id);
                 const int ns = (int)(smp.size() / hd);
-                kv_pca_head ph;
+                kv_pca_head ph;  // samples already lost their rope_mean
                 ph.basis = ch.basis;
                 ph.mean = ch.mean;
                 ph.sigma = ch.sigma;
@@ -394,6 +454,9 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
                 one.n_head_kv = nh;
                 one.head_dim = hd;
                 one.heads.resize(2 * nh);
+                one.rope_freq = cal.rope_freq;
+                one.pair_stride = cal.pair_stride;
+                one.pair_gap = cal.pair_gap;
                 for (int h = 0; h < nh; ++h) one.at(0, s, h) = cal.at(il, s, h);
                 auto pl = one.solve(p.probe_bits, s == 0, s == 1, np);
                 const auto& heads = s == 0 ? pl.k[0] : pl.v[0];
@@ -450,6 +513,12 @@ void kv_calib_write(const kv_calibration& c, const std::string& path) {
             w.add_tensor(pre + "lo", {L, d, nh}, std::move(lo));
             w.add_tensor(pre + "step", {L, d, nh}, std::move(step));
             w.add_tensor(pre + "damage", {L, d, nh}, std::move(dmg));
+            if (s == 0 && !c.at(il, 0, 0).rope_mean.empty()) {
+                std::vector<float> rm;
+                for (int h = 0; h < nh; ++h)
+                    rm.insert(rm.end(), c.at(il, 0, h).rope_mean.begin(), c.at(il, 0, h).rope_mean.end());
+                w.add_tensor(pre + "rope_mean", {d, nh}, std::move(rm));
+            }
         }
     w.write(path);
 }

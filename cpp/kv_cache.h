@@ -48,6 +48,14 @@ struct kv_pca_head {
     std::vector<uint8_t> bits; // (dim) bits of channel c, 0 = truncated
     std::vector<float> lo;     // (dim) y_c / a_t = lo_c + step_c * code
     std::vector<float> step;   // (dim)
+    // Keys only, optional: the mean of the keys before RoPE, turned to each
+    // position and subtracted before the projection (a constant pre-RoPE
+    // offset would otherwise spin into variance of the post-RoPE keys).
+    // Pair i of head dims (i2, i2 + pair_gap) turns by rope_freq[i] radians
+    // per position; pairs whose mean is zero cost nothing.
+    std::vector<float> rope_mean;  // (dim) or empty
+    std::vector<float> rope_freq;  // (n_rot/2)
+    int pair_stride = 2, pair_gap = 1;  // NORM rope: (2i, 2i+1); NEOX: (i, i + n_rot/2)
 };
 
 // One layer's keys or values: n_ctx positions x n_head_kv heads x head_dim.

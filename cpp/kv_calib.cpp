@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "cpu/ops.h"
 #include "gguf.h"
 #include "kv_layout.h"
 #include "model.h"
@@ -36,6 +37,14 @@ std::string kv_calib_default_path(const std::string& model_path) {
     return base + ".kvcal.gguf";
 }
 
+void kv_calibration::set_rope(const model& m) {
+    rope_table rt;
+    rt.init(m.hp());
+    rope_freq = rt.inv_freq;
+    pair_stride = m.hp().rope == ROPE_KIND_NORM ? 2 : 1;
+    pair_gap = m.hp().rope == ROPE_KIND_NORM ? 1 : m.hp().n_rot / 2;
+}
+
 std::unique_ptr<kv_calibration> kv_calibration::load(const std::string& path, const model& m) {
     auto f = gguf_file::open(path);
     auto fail = [&](const std::string& what) -> error {
@@ -56,6 +65,7 @@ std::unique_ptr<kv_calibration> kv_calibration::load(const std::string& path, co
     if (!(cal->default_bits > 0.0f && cal->default_bits <= 8.0f))
         throw fail("default_bits out of range");
     const int nh = cal->n_head_kv, d = cal->head_dim, L = KV_CALIB_LEVELS;
+    cal->set_rope(m);
     cal->heads.resize((size_t)cal->n_layer * 2 * nh);
     auto read = [&](const std::string& name, int64_t n) -> const float* {
         const gguf_tensor* t = f->tensor(name);
@@ -73,6 +83,8 @@ std::unique_ptr<kv_calibration> kv_calibration::load(const std::string& path, co
             const float* lo = read(p + "lo", (int64_t)nh * d * L);
             const float* step = read(p + "step", (int64_t)nh * d * L);
             const float* dmg = read(p + "damage", (int64_t)nh * d * L);
+            const float* rmean = s == 0 && f->tensor(p + "rope_mean")
+                                     ? read(p + "rope_mean", (int64_t)nh * d) : nullptr;
             for (int h = 0; h < nh; ++h) {
                 kv_calib_head& c = cal->at(il, s, h);
                 c.basis.assign(basis + (size_t)h * d * d, basis + (size_t)(h + 1) * d * d);
@@ -83,6 +95,11 @@ std::unique_ptr<kv_calibration> kv_calibration::load(const std::string& path, co
                 c.lo.assign(lo + (size_t)h * d * L, lo + (size_t)(h + 1) * d * L);
                 c.step.assign(step + (size_t)h * d * L, step + (size_t)(h + 1) * d * L);
                 c.damage.assign(dmg + (size_t)h * d * L, dmg + (size_t)(h + 1) * d * L);
+                if (rmean) {
+                    c.rope_mean.assign(rmean + (size_t)h * d, rmean + (size_t)(h + 1) * d);
+                    for (float v : c.rope_mean)
+                        if (!std::isfinite(v)) throw fail("tensor " + p + "rope_mean holds invalid values");
+                }
                 for (int i = 0; i < d * L; ++i)
                     if (!(c.step[i] > 0.0f) || !std::isfinite(c.lo[i]) ||
                         !(c.damage[i] >= 0.0f) || !std::isfinite(c.damage[i]))
@@ -167,6 +184,12 @@ kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values,
                 q.bits.resize(d);
                 q.lo.resize(d);
                 q.step.resize(d);
+                if (!ch.rope_mean.empty()) {
+                    q.rope_mean = ch.rope_mean;
+                    q.rope_freq = rope_freq;
+                    q.pair_stride = pair_stride;
+                    q.pair_gap = pair_gap;
+                }
                 for (int c = 0; c < d; ++c, ++id) {
                     const int b = bits[id];
                     q.bits[c] = (uint8_t)b;

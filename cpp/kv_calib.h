@@ -14,6 +14,9 @@
 //     blk.i.s_damage  (n_head_kv, dim, 9)    expected damage at b bits (b = 0:
 //                                            truncated), in units of KL of the
 //                                            final logits (sensitivity table)
+//     blk.i.k_rope_mean (n_head_kv, dim)     optional: pre-RoPE mean of the keys,
+//                                            subtracted turned to each position
+//                                            (the rotary frequencies come from the model)
 // A plan for any budget is solved at load time from the damage tables.
 #pragma once
 
@@ -35,6 +38,7 @@ struct kv_calib_head {
     std::vector<float> mean;              // (dim)
     std::vector<float> sigma;             // (dim) sqrt of the eigenvalues
     std::vector<float> lo, step, damage;  // (dim, KV_CALIB_LEVELS)
+    std::vector<float> rope_mean;         // (dim) keys only; empty: none
 };
 
 class kv_calibration {
@@ -42,6 +46,10 @@ public:
     int n_layer = 0, n_head_kv = 0, head_dim = 0;
     float default_bits = 3.0f;
     uint64_t model_hash = 0;
+    // The model's rotary pairs, for rope_mean (kv_pca_head says how).
+    std::vector<float> rope_freq;
+    int pair_stride = 2, pair_gap = 1;
+    void set_rope(const model& m);
     // index (layer * 2 + is_value) * n_head_kv + head
     std::vector<kv_calib_head> heads;
 

@@ -16,8 +16,11 @@ std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_
 
 // y = P(x - mu), all channels.
 void kv_pca_project(const kv_pca_head& p, const float* x, float* y);
-// A token's scale: sqrt(mean_c (y_c / sigma_c)^2), clamped to a half's range.
+// A token's scale: max_c |y_c| / sigma_c, clamped to a half's range.
 float kv_pca_token_scale(const kv_pca_head& p, const float* y);
+// m = R_pos rope_mean: the pre-RoPE key mean turned to position pos (zeros
+// when the head has none), m[dim].
+void kv_pca_rope_mean_at(const kv_pca_head& p, int pos, float* m);
 
 // n random signs (+1 / -1) from a seed, the same on every platform.
 std::vector<float> kv_random_signs(int n, uint32_t seed);

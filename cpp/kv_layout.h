@@ -23,14 +23,16 @@
  *             Needs no calibration.
  *  pca        y = P(x - mu) in a calibrated per-(layer, head) basis, channels
  *             sorted by variance; per token and head a half scale
- *             a_t = sqrt(mean_c (y_c/sigma_c)^2), [head][pos]; channel c has
+ *             a_t = max_c |y_c|/sigma_c, [head][pos]; channel c has
  *             b_c in {0..8} bits with a static quantizer
  *             y_c = a_t * (lo_c + step_c*code) (lo, step, sigma from
  *             calibration, not stored in the cache). Channel-major blocks
  *             [head][block] of { codes of each channel with b_c > 0, in
  *             channel order, 4*b_c bytes each }; b_c = 0 channels are
  *             truncated. The first KV_PCA_SINKS positions are kept as half
- *             y of every channel, [head][KV_PCA_SINKS][dim].
+ *             y of every channel, [head][KV_PCA_SINKS][dim]. Keys may
+ *             first lose a calibrated pre-RoPE mean m turned to their
+ *             position: x - R_pos m (R_pos the model's rotary rotation).
  *
  * Bits per element count every byte the allocator holds for the streams
  * (codes, scales, minima, staging) over n_ctx * layers * 2 * heads * dim.

@@ -1,5 +1,5 @@
 // The pca KV format: y = P(x - mu) in a calibrated basis; per token one
-// scale a_t (the RMS of y_c / sigma_c), and each kept channel quantized as
+// scale a_t (the largest |y_c| / sigma_c), and each kept channel quantized as
 // y_c / a_t ~ lo_c + step_c * code with its own bits and static quantizer;
 // channel-major blocks (kv_layout.h).
 //
@@ -7,6 +7,9 @@
 //  - keys: q.k = (Pq).y + q.mu; q.mu is the same for every position and is
 //    dropped (softmax ignores it); the query is rotated once per call and
 //    the codes are read as they are. Truncated channels cost nothing.
+//    Keys may first lose their pre-RoPE mean m turned to their position,
+//    x - R_t m; then q.k also gets q.R_t m = sum over pairs i of
+//    A_i cos(w_i t) + B_i sin(w_i t), A and B made from q and m once per call.
 //  - values: sum_t p_t x_t = P^T(sum_t p_t y_t) + mu since sum_t p_t = 1;
 //    accumulate() sums in the rotated domain, finish() un-rotates once per
 //    head.
@@ -49,6 +52,18 @@ public:
                     g.bits.push_back(h.bits[c]);
                     g.blk += kv_group_bytes(h.bits[c]);
                 }
+            if (!h.rope_mean.empty()) {
+                const int nf = (int)h.rope_freq.size();
+                if ((int)h.rope_mean.size() != hd_ || nf == 0 || 2 * nf > hd_ ||
+                    (nf - 1) * h.pair_stride + h.pair_gap >= hd_)
+                    throw error("pca KV stream: inconsistent rope mean shapes");
+                for (int i = 0; i < (int)h.rope_freq.size(); ++i) {
+                    const int a = i * h.pair_stride, b = a + h.pair_gap;
+                    if (h.rope_mean[a] == 0.0f && h.rope_mean[b] == 0.0f) continue;
+                    g.pairs.push_back({a, b, h.rope_mean[a], h.rope_mean[b], h.rope_freq[i],
+                                       std::cos(h.rope_freq[i]), std::sin(h.rope_freq[i])});
+                }
+            }
             g.offset = off;
             off += g.blk * n_blocks_;
             heads_.push_back(std::move(g));
@@ -62,13 +77,19 @@ public:
 
     void store(int pos0, int n, const float* x) override {
         const int nh = (int)heads_.size();
-        std::vector<float> y(hd_);
+        std::vector<float> y(hd_), xr(hd_);
         for (int t = 0; t < n; ++t) {
             const int pos = pos0 + t;
             for (int h = 0; h < nh; ++h) {
                 const head& g = heads_[h];
                 const kv_pca_head& p = *g.src;
-                kv_pca_project(p, x + ((size_t)t * nh + h) * hd_, y.data());
+                const float* xh = x + ((size_t)t * nh + h) * hd_;
+                if (!g.pairs.empty()) {
+                    kv_pca_rope_mean_at(p, pos, xr.data());
+                    for (int d = 0; d < hd_; ++d) xr[d] = xh[d] - xr[d];
+                    xh = xr.data();
+                }
+                kv_pca_project(p, xh, y.data());
                 if (pos < kSinks) {  // every channel, as halves
                     uint16_t* dst = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
                     for (int c = 0; c < hd_; ++c) dst[c] = fp32_to_fp16(y[c]);
@@ -134,6 +155,7 @@ public:
                     s[(size_t)r * ld + (t - t0)] =
                         fp16_to_fp32(a[t]) * (sb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] + K[r]);
         }
+        if (!g.pairs.empty()) add_rope_mean_scores(g, q, n_rep, t0, t1, s, ld);
     }
 
     // Accumulates in the rotated domain y: with p'_t = p_t a_t,
@@ -209,17 +231,60 @@ public:
                 }
             }
             finish(h, xh);
+            if (!g.pairs.empty()) {
+                std::vector<float> m(hd_);
+                kv_pca_rope_mean_at(p, pos, m.data());
+                for (int d = 0; d < hd_; ++d) xh[d] += m[d];
+            }
         }
     }
 
 private:
+    // A rotary pair (dims a, b) with a pre-RoPE key mean (ma, mb) turning by
+    // w radians per position.
+    struct rope_pair {
+        int a, b;
+        float ma, mb, w, cw, sw;
+    };
     struct head {
         const kv_pca_head* src = nullptr;
+        std::vector<rope_pair> pairs;  // pairs with a mean
         std::vector<int> keep;       // kept channels, in order
         std::vector<uint8_t> bits;   // their bits
         size_t blk = 0;              // bytes of one block
         size_t offset = 0;
     };
+
+    // s[r*ld + t - t0] += q_r . R_t m over the pairs of head g. The angle of
+    // each pair is started exactly every KV_BLOCK_TOKENS positions and
+    // turned by its per-position rotation in between.
+    void add_rope_mean_scores(const head& g, const float* q, int n_rep, int t0, int t1, float* s,
+                              int ld) const {
+        const int np = (int)g.pairs.size();
+        std::vector<float> A((size_t)n_rep * np), B((size_t)n_rep * np);
+        for (int r = 0; r < n_rep; ++r)
+            for (int i = 0; i < np; ++i) {
+                const rope_pair& pr = g.pairs[i];
+                const float* qr = q + (size_t)r * hd_;
+                A[(size_t)r * np + i] = qr[pr.a] * pr.ma + qr[pr.b] * pr.mb;
+                B[(size_t)r * np + i] = qr[pr.b] * pr.ma - qr[pr.a] * pr.mb;
+            }
+        for (int i = 0; i < np; ++i) {
+            const rope_pair& pr = g.pairs[i];
+            for (int b0 = t0; b0 < t1; b0 += KV_BLOCK_TOKENS) {
+                const double th = (double)b0 * pr.w;
+                float c = (float)std::cos(th), sn = (float)std::sin(th);
+                for (int t = b0; t < std::min(t1, b0 + KV_BLOCK_TOKENS); ++t) {
+                    for (int r = 0; r < n_rep; ++r)
+                        s[(size_t)r * ld + (t - t0)] +=
+                            A[(size_t)r * np + i] * c + B[(size_t)r * np + i] * sn;
+                    const float c2 = c * pr.cw - sn * pr.sw;
+                    sn = sn * pr.cw + c * pr.sw;
+                    c = c2;
+                }
+            }
+        }
+    }
 
     // y of sink position pos of head h, as floats.
     std::vector<float> sink(int h, int pos) const {
@@ -254,11 +319,27 @@ void kv_pca_project(const kv_pca_head& p, const float* x, float* y) {
 }
 
 float kv_pca_token_scale(const kv_pca_head& p, const float* y) {
+    // The largest normalised channel: each channel's quantizer then spans
+    // the token's own range in units of its sigma, so a token's outlier
+    // widens its steps instead of being clipped.
     const int n = (int)p.mean.size();
-    double ss = 0;
-    for (int c = 0; c < n; ++c) ss += (double)y[c] * y[c] / ((double)p.sigma[c] * p.sigma[c]);
+    double m = 0;
+    for (int c = 0; c < n; ++c) m = std::max(m, std::fabs((double)y[c] / p.sigma[c]));
     // Kept finite and representable as a half.
-    return (float)std::clamp(std::sqrt(ss / n), 1e-4, 6.0e4);
+    return (float)std::clamp(m, 1e-4, 6.0e4);
+}
+
+void kv_pca_rope_mean_at(const kv_pca_head& p, int pos, float* m) {
+    const int n = (int)p.mean.size();
+    std::fill(m, m + n, 0.0f);
+    if (p.rope_mean.empty()) return;
+    for (int i = 0; i < (int)p.rope_freq.size(); ++i) {
+        const int a = i * p.pair_stride, b = a + p.pair_gap;
+        const double th = (double)pos * p.rope_freq[i];
+        const float c = (float)std::cos(th), s = (float)std::sin(th);
+        m[a] = p.rope_mean[a] * c - p.rope_mean[b] * s;
+        m[b] = p.rope_mean[a] * s + p.rope_mean[b] * c;
+    }
 }
 
 std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads) {

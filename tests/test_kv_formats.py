@@ -177,6 +177,26 @@ def test_bad_formats(model_path, tmp_path, calib):
         kvrt.Model(model_path, n_ctx=64, kv="pca:3", kv_calib=other)
 
 
+def test_sidecar_rope_mean(model_path, tmp_path, calib):
+    """Keys carry a pre-RoPE mean per layer (values none); the rotary pairs
+    of SmolLM2 hold a clearly non-zero one, and an invalid one is refused."""
+    import gguf
+
+    r = gguf.GGUFReader(str(calib))
+    t = {x.name: x for x in r.tensors}
+    for il in range(30):
+        assert f"blk.{il}.k_rope_mean" in t and f"blk.{il}.v_rope_mean" not in t
+        rm = np.asarray(t[f"blk.{il}.k_rope_mean"].data).reshape(3, 64)
+        assert np.isfinite(rm).all() and np.abs(rm).max() > 0.5, il
+    bad = bytearray(calib.read_bytes())
+    at = int(t["blk.7.k_rope_mean"].data_offset)
+    bad[at:at + 4] = np.array([np.nan], dtype=np.float32).tobytes()
+    path = tmp_path / "nan.kvcal.gguf"
+    path.write_bytes(bytes(bad))
+    with pytest.raises(RuntimeError, match="rope_mean holds invalid values"):
+        kvrt.Model(model_path, n_ctx=64, kv="pca:3", kv_calib=path)
+
+
 def test_pca_without_calibration_falls_back(model_path, capfd):
     m = kvrt.Model(model_path, n_ctx=64, n_threads=1, kv="pca:3")
     assert m.kv_format == "rot:3"

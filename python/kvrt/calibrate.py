@@ -42,6 +42,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="calibration tokens used (default 4096)")
     p.add_argument("--probe-tokens", type=int, default=128,
                    help="tokens per sensitivity probe (default 128; 0 skips the probes)")
+    p.add_argument("--probe-bits", type=float, default=2.0,
+                   help="average bits of the probe configuration that scales the sensitivity "
+                   "table (default 2.0)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=main)
@@ -62,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
     if not 0.5 <= args.bits <= 8:
         print("error: --bits must be in 0.5..8", file=sys.stderr)
         return 1
+    if not 0.5 <= args.probe_bits <= 8:
+        print("error: --probe-bits must be in 0.5..8", file=sys.stderr)
+        return 1
     out = args.output or default_output(model)
     if out.exists() and not args.force:
         print(f"error: {out} exists (use --force to overwrite)", file=sys.stderr)
@@ -69,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         r = _core.calibrate(os.fspath(model), text, os.fspath(out), n_ctx=args.ctx,
                             n_threads=args.threads, max_tokens=args.tokens,
-                            probe_tokens=args.probe_tokens, default_bits=args.bits,
+                            probe_tokens=args.probe_tokens, probe_bits=args.probe_bits,
+                            default_bits=args.bits,
                             progress=True)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
