@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <random>
 #include <thread>
 
@@ -56,11 +57,26 @@ public:
     // First pass: only the mean of the keys before RoPE. finish_mean_pass()
     // turns it into each stream's rope_mean, subtracted in the second pass.
     void set_mean_pass(bool on) { mean_pass_ = on; }
-    void finish_mean_pass() {
+    // Keeps the max_pairs (-1: all) rotary pairs whose mean is largest (each
+    // costs attention two multiply-adds per position and query).
+    void finish_mean_pass(int max_pairs) {
+        const int stride = hp_.rope == ROPE_KIND_NORM ? 2 : 1;
+        const int gap = hp_.rope == ROPE_KIND_NORM ? 1 : hp_.n_rot / 2;
         for (size_t i = 0; i < pre_sum_.size(); ++i) {
-            rope_mean_[i].assign(hd_, 0.0f);
+            std::vector<float>& rm = rope_mean_[i];
+            rm.assign(hd_, 0.0f);
             for (int d = 0; d < hp_.n_rot; ++d)  // unrotated dims keep their mean in `mean`
-                rope_mean_[i][d] = (float)(pre_sum_[i][d] / std::max<int64_t>(pre_count_, 1));
+                rm[d] = (float)(pre_sum_[i][d] / std::max<int64_t>(pre_count_, 1));
+            std::vector<std::pair<float, int>> energy;
+            for (int k = 0; k < hp_.n_rot / 2; ++k) {
+                const int a = k * stride, b = a + gap;
+                energy.push_back({rm[a] * rm[a] + rm[b] * rm[b], k});
+            }
+            std::sort(energy.begin(), energy.end(), std::greater<>());
+            for (size_t j = max_pairs < 0 ? energy.size() : (size_t)max_pairs; j < energy.size(); ++j) {
+                const int a = energy[j].second * stride;
+                rm[a] = rm[a + gap] = 0.0f;
+            }
         }
         mean_pass_ = false;
     }
@@ -126,7 +142,7 @@ public:
 private:
     // Reservoir sampling over layer-0 tokens: the slot this token fills, or -1.
     int reserve() {
-        if (n_seen0_ < max_samples_) return (int)n_seen0_++;
+        if (n_seen0_ < (uint64_t)max_samples_) return (int)n_seen0_++;
         const uint64_t j = std::uniform_int_distribution<uint64_t>(0, n_seen0_++)(rng_);
         return j < (uint64_t)max_samples_ ? (int)j : -1;
     }
@@ -315,7 +331,7 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
         progress(p.progress, "moments", i, n_chunks + n_mean, t_start);
         run_chunk(i == 0 ? 0 : n_chunks - 1);
     }
-    obs.finish_mean_pass();
+    obs.finish_mean_pass(p.rope_pairs);
     for (int c = 0; c < n_chunks; ++c) {
         progress(p.progress, "moments", n_mean + c, n_chunks + n_mean, t_start);
         run_chunk(c);

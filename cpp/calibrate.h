@@ -4,6 +4,8 @@
 //     accumulates, per (layer, K|V, kv head), first and second moments of
 //     post-RoPE keys and of values, a reservoir of sample vectors, and the
 //     second moments of the queries that meet each key head.
+//     Keys first lose their pre-RoPE mean turned to their position (a
+//     short first pass measures that mean), which halves their variance.
 //  2. PCA: eigendecomposition (Jacobi) of each covariance; basis rows sorted
 //     by variance.
 //  3. Quantizers: each sample is divided by its token's scale a_t (the RMS
@@ -35,6 +37,8 @@ struct calibrate_params {
     int probe_tokens = 128;   // tokens per sensitivity probe (0: no probes)
     float probe_bits = 2.0f;  // average bits of a probe configuration
     float default_bits = 3.0f;
+    int rope_pairs = -1;      // most rotary pairs per key head with a pre-RoPE mean
+                              // (-1: all, 0: none)
     bool progress = true;     // a progress bar on stderr
 };
 

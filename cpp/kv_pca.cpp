@@ -60,8 +60,13 @@ public:
                 for (int i = 0; i < (int)h.rope_freq.size(); ++i) {
                     const int a = i * h.pair_stride, b = a + h.pair_gap;
                     if (h.rope_mean[a] == 0.0f && h.rope_mean[b] == 0.0f) continue;
+                    const double turn = (double)KV_BLOCK_TOKENS * h.rope_freq[i];
                     g.pairs.push_back({a, b, h.rope_mean[a], h.rope_mean[b], h.rope_freq[i],
-                                       std::cos(h.rope_freq[i]), std::sin(h.rope_freq[i])});
+                                       std::cos(turn), std::sin(turn)});
+                    for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {
+                        g.run_cos.push_back((float)std::cos((double)j * h.rope_freq[i]));
+                        g.run_sin.push_back((float)std::sin((double)j * h.rope_freq[i]));
+                    }
                 }
             }
             g.offset = off;
@@ -244,44 +249,67 @@ private:
     // w radians per position.
     struct rope_pair {
         int a, b;
-        float ma, mb, w, cw, sw;
+        float ma, mb, w;
+        double cr, sr;  // cos, sin of the turn over KV_BLOCK_TOKENS positions
     };
     struct head {
         const kv_pca_head* src = nullptr;
         std::vector<rope_pair> pairs;  // pairs with a mean
+        std::vector<float> run_cos, run_sin;  // [pair][j]: cos(w j), sin(w j), j < 32
         std::vector<int> keep;       // kept channels, in order
         std::vector<uint8_t> bits;   // their bits
         size_t blk = 0;              // bytes of one block
         size_t offset = 0;
     };
 
-    // s[r*ld + t - t0] += q_r . R_t m over the pairs of head g. The angle of
-    // each pair is started exactly every KV_BLOCK_TOKENS positions and
-    // turned by its per-position rotation in between.
+    // s[r*ld + t - t0] += q_r . R_t m over the pairs of head g. For each run
+    // of 32 positions from b0 the angles come from the run's start angle and
+    // the pair's per-offset table: cos(w(b0+j)) = cos(wb0)cos(wj) - sin(wb0)sin(wj).
     void add_rope_mean_scores(const head& g, const float* q, int n_rep, int t0, int t1, float* s,
                               int ld) const {
+        constexpr int R = KV_BLOCK_TOKENS;
         const int np = (int)g.pairs.size();
-        std::vector<float> A((size_t)n_rep * np), B((size_t)n_rep * np);
+        std::vector<float> W((size_t)n_rep * 2 * np), T((size_t)2 * np * R);
         for (int r = 0; r < n_rep; ++r)
             for (int i = 0; i < np; ++i) {
                 const rope_pair& pr = g.pairs[i];
                 const float* qr = q + (size_t)r * hd_;
-                A[(size_t)r * np + i] = qr[pr.a] * pr.ma + qr[pr.b] * pr.mb;
-                B[(size_t)r * np + i] = qr[pr.b] * pr.ma - qr[pr.a] * pr.mb;
+                W[(size_t)r * 2 * np + 2 * i] = qr[pr.a] * pr.ma + qr[pr.b] * pr.mb;      // cos
+                W[(size_t)r * 2 * np + 2 * i + 1] = qr[pr.b] * pr.ma - qr[pr.a] * pr.mb;  // sin
             }
+        // Start angles of each run, turned by R positions in double from run to run.
+        std::vector<double> cs(2 * np);
         for (int i = 0; i < np; ++i) {
-            const rope_pair& pr = g.pairs[i];
-            for (int b0 = t0; b0 < t1; b0 += KV_BLOCK_TOKENS) {
-                const double th = (double)b0 * pr.w;
-                float c = (float)std::cos(th), sn = (float)std::sin(th);
-                for (int t = b0; t < std::min(t1, b0 + KV_BLOCK_TOKENS); ++t) {
-                    for (int r = 0; r < n_rep; ++r)
-                        s[(size_t)r * ld + (t - t0)] +=
-                            A[(size_t)r * np + i] * c + B[(size_t)r * np + i] * sn;
-                    const float c2 = c * pr.cw - sn * pr.sw;
-                    sn = sn * pr.cw + c * pr.sw;
-                    c = c2;
+            const double th = (double)t0 * g.pairs[i].w;
+            cs[2 * i] = std::cos(th);
+            cs[2 * i + 1] = std::sin(th);
+        }
+        for (int b0 = t0; b0 < t1; b0 += R) {
+            const int n = std::min(R, t1 - b0);
+            for (int i = 0; i < np; ++i) {
+                const double c = cs[2 * i], sn = cs[2 * i + 1];
+                const float c0 = (float)c, s0 = (float)sn;
+                cs[2 * i] = c * g.pairs[i].cr - sn * g.pairs[i].sr;
+                cs[2 * i + 1] = sn * g.pairs[i].cr + c * g.pairs[i].sr;
+                const float* cj = &g.run_cos[(size_t)i * R];
+                const float* sj = &g.run_sin[(size_t)i * R];
+                float* tc = &T[(size_t)2 * i * R];
+                float* ts = tc + R;
+                for (int j = 0; j < R; ++j) {
+                    tc[j] = c0 * cj[j] - s0 * sj[j];
+                    ts[j] = s0 * cj[j] + c0 * sj[j];
                 }
+            }
+            for (int r = 0; r < n_rep; ++r) {
+                float acc[R] = {};
+                const float* wr = &W[(size_t)r * 2 * np];
+                for (int k = 0; k < 2 * np; ++k) {
+                    const float wk = wr[k];
+                    const float* tk = &T[(size_t)k * R];
+                    for (int j = 0; j < R; ++j) acc[j] += wk * tk[j];
+                }
+                float* sr = s + (size_t)r * ld + (b0 - t0);
+                for (int j = 0; j < n; ++j) sr[j] += acc[j];
             }
         }
     }

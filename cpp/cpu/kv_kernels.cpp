@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "../kv_layout.h"
 #include "../quants.h"
@@ -86,14 +87,82 @@ static inline void unpack32_u8_any(const uint8_t* g, int bits, uint8_t* out) {
     }
 }
 
+#if KVRT_KV_AVX2
+// The B bytes of run j (codes 8j..8j+7) of a group of 32 B-bit codes, in
+// the low bytes of a word, read with whole 8-byte loads that stay inside
+// the group's 4*B bytes (a byte-wise copy would stall store forwarding).
+template <int B>
+static inline uint64_t run_bits(const uint8_t* g, int j) {
+    if constexpr (B == 1) {
+        uint32_t w;
+        std::memcpy(&w, g, 4);
+        return w >> (8 * j);
+    } else if constexpr (B == 2) {
+        uint64_t w;
+        std::memcpy(&w, g, 8);
+        return w >> (16 * j);
+    } else {
+        uint64_t w;
+        if (j * B + 8 <= 4 * B) {
+            std::memcpy(&w, g + j * B, 8);
+            return w;
+        }
+        std::memcpy(&w, g + (j + 1) * B - 8, 8);  // ends where run j ends
+        return w >> (8 * (8 - B));
+    }
+}
+
+// 8 codes of B bits are B bytes. Each 32-bit lane k gets the two bytes
+// holding code k (a byte shuffle of the B bytes copied to both halves), is
+// shifted right by its bit offset and masked.
+template <int B>
+static inline void unpack32_ps(const uint8_t* g, __m256 x[4]) {
+    static const struct ctl {
+        alignas(32) int8_t shuf[32];
+        alignas(32) int32_t shift[8];
+        ctl() {
+            for (int k = 0; k < 8; ++k) {
+                const int off = k * B / 8, lane = k % 4 * 4 + (k >= 4 ? 16 : 0);
+                shuf[lane] = (int8_t)off;
+                shuf[lane + 1] = (int8_t)(off + 1 < B ? off + 1 : 0x80);
+                shuf[lane + 2] = shuf[lane + 3] = (int8_t)0x80;
+                shift[k] = k * B % 8;
+            }
+        }
+    } c;
+    const __m256i shuf = _mm256_load_si256(reinterpret_cast<const __m256i*>(c.shuf));
+    const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(c.shift));
+    const __m256i mask = _mm256_set1_epi32((1 << B) - 1);
+    for (int j = 0; j < 4; ++j) {
+        const uint64_t w = run_bits<B>(g, j);
+        const __m256i v = _mm256_broadcastsi128_si256(_mm_cvtsi64_si128((long long)w));
+        const __m256i codes = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(v, shuf), shift), mask);
+        x[j] = _mm256_cvtepi32_ps(codes);
+    }
+}
+
+static inline void unpack32_ps_any(const uint8_t* g, int bits, __m256 x[4]) {
+    switch (bits) {
+        case 1: unpack32_ps<1>(g, x); break;
+        case 2: unpack32_ps<2>(g, x); break;
+        case 3: unpack32_ps<3>(g, x); break;
+        case 4: unpack32_ps<4>(g, x); break;
+        case 5: unpack32_ps<5>(g, x); break;
+        case 6: unpack32_ps<6>(g, x); break;
+        case 7: unpack32_ps<7>(g, x); break;
+        default: unpack32_ps<8>(g, x); break;
+    }
+}
+#endif
+
 void kv_unpack32_f32(const uint8_t* g, int bits, float* out) {
+#if KVRT_KV_AVX2
+    __m256 x[4];
+    unpack32_ps_any(g, bits, x);
+    for (int i = 0; i < 4; ++i) _mm256_storeu_ps(out + 8 * i, x[i]);
+#else
     alignas(32) uint8_t u[32];
     unpack32_u8_any(g, bits, u);
-#if KVRT_KV_AVX2
-    for (int i = 0; i < 32; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(
-                                      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(u + i)))));
-#else
     for (int i = 0; i < 32; ++i) out[i] = u[i];
 #endif
 }
@@ -110,12 +179,11 @@ void kv_cmajor_scores(const uint8_t* blk, const uint8_t* bits, int n_ch, const f
         __m256 acc[kMaxRep][4];
         for (int r = 0; r < n_rep; ++r)
             for (int k = 0; k < 4; ++k) acc[r][k] = _mm256_setzero_ps();
-        alignas(32) float x[32];
         for (int c = 0; c < n_ch; ++c) {
-            kv_unpack32_f32(blk, bits[c], x);
+            __m256 xv[4];
+            unpack32_ps_any(blk, bits[c], xv);
             blk += kv_group_bytes(bits[c]);
-            const __m256 x0 = _mm256_load_ps(x), x1 = _mm256_load_ps(x + 8);
-            const __m256 x2 = _mm256_load_ps(x + 16), x3 = _mm256_load_ps(x + 24);
+            const __m256 x0 = xv[0], x1 = xv[1], x2 = xv[2], x3 = xv[3];
             for (int r = 0; r < n_rep; ++r) {
                 const __m256 wr = _mm256_broadcast_ss(w + r * n_ch + c);
                 acc[r][0] = _mm256_fmadd_ps(wr, x0, acc[r][0]);
@@ -165,28 +233,60 @@ void kv_cmajor_scores(const uint8_t* blk, const uint8_t* bits, int n_ch, const f
 
 void kv_cmajor_accumulate(const uint8_t* blk, const uint8_t* bits, int n_ch, const float* p,
                           int n_rep, float* acc, int ld) {
+#if KVRT_KV_AVX2
+    // Eight channels at a time: their codes unpacked once, then per row
+    // eight dot products reduced together (hadd tree) into one vector.
+    alignas(32) float xb[8][32];
+    for (int c0 = 0; c0 < n_ch; c0 += 8) {
+        const int m = std::min(8, n_ch - c0);
+        for (int k = 0; k < m; ++k) {
+            __m256 xv[4];
+            unpack32_ps_any(blk, bits[c0 + k], xv);
+            blk += kv_group_bytes(bits[c0 + k]);
+            for (int i = 0; i < 4; ++i) _mm256_store_ps(xb[k] + 8 * i, xv[i]);
+        }
+        for (int r = 0; r < n_rep; ++r) {
+            const float* pr = p + r * 32;
+            const __m256 p0 = _mm256_loadu_ps(pr), p1 = _mm256_loadu_ps(pr + 8);
+            const __m256 p2 = _mm256_loadu_ps(pr + 16), p3 = _mm256_loadu_ps(pr + 24);
+            __m256 a[8];
+            for (int k = 0; k < 8; ++k) {
+                if (k >= m) {
+                    a[k] = _mm256_setzero_ps();
+                    continue;
+                }
+                __m256 t = _mm256_mul_ps(p0, _mm256_load_ps(xb[k]));
+                t = _mm256_fmadd_ps(p1, _mm256_load_ps(xb[k] + 8), t);
+                t = _mm256_fmadd_ps(p2, _mm256_load_ps(xb[k] + 16), t);
+                a[k] = _mm256_fmadd_ps(p3, _mm256_load_ps(xb[k] + 24), t);
+            }
+            const __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            const __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+            const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20),
+                                             _mm256_permute2f128_ps(g0, g1, 0x31));
+            float* dst = acc + r * ld + c0;
+            if (m == 8) {
+                _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), sum));
+            } else {
+                alignas(32) float tmp[8];
+                _mm256_store_ps(tmp, sum);
+                for (int k = 0; k < m; ++k) dst[k] += tmp[k];
+            }
+        }
+    }
+#else
     alignas(32) float x[32];
     for (int c = 0; c < n_ch; ++c) {
         kv_unpack32_f32(blk, bits[c], x);
         blk += kv_group_bytes(bits[c]);
         for (int r = 0; r < n_rep; ++r) {
             const float* pr = p + r * 32;
-#if KVRT_KV_AVX2
-            __m256 a = _mm256_mul_ps(_mm256_loadu_ps(pr), _mm256_load_ps(x));
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(pr + 8), _mm256_load_ps(x + 8), a);
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(pr + 16), _mm256_load_ps(x + 16), a);
-            a = _mm256_fmadd_ps(_mm256_loadu_ps(pr + 24), _mm256_load_ps(x + 24), a);
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));
-            acc[r * ld + c] += _mm_cvtss_f32(h);
-#else
             float sum = 0.0f;
             for (int t = 0; t < 32; ++t) sum += pr[t] * x[t];
             acc[r * ld + c] += sum;
-#endif
         }
     }
+#endif
 }
 
 const char* kv_kernels_simd_name() {

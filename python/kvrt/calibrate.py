@@ -45,6 +45,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--probe-bits", type=float, default=2.0,
                    help="average bits of the probe configuration that scales the sensitivity "
                    "table (default 2.0)")
+    p.add_argument("--rope-pairs", type=int, default=-1,
+                   help="most rotary pairs per key head whose pre-RoPE mean is subtracted, "
+                   "largest first (default -1: all; 0: none; fewer make attention cheaper)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.set_defaults(func=main)
@@ -68,6 +71,9 @@ def main(args: argparse.Namespace) -> int:
     if not 0.5 <= args.probe_bits <= 8:
         print("error: --probe-bits must be in 0.5..8", file=sys.stderr)
         return 1
+    if args.rope_pairs < -1:
+        print("error: --rope-pairs must be -1 (all) or more", file=sys.stderr)
+        return 1
     out = args.output or default_output(model)
     if out.exists() and not args.force:
         print(f"error: {out} exists (use --force to overwrite)", file=sys.stderr)
@@ -76,7 +82,7 @@ def main(args: argparse.Namespace) -> int:
         r = _core.calibrate(os.fspath(model), text, os.fspath(out), n_ctx=args.ctx,
                             n_threads=args.threads, max_tokens=args.tokens,
                             probe_tokens=args.probe_tokens, probe_bits=args.probe_bits,
-                            default_bits=args.bits,
+                            default_bits=args.bits, rope_pairs=args.rope_pairs,
                             progress=True)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)

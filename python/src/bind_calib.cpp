@@ -11,7 +11,7 @@ void init_calib(nb::module_& m) {
         "calibrate",
         [](const std::string& model_path, const std::string& text, const std::string& out_path,
            int n_ctx, int n_threads, int max_tokens, int probe_tokens, float probe_bits,
-           float default_bits, bool progress) {
+           float default_bits, int rope_pairs, bool progress) {
             kvrt::calibrate_params p;
             p.n_ctx = n_ctx;
             p.n_threads = n_threads;
@@ -19,6 +19,7 @@ void init_calib(nb::module_& m) {
             p.probe_tokens = probe_tokens;
             p.probe_bits = probe_bits;
             p.default_bits = default_bits;
+            p.rope_pairs = rope_pairs;
             p.progress = progress;
             kvrt::calibrate_result r;
             {
@@ -37,6 +38,7 @@ void init_calib(nb::module_& m) {
         },
         nb::arg("model_path"), nb::arg("text"), nb::arg("out_path"), nb::arg("n_ctx") = 512,
         nb::arg("n_threads") = 0, nb::arg("max_tokens") = 4096, nb::arg("probe_tokens") = 128,
-        nb::arg("probe_bits") = 2.0f, nb::arg("default_bits") = 3.0f, nb::arg("progress") = true,
+        nb::arg("probe_bits") = 2.0f, nb::arg("default_bits") = 3.0f,
+        nb::arg("rope_pairs") = -1, nb::arg("progress") = true,
         "Calibrates the pca KV format over `text` and writes the sidecar to out_path.");
 }
