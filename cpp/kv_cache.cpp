@@ -1,5 +1,6 @@
 #include "kv_cache.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -134,24 +135,29 @@ private:
 
     // s[r * ld] = q_r . k for r < n_rep.
     void dot_group(const float* q, const T* k, int n_rep, float* s, int ld) const {
-        int d0 = 0;
 #if defined(__AVX2__) && defined(__F16C__)
-        constexpr int kMaxRep = 16;
-        if (n_rep <= kMaxRep && hd_ % 8 == 0) {
-            __m256 acc[kMaxRep];
-            for (int r = 0; r < n_rep; ++r) acc[r] = _mm256_setzero_ps();
-            for (int d = 0; d < hd_; d += 8) {
-                const __m256 kv = kv_load8(k + d);
-                for (int r = 0; r < n_rep; ++r)
-                    acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * hd_ + d), kv, acc[r]);
+        // Rows in runs of up to kRun (a prefill tile has many), each key
+        // element converted once per run.
+        constexpr int kRun = 12;
+        if (hd_ % 8 == 0) {
+            for (int r0 = 0; r0 < n_rep; r0 += kRun) {
+                const int nr = std::min(kRun, n_rep - r0);
+                const float* qr = q + (size_t)r0 * hd_;
+                __m256 acc[kRun];
+                for (int r = 0; r < nr; ++r) acc[r] = _mm256_setzero_ps();
+                for (int d = 0; d < hd_; d += 8) {
+                    const __m256 kv = kv_load8(k + d);
+                    for (int r = 0; r < nr; ++r)
+                        acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qr + r * hd_ + d), kv, acc[r]);
+                }
+                for (int r = 0; r < nr; ++r) s[(size_t)(r0 + r) * ld] = hsum8(acc[r]);
             }
-            for (int r = 0; r < n_rep; ++r) s[(size_t)r * ld] = hsum8(acc[r]);
             return;
         }
 #endif
         for (int r = 0; r < n_rep; ++r) {
             float sum = 0.0f;
-            for (int d = d0; d < hd_; ++d) sum += q[r * hd_ + d] * kv_load(k + d);
+            for (int d = 0; d < hd_; ++d) sum += q[r * hd_ + d] * kv_load(k + d);
             s[(size_t)r * ld] = sum;
         }
     }

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kv_kernels.h"
 #include "ops.h"
 
 namespace kvrt {
@@ -92,13 +93,8 @@ void attention_forward(const kv_stream& keys, const kv_stream& values, const flo
                     part[2 * r + 1] = 0.0f;
                     continue;
                 }
-                float m = sr[0];
-                for (int j = 1; j < valid; ++j) m = std::max(m, sr[j]);
-                float l = 0.0f;
-                for (int j = 0; j < valid; ++j) {
-                    sr[j] = std::exp(sr[j] - m);
-                    l += sr[j];
-                }
+                const float m = kv_max(sr, valid);
+                const float l = kv_softmax_exp(sr, valid, m);
                 std::fill(sr + valid, sr + n, 0.0f);
                 part[2 * r] = m;
                 part[2 * r + 1] = l;

@@ -387,3 +387,107 @@ void kv_axpy_rows(const float* p, int ld, int n_rep, const float* x, int n, floa
 }
 
 }  // namespace kvrt
+
+// ---------------------------------------------------------------------------
+// Softmax numerators. exp by range reduction x = n ln2 + r, |r| <= ln2/2,
+// and a degree-6 polynomial for exp(r) (Cephes' expf coefficients); 2^n
+// goes straight into the exponent bits. Inputs are clamped at -87 so 2^n
+// stays a normal float (exp(-87) ~ 1.6e-38: nothing a softmax can see).
+
+namespace kvrt {
+
+namespace {
+
+constexpr float kExpLo = -87.0f, kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                            4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+#if KVRT_KV_AVX2
+inline __m256 exp_ps(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(kExpLo));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+    __m256 p = _mm256_set1_ps(kExpP[0]);
+    for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP[i]));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#elif KVRT_KV_NEON
+inline float32x4_t exp_f32x4(float32x4_t x) {
+    x = vmaxq_f32(x, vdupq_n_f32(kExpLo));
+    const float32x4_t n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(kLog2e)));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(kLn2Hi));
+    r = vfmsq_f32(r, n, vdupq_n_f32(kLn2Lo));
+    float32x4_t p = vdupq_n_f32(kExpP[0]);
+    for (int i = 1; i < 6; ++i) p = vfmaq_f32(vdupq_n_f32(kExpP[i]), p, r);
+    p = vfmaq_f32(vaddq_f32(r, vdupq_n_f32(1.0f)), p, vmulq_f32(r, r));
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(p, vreinterpretq_f32_s32(e));
+}
+#endif
+
+}  // namespace
+
+float kv_max(const float* x, int n) {
+    float m = x[0];
+    int j = 0;
+#if KVRT_KV_AVX2
+    if (n >= 8) {
+        __m256 v = _mm256_loadu_ps(x);
+        for (j = 8; j + 8 <= n; j += 8) v = _mm256_max_ps(v, _mm256_loadu_ps(x + j));
+        float t[8];
+        _mm256_storeu_ps(t, v);
+        for (float u : t) m = std::max(m, u);
+    }
+#elif KVRT_KV_NEON
+    if (n >= 4) {
+        float32x4_t v = vld1q_f32(x);
+        for (j = 4; j + 4 <= n; j += 4) v = vmaxq_f32(v, vld1q_f32(x + j));
+        m = std::max(m, vmaxvq_f32(v));
+    }
+#endif
+    for (; j < n; ++j) m = std::max(m, x[j]);
+    return m;
+}
+
+float kv_softmax_exp_ref(float* x, int n, float m) {
+    float l = 0.0f;
+    for (int j = 0; j < n; ++j) {
+        x[j] = std::exp(x[j] - m);
+        l += x[j];
+    }
+    return l;
+}
+
+float kv_softmax_exp(float* x, int n, float m) {
+    int j = 0;
+    float l = 0.0f;
+#if KVRT_KV_AVX2
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) {
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), vm));
+        _mm256_storeu_ps(x + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    float t[8];
+    _mm256_storeu_ps(t, acc);
+    for (float u : t) l += u;
+#elif KVRT_KV_NEON
+    const float32x4_t vm = vdupq_n_f32(m);
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    for (; j + 4 <= n; j += 4) {
+        const float32x4_t e = exp_f32x4(vsubq_f32(vld1q_f32(x + j), vm));
+        vst1q_f32(x + j, e);
+        acc = vaddq_f32(acc, e);
+    }
+    l = vaddvq_f32(acc);
+#endif
+    return l + kv_softmax_exp_ref(x + j, n - j, m);
+}
+
+}  // namespace kvrt

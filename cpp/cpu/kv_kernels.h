@@ -38,6 +38,14 @@ void kv_affine_axpy(const uint8_t* grp, int bits, float a, float* out);
 void kv_affine_quantize32(const float* x, int stride, int bits, uint16_t* scale, uint16_t* min,
                           uint8_t* g);
 
+// Softmax over scores: kv_max is the largest of x[0..n) (n >= 1);
+// kv_softmax_exp sets x[j] = exp(x[j] - m) and returns their sum (every
+// x[j] <= m). The vector exp is within 2e-7 relative of std::exp above
+// exp(-87); below it gives about exp(-87) instead of the (invisible) rest.
+float kv_max(const float* x, int n);
+float kv_softmax_exp(float* x, int n, float m);
+float kv_softmax_exp_ref(float* x, int n, float m);
+
 // In-place orthonormal Walsh-Hadamard transform (n a power of two).
 void kv_fwht(float* x, int n);
 

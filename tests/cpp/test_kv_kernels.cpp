@@ -80,6 +80,22 @@ int main() {
                 for (int i = 0; i < 32; ++i) same = same && u[i] == u_ref[i];
                 report(same, "unpack" + tag);
             }
+    // Softmax numerators: the vector exp against std::exp over the range
+    // scores take (down to far below anything a softmax keeps), every length
+    // from 1 to 40 so each tail is exercised.
+    std::uniform_real_distribution<float> ud(-120.0f, 0.0f);
+    for (int n = 1; n <= 40; ++n) {
+        std::vector<float> x(n);
+        for (auto& v : x) v = ud(rng) + 3.0f;
+        x[rng() % n] = 3.0f;  // the largest, as after a max
+        std::vector<float> ref = x;
+        const float m = kv_max(x.data(), n);
+        const float l = kv_softmax_exp(x.data(), n, m);
+        const float l_ref = kv_softmax_exp_ref(ref.data(), n, m);
+        bool ok = m == 3.0f && std::fabs(l - l_ref) <= 1e-6f * l_ref;
+        for (int j = 0; j < n; ++j) ok = ok && std::fabs(x[j] - ref[j]) <= 2e-7f * ref[j] + 2e-38f;
+        report(ok, "softmax_exp n=" + std::to_string(n));
+    }
     std::printf(g_failed ? "%d FAILED\n" : "ok\n", g_failed);
     return g_failed ? 1 : 0;
 }
