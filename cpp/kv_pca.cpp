@@ -63,10 +63,10 @@ public:
                     const double turn = (double)KV_BLOCK_TOKENS * h.rope_freq[i];
                     g.pairs.push_back({a, b, h.rope_mean[a], h.rope_mean[b], h.rope_freq[i],
                                        std::cos(turn), std::sin(turn)});
-                    for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {
-                        g.run_cos.push_back((float)std::cos((double)j * h.rope_freq[i]));
-                        g.run_sin.push_back((float)std::sin((double)j * h.rope_freq[i]));
-                    }
+                    for (int j = 0; j < KV_BLOCK_TOKENS; ++j)
+                        g.run_tab.push_back((float)std::cos((double)j * h.rope_freq[i]));
+                    for (int j = 0; j < KV_BLOCK_TOKENS; ++j)
+                        g.run_tab.push_back((float)std::sin((double)j * h.rope_freq[i]));
                 }
             }
             g.offset = off;
@@ -124,6 +124,7 @@ public:
         const int nk = (int)g.keep.size();
         std::vector<float> qr((size_t)n_rep * hd_), w((size_t)n_rep * nk), K(n_rep, 0.0f);
         std::vector<float> sb((size_t)n_rep * KV_BLOCK_TOKENS);
+        float af[KV_BLOCK_TOKENS];
         for (int r = 0; r < n_rep; ++r) {
             float* qy = qr.data() + (size_t)r * hd_;
             for (int c = 0; c < hd_; ++c) {
@@ -154,11 +155,12 @@ public:
                                  n_rep, sb.data());
             else
                 std::fill(sb.begin(), sb.end(), 0.0f);
-            const uint16_t* a = &scale_[(size_t)h * n_ctx_];
-            for (int r = 0; r < n_rep; ++r)
-                for (int t = lo; t < hi; ++t)
-                    s[(size_t)r * ld + (t - t0)] =
-                        fp16_to_fp32(a[t]) * (sb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] + K[r]);
+            kv_half_to_float(&scale_[(size_t)h * n_ctx_ + lo], af, hi - lo);
+            for (int r = 0; r < n_rep; ++r) {
+                const float* sbr = &sb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
+                float* sr = s + (size_t)r * ld + (lo - t0);
+                for (int j = 0; j < hi - lo; ++j) sr[j] = af[j] * (sbr[j] + K[r]);
+            }
         }
         if (!g.pairs.empty()) add_rope_mean_scores(g, q, n_rep, t0, t1, s, ld);
     }
@@ -180,19 +182,24 @@ public:
         if (nk == 0) return;
         std::vector<float> pb((size_t)n_rep * KV_BLOCK_TOKENS), acc((size_t)n_rep * nk, 0.0f);
         std::vector<float> psum(n_rep, 0.0f);
-        const uint16_t* a = &scale_[(size_t)h * n_ctx_];
+        float af[KV_BLOCK_TOKENS];
         for (int b0 = std::max(t0, kSinks) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS; b0 < t1;
              b0 += KV_BLOCK_TOKENS) {
             const int lo = std::max({t0, b0, kSinks}), hi = std::min(t1, b0 + KV_BLOCK_TOKENS);
             if (lo >= hi) continue;
             // Positions of the block outside [lo, hi) get probability 0.
             std::fill(pb.begin(), pb.end(), 0.0f);
-            for (int r = 0; r < n_rep; ++r)
-                for (int t = lo; t < hi; ++t) {
-                    const float pt = p[(size_t)r * ld + (t - t0)] * fp16_to_fp32(a[t]);
-                    pb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] = pt;
-                    psum[r] += pt;
+            kv_half_to_float(&scale_[(size_t)h * n_ctx_ + lo], af, hi - lo);
+            for (int r = 0; r < n_rep; ++r) {
+                const float* pr = p + (size_t)r * ld + (lo - t0);
+                float* pbr = &pb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
+                float sum = 0.0f;
+                for (int j = 0; j < hi - lo; ++j) {
+                    pbr[j] = pr[j] * af[j];
+                    sum += pbr[j];
                 }
+                psum[r] += sum;
+            }
             kv_cmajor_accumulate(block(h, b0 / KV_BLOCK_TOKENS), g.bits.data(), nk, pb.data(),
                                  n_rep, acc.data(), nk);
         }
@@ -255,27 +262,29 @@ private:
     struct head {
         const kv_pca_head* src = nullptr;
         std::vector<rope_pair> pairs;  // pairs with a mean
-        std::vector<float> run_cos, run_sin;  // [pair][j]: cos(w j), sin(w j), j < 32
+        std::vector<float> run_tab;  // [pair][2][j]: cos(w j), then sin(w j), j < 32
         std::vector<int> keep;       // kept channels, in order
         std::vector<uint8_t> bits;   // their bits
         size_t blk = 0;              // bytes of one block
         size_t offset = 0;
     };
 
-    // s[r*ld + t - t0] += q_r . R_t m over the pairs of head g. For each run
-    // of 32 positions from b0 the angles come from the run's start angle and
-    // the pair's per-offset table: cos(w(b0+j)) = cos(wb0)cos(wj) - sin(wb0)sin(wj).
+    // s[r*ld + t - t0] += q_r . R_t m over the pairs of head g: per pair
+    // A cos(w t) + B sin(w t), A and B from q and m. Over a run of 32
+    // positions from b0, t = b0 + j, that is (A c0 + B s0) cos(w j) +
+    // (B c0 - A s0) sin(w j) with c0, s0 the angle at b0: the run's
+    // coefficients against the head's fixed per-offset tables.
     void add_rope_mean_scores(const head& g, const float* q, int n_rep, int t0, int t1, float* s,
                               int ld) const {
         constexpr int R = KV_BLOCK_TOKENS;
         const int np = (int)g.pairs.size();
-        std::vector<float> W((size_t)n_rep * 2 * np), T((size_t)2 * np * R);
+        std::vector<float> AB((size_t)n_rep * 2 * np), W((size_t)n_rep * 2 * np), acc((size_t)n_rep * R);
         for (int r = 0; r < n_rep; ++r)
             for (int i = 0; i < np; ++i) {
                 const rope_pair& pr = g.pairs[i];
                 const float* qr = q + (size_t)r * hd_;
-                W[(size_t)r * 2 * np + 2 * i] = qr[pr.a] * pr.ma + qr[pr.b] * pr.mb;      // cos
-                W[(size_t)r * 2 * np + 2 * i + 1] = qr[pr.b] * pr.ma - qr[pr.a] * pr.mb;  // sin
+                AB[(size_t)r * 2 * np + 2 * i] = qr[pr.a] * pr.ma + qr[pr.b] * pr.mb;      // cos
+                AB[(size_t)r * 2 * np + 2 * i + 1] = qr[pr.b] * pr.ma - qr[pr.a] * pr.mb;  // sin
             }
         // Start angles of each run, turned by R positions in double from run to run.
         std::vector<double> cs(2 * np);
@@ -291,25 +300,17 @@ private:
                 const float c0 = (float)c, s0 = (float)sn;
                 cs[2 * i] = c * g.pairs[i].cr - sn * g.pairs[i].sr;
                 cs[2 * i + 1] = sn * g.pairs[i].cr + c * g.pairs[i].sr;
-                const float* cj = &g.run_cos[(size_t)i * R];
-                const float* sj = &g.run_sin[(size_t)i * R];
-                float* tc = &T[(size_t)2 * i * R];
-                float* ts = tc + R;
-                for (int j = 0; j < R; ++j) {
-                    tc[j] = c0 * cj[j] - s0 * sj[j];
-                    ts[j] = s0 * cj[j] + c0 * sj[j];
+                for (int r = 0; r < n_rep; ++r) {
+                    const float A = AB[(size_t)r * 2 * np + 2 * i], B = AB[(size_t)r * 2 * np + 2 * i + 1];
+                    W[(size_t)r * 2 * np + 2 * i] = A * c0 + B * s0;
+                    W[(size_t)r * 2 * np + 2 * i + 1] = B * c0 - A * s0;
                 }
             }
+            kv_run_scores(W.data(), 2 * np, g.run_tab.data(), n_rep, acc.data());
             for (int r = 0; r < n_rep; ++r) {
-                float acc[R] = {};
-                const float* wr = &W[(size_t)r * 2 * np];
-                for (int k = 0; k < 2 * np; ++k) {
-                    const float wk = wr[k];
-                    const float* tk = &T[(size_t)k * R];
-                    for (int j = 0; j < R; ++j) acc[j] += wk * tk[j];
-                }
                 float* sr = s + (size_t)r * ld + (b0 - t0);
-                for (int j = 0; j < n; ++j) sr[j] += acc[j];
+                const float* ar = &acc[(size_t)r * R];
+                for (int j = 0; j < n; ++j) sr[j] += ar[j];
             }
         }
     }

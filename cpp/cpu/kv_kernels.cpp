@@ -491,3 +491,93 @@ float kv_softmax_exp(float* x, int n, float m) {
 }
 
 }  // namespace kvrt
+
+namespace kvrt {
+
+void kv_half_to_float(const uint16_t* h, float* out, int n) {
+    int i = 0;
+#if KVRT_KV_AVX2 && defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+#elif KVRT_KV_NEON
+    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
+#endif
+    for (; i < n; ++i) out[i] = fp16_to_fp32(h[i]);
+}
+
+void kv_run_scores_ref(const float* w, int k, const float* tab, int n_rep, float* s) {
+    for (int r = 0; r < n_rep; ++r)
+        for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {
+            float acc = 0.0f;
+            for (int i = 0; i < k; ++i) acc += w[(size_t)r * k + i] * tab[(size_t)i * KV_BLOCK_TOKENS + j];
+            s[(size_t)r * KV_BLOCK_TOKENS + j] = acc;
+        }
+}
+
+void kv_run_scores(const float* w, int k, const float* tab, int n_rep, float* s) {
+#if KVRT_KV_AVX2
+    // Two rows at a time: eight accumulators, each table row loaded once.
+    int r = 0;
+    for (; r + 2 <= n_rep; r += 2) {
+        const float* w0 = w + (size_t)r * k;
+        const float* w1 = w0 + k;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int i = 0; i < k; ++i) {
+            const float* t = tab + (size_t)i * KV_BLOCK_TOKENS;
+            const __m256 t0 = _mm256_loadu_ps(t), t1 = _mm256_loadu_ps(t + 8);
+            const __m256 t2 = _mm256_loadu_ps(t + 16), t3 = _mm256_loadu_ps(t + 24);
+            const __m256 x = _mm256_set1_ps(w0[i]), y = _mm256_set1_ps(w1[i]);
+            a0 = _mm256_fmadd_ps(x, t0, a0);
+            a1 = _mm256_fmadd_ps(x, t1, a1);
+            a2 = _mm256_fmadd_ps(x, t2, a2);
+            a3 = _mm256_fmadd_ps(x, t3, a3);
+            b0 = _mm256_fmadd_ps(y, t0, b0);
+            b1 = _mm256_fmadd_ps(y, t1, b1);
+            b2 = _mm256_fmadd_ps(y, t2, b2);
+            b3 = _mm256_fmadd_ps(y, t3, b3);
+        }
+        float* o = s + (size_t)r * KV_BLOCK_TOKENS;
+        _mm256_storeu_ps(o, a0);
+        _mm256_storeu_ps(o + 8, a1);
+        _mm256_storeu_ps(o + 16, a2);
+        _mm256_storeu_ps(o + 24, a3);
+        _mm256_storeu_ps(o + 32, b0);
+        _mm256_storeu_ps(o + 40, b1);
+        _mm256_storeu_ps(o + 48, b2);
+        _mm256_storeu_ps(o + 56, b3);
+    }
+    for (; r < n_rep; ++r) {
+        const float* w0 = w + (size_t)r * k;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int i = 0; i < k; ++i) {
+            const float* t = tab + (size_t)i * KV_BLOCK_TOKENS;
+            const __m256 x = _mm256_set1_ps(w0[i]);
+            a0 = _mm256_fmadd_ps(x, _mm256_loadu_ps(t), a0);
+            a1 = _mm256_fmadd_ps(x, _mm256_loadu_ps(t + 8), a1);
+            a2 = _mm256_fmadd_ps(x, _mm256_loadu_ps(t + 16), a2);
+            a3 = _mm256_fmadd_ps(x, _mm256_loadu_ps(t + 24), a3);
+        }
+        float* o = s + (size_t)r * KV_BLOCK_TOKENS;
+        _mm256_storeu_ps(o, a0);
+        _mm256_storeu_ps(o + 8, a1);
+        _mm256_storeu_ps(o + 16, a2);
+        _mm256_storeu_ps(o + 24, a3);
+    }
+#elif KVRT_KV_NEON
+    for (int r = 0; r < n_rep; ++r) {
+        const float* w0 = w + (size_t)r * k;
+        float32x4_t a[8];
+        for (auto& v : a) v = vdupq_n_f32(0.0f);
+        for (int i = 0; i < k; ++i) {
+            const float* t = tab + (size_t)i * KV_BLOCK_TOKENS;
+            for (int q = 0; q < 8; ++q) a[q] = vfmaq_n_f32(a[q], vld1q_f32(t + 4 * q), w0[i]);
+        }
+        for (int q = 0; q < 8; ++q) vst1q_f32(s + (size_t)r * KV_BLOCK_TOKENS + 4 * q, a[q]);
+    }
+#else
+    kv_run_scores_ref(w, k, tab, n_rep, s);
+#endif
+}
+
+}  // namespace kvrt

@@ -46,6 +46,15 @@ float kv_max(const float* x, int n);
 float kv_softmax_exp(float* x, int n, float m);
 float kv_softmax_exp_ref(float* x, int n, float m);
 
+// n halves as floats.
+void kv_half_to_float(const uint16_t* h, float* out, int n);
+
+// A run of 32 positions against k per-position tables: s[r*32 + j] =
+// sum_i w[r*k + i] * tab[i*32 + j] (overwrites s). The pca keys' turning
+// mean term: tab holds cos and sin of each rotary pair's angle over the run.
+void kv_run_scores(const float* w, int k, const float* tab, int n_rep, float* s);
+void kv_run_scores_ref(const float* w, int k, const float* tab, int n_rep, float* s);
+
 // In-place orthonormal Walsh-Hadamard transform (n a power of two).
 void kv_fwht(float* x, int n);
 

@@ -11,6 +11,7 @@
 
 #include "cpu/kv_kernels.h"
 #include "kv_layout.h"
+#include "quants.h"
 
 using namespace kvrt;
 
@@ -80,6 +81,34 @@ int main() {
                 for (int i = 0; i < 32; ++i) same = same && u[i] == u_ref[i];
                 report(same, "unpack" + tag);
             }
+    // Runs of 32 positions against per-position tables (the pca keys'
+    // turning mean), 1..5 rows and table counts up to 64.
+    for (int k : {1, 2, 7, 64})
+        for (int n_rep = 1; n_rep <= 5; ++n_rep) {
+            std::vector<float> w((size_t)n_rep * k), tab((size_t)k * 32);
+            for (auto& v : w) v = nd(rng);
+            for (auto& v : tab) v = nd(rng);
+            std::vector<float> s(n_rep * 32), s_ref(n_rep * 32);
+            kv_run_scores(w.data(), k, tab.data(), n_rep, s.data());
+            kv_run_scores_ref(w.data(), k, tab.data(), n_rep, s_ref.data());
+            double worst = 0, scale = 1;
+            for (float v : w) scale += std::fabs(v) * 4;
+            for (int i = 0; i < n_rep * 32; ++i) worst = std::max(worst, (double)std::fabs(s[i] - s_ref[i]));
+            report(worst <= 1e-5 * scale, "run_scores k=" + std::to_string(k) + " n_rep=" + std::to_string(n_rep));
+        }
+    // Halves to floats, every tail length.
+    for (int n = 1; n <= 20; ++n) {
+        std::vector<uint16_t> h(n);
+        for (auto& v : h) {  // finite values of either sign, subnormals too
+            v = (uint16_t)(rng() & 0xffff);
+            if ((v & 0x7c00) == 0x7c00) v &= 0xfbff;
+        }
+        std::vector<float> f(n);
+        kv_half_to_float(h.data(), f.data(), n);
+        bool ok = true;
+        for (int i = 0; i < n; ++i) ok = ok && f[i] == fp16_to_fp32(h[i]);
+        report(ok, "half_to_float n=" + std::to_string(n));
+    }
     // Softmax numerators: the vector exp against std::exp over the range
     // scores take (down to far below anything a softmax keeps), every length
     // from 1 to 40 so each tail is exercised.
