@@ -127,12 +127,7 @@ public:
         float af[KV_BLOCK_TOKENS];
         for (int r = 0; r < n_rep; ++r) {
             float* qy = qr.data() + (size_t)r * hd_;
-            for (int c = 0; c < hd_; ++c) {
-                const float* row = p.basis.data() + (size_t)c * hd_;
-                float acc = 0.0f;
-                for (int d = 0; d < hd_; ++d) acc += row[d] * q[(size_t)r * hd_ + d];
-                qy[c] = acc;
-            }
+            kv_dot_rows(p.basis.data(), hd_, hd_, q + (size_t)r * hd_, qy, 1);  // qy = P q
             for (int i = 0; i < nk; ++i) {
                 w[(size_t)r * nk + i] = qy[g.keep[i]] * p.step[g.keep[i]];
                 K[r] += qy[g.keep[i]] * p.lo[g.keep[i]];

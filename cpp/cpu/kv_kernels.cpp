@@ -116,22 +116,26 @@ static inline uint64_t run_bits(const uint8_t* g, int j) {
 // holding code k (a byte shuffle of the B bytes copied to both halves), is
 // shifted right by its bit offset and masked.
 template <int B>
-static inline void unpack32_ps(const uint8_t* g, __m256 x[4]) {
-    static const struct ctl {
-        alignas(32) int8_t shuf[32];
-        alignas(32) int32_t shift[8];
-        ctl() {
-            for (int k = 0; k < 8; ++k) {
-                const int off = k * B / 8, lane = k % 4 * 4 + (k >= 4 ? 16 : 0);
-                shuf[lane] = (int8_t)off;
-                shuf[lane + 1] = (int8_t)(off + 1 < B ? off + 1 : 0x80);
-                shuf[lane + 2] = shuf[lane + 3] = (int8_t)0x80;
-                shift[k] = k * B % 8;
-            }
+struct unpack_ctl {
+    alignas(32) int8_t shuf[32];
+    alignas(32) int32_t shift[8];
+    constexpr unpack_ctl() : shuf(), shift() {
+        for (int k = 0; k < 8; ++k) {
+            const int off = k * B / 8, lane = k % 4 * 4 + (k >= 4 ? 16 : 0);
+            shuf[lane] = (int8_t)off;
+            shuf[lane + 1] = (int8_t)(off + 1 < B ? off + 1 : -128);
+            shuf[lane + 2] = shuf[lane + 3] = (int8_t)-128;
+            shift[k] = k * B % 8;
         }
-    } c;
-    const __m256i shuf = _mm256_load_si256(reinterpret_cast<const __m256i*>(c.shuf));
-    const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(c.shift));
+    }
+};
+template <int B>
+inline constexpr unpack_ctl<B> kUnpackCtl{};
+
+template <int B>
+static inline __attribute__((always_inline)) void unpack32_ps(const uint8_t* g, __m256 x[4]) {
+    const __m256i shuf = _mm256_load_si256(reinterpret_cast<const __m256i*>(kUnpackCtl<B>.shuf));
+    const __m256i shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(kUnpackCtl<B>.shift));
     const __m256i mask = _mm256_set1_epi32((1 << B) - 1);
     for (int j = 0; j < 4; ++j) {
         const uint64_t w = run_bits<B>(g, j);
@@ -151,6 +155,41 @@ static inline void unpack32_ps_any(const uint8_t* g, int bits, __m256 x[4]) {
         case 6: unpack32_ps<6>(g, x); break;
         case 7: unpack32_ps<7>(g, x); break;
         default: unpack32_ps<8>(g, x); break;
+    }
+}
+
+// f(c, x) for channels [c, e) of width B, x their 32 codes as floats.
+template <int B, class F>
+static inline __attribute__((always_inline)) void unpack_run(const uint8_t*& blk, int c, int e, F& f) {
+    for (; c < e; ++c, blk += 4 * B) {
+        __m256 x[4];
+        unpack32_ps<B>(blk, x);
+        f(c, x);
+    }
+}
+
+// f(c, x) for every channel of a channel-major block in order; the width is
+// dispatched once per run of equal widths (a plan's widths come in runs),
+// not once per channel.
+template <class F>
+static inline __attribute__((always_inline)) void for_each_channel(const uint8_t* blk,
+                                                                   const uint8_t* bits, int n_ch,
+                                                                   F&& f) {
+    for (int c = 0; c < n_ch;) {
+        const int b = bits[c];
+        int e = c + 1;
+        while (e < n_ch && bits[e] == b) ++e;
+        switch (b) {
+            case 1: unpack_run<1>(blk, c, e, f); break;
+            case 2: unpack_run<2>(blk, c, e, f); break;
+            case 3: unpack_run<3>(blk, c, e, f); break;
+            case 4: unpack_run<4>(blk, c, e, f); break;
+            case 5: unpack_run<5>(blk, c, e, f); break;
+            case 6: unpack_run<6>(blk, c, e, f); break;
+            case 7: unpack_run<7>(blk, c, e, f); break;
+            default: unpack_run<8>(blk, c, e, f); break;
+        }
+        c = e;
     }
 }
 #endif
@@ -177,21 +216,21 @@ void kv_cmajor_scores(const uint8_t* blk, const uint8_t* bits, int n_ch, const f
     constexpr int kMaxRep = 3;  // 4 accumulators a row + 4 code vectors fit 16 registers
     if (n_rep <= kMaxRep) {
         __m256 acc[kMaxRep][4];
-        for (int r = 0; r < n_rep; ++r)
+        for (int r = 0; r < kMaxRep; ++r)
             for (int k = 0; k < 4; ++k) acc[r][k] = _mm256_setzero_ps();
-        for (int c = 0; c < n_ch; ++c) {
-            __m256 xv[4];
-            unpack32_ps_any(blk, bits[c], xv);
-            blk += kv_group_bytes(bits[c]);
-            const __m256 x0 = xv[0], x1 = xv[1], x2 = xv[2], x3 = xv[3];
-            for (int r = 0; r < n_rep; ++r) {
-                const __m256 wr = _mm256_broadcast_ss(w + r * n_ch + c);
-                acc[r][0] = _mm256_fmadd_ps(wr, x0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(wr, x1, acc[r][1]);
-                acc[r][2] = _mm256_fmadd_ps(wr, x2, acc[r][2]);
-                acc[r][3] = _mm256_fmadd_ps(wr, x3, acc[r][3]);
+        // Rows past n_rep read row 0's weights and are dropped: fixed-count
+        // loops keep the accumulators in registers.
+        const float* wr1 = w + (n_rep > 1 ? n_ch : 0);
+        const float* wr2 = w + (n_rep > 2 ? 2 * n_ch : 0);
+        for_each_channel(blk, bits, n_ch, [&](int c, const __m256* x) {
+            const __m256 a = _mm256_broadcast_ss(w + c), b = _mm256_broadcast_ss(wr1 + c);
+            const __m256 d = _mm256_broadcast_ss(wr2 + c);
+            for (int k = 0; k < 4; ++k) {
+                acc[0][k] = _mm256_fmadd_ps(a, x[k], acc[0][k]);
+                acc[1][k] = _mm256_fmadd_ps(b, x[k], acc[1][k]);
+                acc[2][k] = _mm256_fmadd_ps(d, x[k], acc[2][k]);
             }
-        }
+        });
         for (int r = 0; r < n_rep; ++r)
             for (int k = 0; k < 4; ++k) _mm256_storeu_ps(s + r * 32 + 8 * k, acc[r][k]);
         return;
@@ -234,43 +273,46 @@ void kv_cmajor_scores(const uint8_t* blk, const uint8_t* bits, int n_ch, const f
 void kv_cmajor_accumulate(const uint8_t* blk, const uint8_t* bits, int n_ch, const float* p,
                           int n_rep, float* acc, int ld) {
 #if KVRT_KV_AVX2
-    // Eight channels at a time: their codes unpacked once, then per row
-    // eight dot products reduced together (hadd tree) into one vector.
-    alignas(32) float xb[8][32];
-    for (int c0 = 0; c0 < n_ch; c0 += 8) {
-        const int m = std::min(8, n_ch - c0);
-        for (int k = 0; k < m; ++k) {
-            __m256 xv[4];
-            unpack32_ps_any(blk, bits[c0 + k], xv);
-            blk += kv_group_bytes(bits[c0 + k]);
-            for (int i = 0; i < 4; ++i) _mm256_store_ps(xb[k] + 8 * i, xv[i]);
-        }
-        for (int r = 0; r < n_rep; ++r) {
-            const float* pr = p + r * 32;
-            const __m256 p0 = _mm256_loadu_ps(pr), p1 = _mm256_loadu_ps(pr + 8);
-            const __m256 p2 = _mm256_loadu_ps(pr + 16), p3 = _mm256_loadu_ps(pr + 24);
-            __m256 a[8];
-            for (int k = 0; k < 8; ++k) {
-                if (k >= m) {
-                    a[k] = _mm256_setzero_ps();
-                    continue;
+    // Channels in chunks of 64: a chunk's codes as floats first (8 KiB, in
+    // L1; widths dispatched once per run), then eight channels at a time per
+    // row, their eight dot products reduced together (hadd tree).
+    alignas(32) float xb[64][32];
+    for (int cc = 0; cc < n_ch; cc += 64) {
+        const int nc = std::min(64, n_ch - cc);
+        for_each_channel(blk, bits + cc, nc, [&](int c, const __m256* x) {
+            for (int i = 0; i < 4; ++i) _mm256_store_ps(xb[c] + 8 * i, x[i]);
+        });
+        for (int c = 0; c < nc; ++c) blk += kv_group_bytes(bits[cc + c]);
+        for (int c0 = 0; c0 < nc; c0 += 8) {
+            const int m = std::min(8, nc - c0);
+            for (int r = 0; r < n_rep; ++r) {
+                const float* pr = p + r * 32;
+                const __m256 p0 = _mm256_loadu_ps(pr), p1 = _mm256_loadu_ps(pr + 8);
+                const __m256 p2 = _mm256_loadu_ps(pr + 16), p3 = _mm256_loadu_ps(pr + 24);
+                __m256 a[8];
+                for (int k = 0; k < 8; ++k) {
+                    if (k >= m) {
+                        a[k] = _mm256_setzero_ps();
+                        continue;
+                    }
+                    const float* x = xb[c0 + k];
+                    __m256 t = _mm256_mul_ps(p0, _mm256_load_ps(x));
+                    t = _mm256_fmadd_ps(p1, _mm256_load_ps(x + 8), t);
+                    t = _mm256_fmadd_ps(p2, _mm256_load_ps(x + 16), t);
+                    a[k] = _mm256_fmadd_ps(p3, _mm256_load_ps(x + 24), t);
                 }
-                __m256 t = _mm256_mul_ps(p0, _mm256_load_ps(xb[k]));
-                t = _mm256_fmadd_ps(p1, _mm256_load_ps(xb[k] + 8), t);
-                t = _mm256_fmadd_ps(p2, _mm256_load_ps(xb[k] + 16), t);
-                a[k] = _mm256_fmadd_ps(p3, _mm256_load_ps(xb[k] + 24), t);
-            }
-            const __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-            const __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
-            const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20),
-                                             _mm256_permute2f128_ps(g0, g1, 0x31));
-            float* dst = acc + r * ld + c0;
-            if (m == 8) {
-                _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), sum));
-            } else {
-                alignas(32) float tmp[8];
-                _mm256_store_ps(tmp, sum);
-                for (int k = 0; k < m; ++k) dst[k] += tmp[k];
+                const __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+                const __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+                const __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20),
+                                                 _mm256_permute2f128_ps(g0, g1, 0x31));
+                float* dst = acc + r * ld + cc + c0;
+                if (m == 8) {
+                    _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), sum));
+                } else {
+                    alignas(32) float tmp[8];
+                    _mm256_store_ps(tmp, sum);
+                    for (int k = 0; k < m; ++k) dst[k] += tmp[k];
+                }
             }
         }
     }

@@ -51,7 +51,7 @@ int main() {
     std::mt19937 rng(42);
     std::normal_distribution<float> nd;
     for (int bits = 0; bits <= 8; ++bits)        // 0: mixed widths
-        for (int n_ch : {1, 7, 31, 32, 33, 64})
+        for (int n_ch : {1, 7, 31, 32, 33, 64, 129})
             for (int n_rep = 1; n_rep <= 5; ++n_rep) {
                 std::vector<uint8_t> widths;
                 const std::vector<uint8_t> blk = random_block(rng, n_ch, bits, widths);
