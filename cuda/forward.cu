@@ -1,0 +1,308 @@
+// The CUDA backend's forward pass (cpp/gpu_forward.h): device copies of the
+// weights in their file types, the device KV cache in the CPU streams' packed
+// layouts, scratch for n_batch tokens, and context::forward_batch's sequence
+// of ops on one stream. Decode (one token) runs the matvec kernels; batches
+// of more than 8 tokens use cuBLAS GEMMs when the build links cuBLAS.
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "cpu/ops.h"
+#include "gpu_forward.h"
+
+namespace kvrt {
+
+namespace {
+
+#if defined(KVRT_CUBLAS)
+constexpr int kGemmMinTokens = 9;  // batches of this many tokens or more go through cuBLAS
+#endif
+
+// A device allocation freed with its owner.
+struct dev_buf {
+    void* p = nullptr;
+    dev_buf() = default;
+    explicit dev_buf(size_t bytes) {
+        if (bytes) KVRT_CUDA_CHECK(cudaMalloc(&p, bytes));
+    }
+    dev_buf(const dev_buf&) = delete;
+    dev_buf& operator=(const dev_buf&) = delete;
+    ~dev_buf() {
+        if (p) cudaFree(p);
+    }
+    template <class T> T* as() const { return static_cast<T*>(p); }
+};
+
+struct dev_layer {
+    const float *attn_norm = nullptr, *ffn_norm = nullptr;
+    const float *bq = nullptr, *bk = nullptr, *bv = nullptr, *q_norm = nullptr, *k_norm = nullptr;
+    dev_weight wq, wk, wv, wo, w_gate, w_up, w_down;
+    cuda_kv_stream k, v;
+};
+
+class cuda_forward final : public gpu_forward {
+public:
+    cuda_forward(const model& m, int n_ctx, int n_batch, kv_type type_k, kv_type type_v,
+                 int rope_offset)
+        : m_(m), n_ctx_(n_ctx), n_batch_(n_batch), rope_offset_(rope_offset) {
+        const hparams& hp = m.hp();
+        for (const kv_type& t : {type_k, type_v})
+            if (!cuda_kv_kind_supported(t.kind))
+                throw error("KV format " + kv_type_name(t) + " is not supported on CUDA yet (CUDA has " +
+                            cuda_kv_kinds_supported() + "; use --device cpu for the others)");
+        const int hd = hp.head_dim;
+        if (hd % 8 != 0 || hd > 256 || 32 % (hd / 8) != 0)
+            throw error("CUDA: head_dim " + std::to_string(hd) + " is not supported (32, 64, 128 or 256)");
+        KVRT_CUDA_CHECK(cudaSetDevice(0));
+        cudaDeviceProp prop;
+        KVRT_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+        n_sm_ = prop.multiProcessorCount;
+        gpu_name_ = prop.name;
+        KVRT_CUDA_CHECK(cudaStreamCreate(&stream_));
+#if defined(KVRT_CUBLAS)
+        KVRT_CUBLAS_CHECK(cublasCreate(&cublas_));
+#endif
+        tok_embd_ = upload(m.tok_embd());
+        output_ = upload(m.output());
+        output_norm_ = upload(m.output_norm());
+        layers_.resize(hp.n_layer);
+        for (int il = 0; il < hp.n_layer; ++il) {
+            const layer_weights& L = m.layers()[il];
+            dev_layer& D = layers_[il];
+            D.attn_norm = upload(L.attn_norm);
+            D.ffn_norm = upload(L.ffn_norm);
+            D.bq = upload(L.bq);
+            D.bk = upload(L.bk);
+            D.bv = upload(L.bv);
+            D.q_norm = upload(L.q_norm);
+            D.k_norm = upload(L.k_norm);
+            D.wq = upload(L.wq);
+            D.wk = upload(L.wk);
+            D.wv = upload(L.wv);
+            D.wo = upload(L.wo);
+            D.w_gate = upload(L.w_gate);
+            D.w_up = upload(L.w_up);
+            D.w_down = upload(L.w_down);
+            D.k = alloc_stream(type_k.kind);
+            D.v = alloc_stream(type_v.kind);
+        }
+        rope_table rt;
+        rt.init(hp);
+        rope_.neox = hp.rope == ROPE_KIND_NEOX;
+        rope_.head_dim = hd;
+        rope_.n_rot = hp.n_rot;
+        rope_.inv_freq = upload_floats(rt.inv_freq.data(), rt.inv_freq.size());
+        ap_.n_head = hp.n_head;
+        ap_.n_head_kv = hp.n_head_kv;
+        ap_.head_dim = hd;
+        ap_.sliding_window = hp.sliding_window;
+
+        const size_t B = n_batch;
+        const size_t QD = (size_t)hp.n_head * hd, KVD = (size_t)hp.n_head_kv * hd;
+        x_ = scratch(B * hp.n_embd);
+        xn_ = scratch(B * hp.n_embd);
+        q_ = scratch(B * QD);
+        k_ = scratch(B * KVD);
+        v_ = scratch(B * KVD);
+        att_ = scratch(B * QD);
+        gate_ = scratch(B * hp.n_ff);
+        up_ = scratch(B * hp.n_ff);
+        out_ = scratch(B * hp.n_embd);
+        logits_ = scratch(B * hp.n_vocab);
+        partial_ = scratch(cuda_attention_partial_floats(ap_, n_batch, n_ctx, n_sm_));
+        bufs_.push_back(std::make_unique<dev_buf>(B * sizeof(int32_t)));
+        tokens_ = bufs_.back()->as<int32_t>();
+#if defined(KVRT_CUBLAS)
+        if (const char* e = std::getenv("KVRT_CUDA_GEMM")) {
+            if (std::string(e) == "f16") gemm_ = GEMM_F16;
+            else if (std::string(e) != "f32")
+                throw error("KVRT_CUDA_GEMM must be f32 or f16, not '" + std::string(e) + "'");
+        }
+        if (n_batch >= kGemmMinTokens) {
+            bufs_.push_back(std::make_unique<dev_buf>(max_weight_elems_ * sizeof(float)));
+            wbuf_ = bufs_.back()->p;
+            bufs_.push_back(std::make_unique<dev_buf>(B * max_cols_ * sizeof(__half)));
+            xbuf_ = bufs_.back()->p;
+        }
+#endif
+    }
+
+    ~cuda_forward() override {
+#if defined(KVRT_CUBLAS)
+        if (cublas_) cublasDestroy(cublas_);
+#endif
+        bufs_.clear();
+        if (stream_) cudaStreamDestroy(stream_);
+    }
+
+    std::string describe() const override {
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "CUDA: %s, %.1f MiB of weights, %.1f MiB of KV cache, %s batch GEMMs",
+                      gpu_name_.c_str(), weight_bytes_ / 1048576.0, kv_bytes_ / 1048576.0,
+#if defined(KVRT_CUBLAS)
+                      gemm_ == GEMM_F16 ? "f16" : "f32"
+#else
+                      "no"
+#endif
+        );
+        return buf;
+    }
+
+    void forward(const int32_t* tokens, int n, int pos0, float* logits, int n_logits) override {
+        const hparams& hp = m_.hp();
+        const int E = hp.n_embd, HD = hp.head_dim;
+        const int QD = hp.n_head * HD, KVD = hp.n_head_kv * HD;
+        cudaStream_t s = stream_;
+        KVRT_CUDA_CHECK(cudaMemcpyAsync(tokens_, tokens, sizeof(int32_t) * n, cudaMemcpyHostToDevice, s));
+        cuda_get_rows(tok_embd_, tokens_, n, x_, s);
+        const int rpos = pos0 + rope_offset_;
+        for (int il = 0; il < hp.n_layer; ++il) {
+            const dev_layer& L = layers_[il];
+            cuda_rms_norm_rows(x_, L.attn_norm, xn_, n, E, hp.rms_eps, s);
+            mul(L.wq, xn_, n, q_);
+            mul(L.wk, xn_, n, k_);
+            mul(L.wv, xn_, n, v_);
+            if (L.bq) cuda_add_bias_rows(q_, L.bq, n, QD, s);
+            if (L.bk) cuda_add_bias_rows(k_, L.bk, n, KVD, s);
+            if (L.bv) cuda_add_bias_rows(v_, L.bv, n, KVD, s);
+            if (L.q_norm) cuda_rms_norm_rows(q_, L.q_norm, q_, (int64_t)n * hp.n_head, HD, hp.rms_eps, s);
+            if (L.k_norm) cuda_rms_norm_rows(k_, L.k_norm, k_, (int64_t)n * hp.n_head_kv, HD, hp.rms_eps, s);
+            cuda_rope_apply(q_, n, hp.n_head, rope_, rpos, s);
+            cuda_rope_apply(k_, n, hp.n_head_kv, rope_, rpos, s);
+            cuda_kv_store(L.k, pos0, n, k_, s);
+            cuda_kv_store(L.v, pos0, n, v_, s);
+            cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s);
+            mul(L.wo, att_, n, out_);
+            cuda_add(x_, out_, (int64_t)n * E, s);
+            cuda_rms_norm_rows(x_, L.ffn_norm, xn_, n, E, hp.rms_eps, s);
+            mul(L.w_gate, xn_, n, gate_);
+            mul(L.w_up, xn_, n, up_);
+            cuda_swiglu(gate_, up_, gate_, (int64_t)n * hp.n_ff, s);
+            mul(L.w_down, gate_, n, out_);
+            cuda_add(x_, out_, (int64_t)n * E, s);
+        }
+        if (n_logits > 0) {
+            const int first = n - n_logits;
+            cuda_rms_norm_rows(x_ + (size_t)first * E, output_norm_, xn_, n_logits, E, hp.rms_eps, s);
+            mul(output_, xn_, n_logits, logits_);
+            KVRT_CUDA_CHECK(cudaMemcpyAsync(logits, logits_, sizeof(float) * n_logits * hp.n_vocab,
+                                            cudaMemcpyDeviceToHost, s));
+        }
+        KVRT_CUDA_CHECK(cudaStreamSynchronize(s));
+    }
+
+private:
+    void mul(const dev_weight& w, const float* x, int n, float* out) {
+#if defined(KVRT_CUBLAS)
+        if (n >= kGemmMinTokens && wbuf_) {
+            cuda_matmul_gemm(w, x, n, out, gemm_, wbuf_, xbuf_, cublas_, stream_);
+            return;
+        }
+#endif
+        cuda_matvec(w, x, n, out, stream_);
+    }
+
+    dev_weight upload(const weight& w) {
+        dev_weight d;
+        if (!w.present()) return d;
+        if (!cuda_weight_type_supported(w.type))
+            throw error(std::string("CUDA: tensor ") + (w.name ? w.name : "?") + " has type " +
+                        ggml_type_geometry(w.type).name + ", not supported on CUDA yet (CUDA reads " +
+                        cuda_weight_types_supported() + ")");
+        d.type = w.type;
+        d.rows = w.rows;
+        d.cols = w.cols;
+        d.row_bytes = w.row_bytes;
+        if (w.type != GGML_TYPE_F32 && w.type != GGML_TYPE_F16 && w.type != GGML_TYPE_BF16 && w.cols % 32)
+            throw error("CUDA: tensor with a partial block");
+        max_weight_elems_ = std::max<size_t>(max_weight_elems_, (size_t)w.rows * w.cols);
+        max_cols_ = std::max<size_t>(max_cols_, (size_t)w.cols);
+        auto it = uploaded_.find(w.data);  // tied output and embedding share one copy
+        if (it != uploaded_.end()) {
+            d.d = static_cast<const uint8_t*>(it->second);
+            return d;
+        }
+        const size_t bytes = (size_t)w.rows * w.row_bytes;
+        bufs_.push_back(std::make_unique<dev_buf>(bytes));
+        KVRT_CUDA_CHECK(cudaMemcpy(bufs_.back()->p, w.data, bytes, cudaMemcpyHostToDevice));
+        weight_bytes_ += bytes;
+        uploaded_[w.data] = bufs_.back()->p;
+        d.d = bufs_.back()->as<uint8_t>();
+        return d;
+    }
+
+    const float* upload(const vec_f32& v) {
+        return v.present() ? upload_floats(v.data, (size_t)v.n) : nullptr;
+    }
+
+    const float* upload_floats(const float* p, size_t n) {
+        bufs_.push_back(std::make_unique<dev_buf>(n * sizeof(float)));
+        KVRT_CUDA_CHECK(cudaMemcpy(bufs_.back()->p, p, n * sizeof(float), cudaMemcpyHostToDevice));
+        return bufs_.back()->as<float>();
+    }
+
+    float* scratch(size_t n) {
+        bufs_.push_back(std::make_unique<dev_buf>(n * sizeof(float)));
+        return bufs_.back()->as<float>();
+    }
+
+    cuda_kv_stream alloc_stream(kv_kind k) {
+        const hparams& hp = m_.hp();
+        cuda_kv_stream st = cuda_kv_stream_shape(k, hp.n_head_kv, hp.head_dim);
+        const size_t bytes = (size_t)n_ctx_ * hp.n_head_kv * st.rec;
+        bufs_.push_back(std::make_unique<dev_buf>(bytes));
+        KVRT_CUDA_CHECK(cudaMemset(bufs_.back()->p, 0, bytes));
+        st.d = bufs_.back()->as<uint8_t>();
+        kv_bytes_ += bytes;
+        return st;
+    }
+
+    const model& m_;
+    int n_ctx_, n_batch_, rope_offset_;
+    int n_sm_ = 1;
+    std::string gpu_name_;
+    cudaStream_t stream_ = nullptr;
+#if defined(KVRT_CUBLAS)
+    cublasHandle_t cublas_ = nullptr;
+#endif
+    void *wbuf_ = nullptr, *xbuf_ = nullptr;
+    gemm_precision gemm_ = GEMM_F32;  // $KVRT_CUDA_GEMM=f16: tensor cores
+    size_t max_weight_elems_ = 0, max_cols_ = 0;
+    size_t weight_bytes_ = 0, kv_bytes_ = 0;
+    std::vector<std::unique_ptr<dev_buf>> bufs_;
+    std::map<const void*, void*> uploaded_;
+    dev_weight tok_embd_, output_;
+    const float* output_norm_ = nullptr;
+    std::vector<dev_layer> layers_;
+    cuda_rope rope_;
+    cuda_attn_params ap_;
+    float *x_, *xn_, *q_, *k_, *v_, *att_, *gate_, *up_, *out_, *logits_, *partial_;
+    int32_t* tokens_ = nullptr;
+};
+
+}  // namespace
+
+bool gpu_available(std::string* why) {
+    int n = 0;
+    const cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        if (why)
+            *why = e != cudaSuccess ? std::string("no CUDA GPU found (") + cudaGetErrorString(e) + ")"
+                                    : "no CUDA GPU found";
+        return false;
+    }
+    return true;
+}
+
+std::unique_ptr<gpu_forward> gpu_forward_create(const model& m, int n_ctx, int n_batch,
+                                                kv_type type_k, kv_type type_v, int rope_offset) {
+    std::string why;
+    if (!gpu_available(&why)) throw error(why + "; use --device cpu");
+    return std::make_unique<cuda_forward>(m, n_ctx, n_batch, type_k, type_v, rope_offset);
+}
+
+}  // namespace kvrt

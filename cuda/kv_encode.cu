@@ -1,0 +1,144 @@
+// KV stream encoders on the GPU, byte-identical to the CPU streams' store()
+// (cpp/kv_cache.cpp for f32/f16, cpp/kv_formats.cpp for q8_0/q4_0; layouts
+// in kv_layout.h). q8_0 / q4_0 first turn each 64-channel block by a plain
+// Walsh-Hadamard transform, as the CPU stream does, in the CPU's butterfly
+// order; every multiply and add is rounded apart (no FMA contraction) and
+// the block quantizers are llama.cpp's reference ones.
+#include <algorithm>
+#include <string>
+
+#include "common.cuh"
+
+namespace kvrt {
+
+bool cuda_kv_kind_supported(kv_kind k) {
+    return k == KV_KIND_F32 || k == KV_KIND_F16 || k == KV_KIND_Q8_0 || k == KV_KIND_Q4_0;
+}
+
+const char* cuda_kv_kinds_supported() { return "f32, f16, q8_0, q4_0"; }
+
+cuda_kv_stream cuda_kv_stream_shape(kv_kind k, int n_head_kv, int head_dim) {
+    cuda_kv_stream st;
+    st.kind = k;
+    st.n_head_kv = n_head_kv;
+    st.head_dim = head_dim;
+    switch (k) {
+        case KV_KIND_F32: st.rec = (size_t)head_dim * 4; break;
+        case KV_KIND_F16: st.rec = (size_t)head_dim * 2; break;
+        case KV_KIND_Q8_0:
+        case KV_KIND_Q4_0:
+            if (head_dim % 32 != 0)
+                throw error("KV format " + std::string(k == KV_KIND_Q8_0 ? "q8_0" : "q4_0") +
+                            " needs head_dim a multiple of 32");
+            st.rec = (size_t)head_dim / 32 * (k == KV_KIND_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0));
+            st.rot = head_dim % 64 == 0 ? 64 : 0;
+            break;
+        default:
+            throw error(std::string("KV format is not supported on CUDA (CUDA has ") +
+                        cuda_kv_kinds_supported() + ")");
+    }
+    return st;
+}
+
+namespace {
+
+__global__ void store_float_kernel(kv_kind kind, uint8_t* base, const float* x, int64_t total) {
+    // [pos][head][dim] of the stream equals [t][head*dim] of x, shifted by pos0.
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        if (kind == KV_KIND_F32) reinterpret_cast<float*>(base)[i] = x[i];
+        else reinterpret_cast<__half*>(base)[i] = __float2half_rn(x[i]);
+    }
+}
+
+// Blocks start 2-byte aligned (records and block sizes are even).
+__device__ inline void put_half(uint8_t* p, float f) {
+    const __half h = __float2half_rn(f);
+    *reinterpret_cast<__half*>(p) = h;
+}
+
+// quantize_row_q8_0_ref: d = amax/127, codes roundf(x/d) (half away from zero).
+__device__ void quantize_q8_0(const float* x, uint8_t* blk) {
+    float amax = 0.0f;
+    for (int j = 0; j < 32; ++j) amax = fmaxf(amax, fabsf(x[j]));
+    const float d = __fdiv_rn(amax, 127.0f);
+    const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+    put_half(blk, d);
+    int8_t* qs = reinterpret_cast<int8_t*>(blk + 2);
+    for (int j = 0; j < 32; ++j) qs[j] = (int8_t)(int)roundf(__fmul_rn(x[j], id));
+}
+
+// quantize_row_q4_0_ref: d from the signed value of largest magnitude (first
+// on ties) over -8; codes (int8)(x*id + 8.5) capped at 15.
+__device__ void quantize_q4_0(const float* x, uint8_t* blk) {
+    float amax = 0.0f, max = 0.0f;
+    for (int j = 0; j < 32; ++j)
+        if (amax < fabsf(x[j])) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    const float d = __fdiv_rn(max, -8.0f);
+    const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+    put_half(blk, d);
+    uint8_t* qs = blk + 2;
+    for (int j = 0; j < 16; ++j) {
+        const int a = min(15, (int)(int8_t)(int)__fadd_rn(__fmul_rn(x[j], id), 8.5f));
+        const int b = min(15, (int)(int8_t)(int)__fadd_rn(__fmul_rn(x[j + 16], id), 8.5f));
+        qs[j] = (uint8_t)(a | (b << 4));
+    }
+}
+
+// kv_fwht (cpp/cpu/kv_kernels.cpp) in its order, n = 64.
+__device__ void fwht64(float* x) {
+    for (int len = 1; len < 64; len <<= 1)
+        for (int i = 0; i < 64; i += 2 * len)
+            for (int j = i; j < i + len; ++j) {
+                const float a = x[j], b = x[j + len];
+                x[j] = __fadd_rn(a, b);
+                x[j + len] = __fsub_rn(a, b);
+            }
+    const float norm = 1.0f / sqrtf(64.0f);
+    for (int i = 0; i < 64; ++i) x[i] = __fmul_rn(x[i], norm);
+}
+
+// One thread per (token, head, chunk of 64 channels -- 32 without rotation).
+__global__ void store_quant_kernel(kv_kind kind, int rot, int n_head_kv, int head_dim,
+                                   size_t rec, uint8_t* base, const float* x, int64_t total) {
+    const int chunk = rot ? 64 : 32;
+    const int per_head = head_dim / chunk;
+    const size_t bsz = kind == KV_KIND_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int c = (int)(i % per_head);
+        const int64_t th = i / per_head;  // token * n_head_kv + head
+        const float* src = x + th * head_dim + c * chunk;
+        uint8_t* dst = base + th * rec + (size_t)c * (chunk / 32) * bsz;
+        float v[64];
+        for (int j = 0; j < chunk; ++j) v[j] = src[j];
+        if (rot) fwht64(v);
+        for (int b = 0; b < chunk / 32; ++b) {
+            if (kind == KV_KIND_Q8_0) quantize_q8_0(v + 32 * b, dst + b * bsz);
+            else quantize_q4_0(v + 32 * b, dst + b * bsz);
+        }
+    }
+}
+
+}  // namespace
+
+void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cudaStream_t s) {
+    if (n <= 0) return;
+    uint8_t* base = st.d + (size_t)pos0 * st.n_head_kv * st.rec;
+    if (st.kind == KV_KIND_F32 || st.kind == KV_KIND_F16) {
+        const int64_t total = (int64_t)n * st.n_head_kv * st.head_dim;
+        const int blocks = (int)std::min<int64_t>((total + 255) / 256, 4096);
+        store_float_kernel<<<blocks, 256, 0, s>>>(st.kind, base, x, total);
+    } else {
+        const int64_t total = (int64_t)n * st.n_head_kv * (st.head_dim / (st.rot ? 64 : 32));
+        const int blocks = (int)std::min<int64_t>((total + 127) / 128, 4096);
+        store_quant_kernel<<<blocks, 128, 0, s>>>(st.kind, st.rot, st.n_head_kv, st.head_dim,
+                                                  st.rec, base, x, total);
+    }
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace kvrt

@@ -1,0 +1,321 @@
+// Weight x activation products on the GPU, weights kept in their file types.
+// Decode and small batches (n <= 8 tokens per launch chunk): one warp per
+// weight row, each lane dequantizes whole 32-element blocks and dots them
+// with every token of the chunk, so a weight byte is read once per 8 tokens.
+// Larger batches: the weight dequantized to f16 and one cuBLAS GEMM
+// (f32 accumulation) -- tensor cores, at the price of a dequantization pass.
+#include <algorithm>
+#include <string>
+
+#include "common.cuh"
+
+namespace kvrt {
+
+void cuda_check(cudaError_t e, const char* what) {
+    if (e != cudaSuccess)
+        throw error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+
+#if defined(KVRT_CUBLAS)
+void cublas_check(cublasStatus_t s, const char* what) {
+    if (s != CUBLAS_STATUS_SUCCESS)
+        throw error(std::string("cuBLAS: ") + what + ": status " + std::to_string((int)s));
+}
+#endif
+
+bool cuda_weight_type_supported(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_F32: case GGML_TYPE_F16: case GGML_TYPE_BF16:
+        case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1:
+        case GGML_TYPE_Q8_0: return true;
+        default: return false;
+    }
+}
+
+const char* cuda_weight_types_supported() { return "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"; }
+
+namespace {
+
+constexpr int kTokChunk = 8;   // tokens per matvec launch chunk
+constexpr int kRowsPerBlock = 4;  // warps (weight rows) per block
+
+__device__ inline float h2f(const uint8_t* p) {
+    return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
+}
+
+__device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
+// The 32 floats of block b of a row (block types). Multiplies and adds are
+// rounded apart, as the CPU reference does (no FMA contraction).
+template <int T>
+__device__ inline void dequant_block(const uint8_t* row, int64_t b, float* v) {
+    if constexpr (T == GGML_TYPE_Q4_0) {
+        const uint8_t* blk = row + b * sizeof(block_q4_0);
+        const float d = h2f(blk);
+        const uint8_t* qs = blk + 2;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            v[j] = __fmul_rn((float)((qs[j] & 0x0F) - 8), d);
+            v[j + 16] = __fmul_rn((float)((qs[j] >> 4) - 8), d);
+        }
+    } else if constexpr (T == GGML_TYPE_Q4_1) {
+        const uint8_t* blk = row + b * sizeof(block_q4_1);
+        const float d = h2f(blk), m = h2f(blk + 2);
+        const uint8_t* qs = blk + 4;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            v[j] = __fadd_rn(__fmul_rn((float)(qs[j] & 0x0F), d), m);
+            v[j + 16] = __fadd_rn(__fmul_rn((float)(qs[j] >> 4), d), m);
+        }
+    } else if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
+        const size_t bs = T == GGML_TYPE_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q5_1);
+        const uint8_t* blk = row + b * bs;
+        const float d = h2f(blk);
+        const float m = T == GGML_TYPE_Q5_1 ? h2f(blk + 2) : 0.0f;
+        const uint8_t* qhp = blk + (T == GGML_TYPE_Q5_0 ? 2 : 4);
+        const uint32_t qh = qhp[0] | (qhp[1] << 8) | (qhp[2] << 16) | ((uint32_t)qhp[3] << 24);
+        const uint8_t* qs = qhp + 4;
+        const int off = T == GGML_TYPE_Q5_0 ? 16 : 0;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const int x0 = ((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - off;
+            const int x1 = ((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - off;
+            v[j] = __fadd_rn(__fmul_rn((float)x0, d), m);
+            v[j + 16] = __fadd_rn(__fmul_rn((float)x1, d), m);
+        }
+    } else if constexpr (T == GGML_TYPE_Q8_0) {
+        const uint8_t* blk = row + b * sizeof(block_q8_0);
+        const float d = h2f(blk);
+        const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2);
+#pragma unroll
+        for (int j = 0; j < 32; ++j) v[j] = __fmul_rn((float)qs[j], d);
+    }
+}
+
+// Element i of a row of any supported type (embedding lookup, dequantization
+// for the GEMM path).
+__device__ inline float dequant_one(ggml_type t, const uint8_t* row, int64_t i) {
+    const int64_t b = i / 32;
+    const int j = (int)(i % 32), jj = j % 16;
+    switch (t) {
+        case GGML_TYPE_F32: return reinterpret_cast<const float*>(row)[i];
+        case GGML_TYPE_F16: return __half2float(reinterpret_cast<const __half*>(row)[i]);
+        case GGML_TYPE_BF16: return bf2f(reinterpret_cast<const uint16_t*>(row)[i]);
+        case GGML_TYPE_Q4_0: {
+            const uint8_t* blk = row + b * sizeof(block_q4_0);
+            const uint8_t q = blk[2 + jj];
+            return __fmul_rn((float)((j < 16 ? q & 0x0F : q >> 4) - 8), h2f(blk));
+        }
+        case GGML_TYPE_Q4_1: {
+            const uint8_t* blk = row + b * sizeof(block_q4_1);
+            const uint8_t q = blk[4 + jj];
+            return __fadd_rn(__fmul_rn((float)(j < 16 ? q & 0x0F : q >> 4), h2f(blk)), h2f(blk + 2));
+        }
+        case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q5_1: {
+            const bool one = t == GGML_TYPE_Q5_1;
+            const uint8_t* blk = row + b * (one ? sizeof(block_q5_1) : sizeof(block_q5_0));
+            const uint8_t* qhp = blk + (one ? 4 : 2);
+            const uint32_t qh = qhp[0] | (qhp[1] << 8) | (qhp[2] << 16) | ((uint32_t)qhp[3] << 24);
+            const uint8_t q = qhp[4 + jj];
+            const int hi = (qh >> j) & 1;
+            const int x = ((j < 16 ? q & 0x0F : q >> 4) | (hi << 4)) - (one ? 0 : 16);
+            return __fadd_rn(__fmul_rn((float)x, h2f(blk)), one ? h2f(blk + 2) : 0.0f);
+        }
+        case GGML_TYPE_Q8_0: {
+            const uint8_t* blk = row + b * sizeof(block_q8_0);
+            return __fmul_rn((float)reinterpret_cast<const int8_t*>(blk + 2)[j], h2f(blk));
+        }
+        default: return 0.0f;
+    }
+}
+
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <int T>
+__global__ void matvec_block_kernel(const uint8_t* w, size_t row_bytes, int64_t rows,
+                                    int64_t cols, const float* x, int n, float* out) {
+    const int lane = threadIdx.x % 32;
+    const int64_t r = (int64_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+    if (r >= rows) return;
+    const int t0 = blockIdx.y * kTokChunk;
+    const int nt = min(kTokChunk, n - t0);
+    const uint8_t* row = w + r * row_bytes;
+    const float* xt = x + (size_t)t0 * cols;
+    float acc[kTokChunk];
+#pragma unroll
+    for (int t = 0; t < kTokChunk; ++t) acc[t] = 0.0f;
+    const int64_t nb = cols / 32;
+    for (int64_t b = lane; b < nb; b += 32) {
+        float v[32];
+        dequant_block<T>(row, b, v);
+#pragma unroll
+        for (int t = 0; t < kTokChunk; ++t) {
+            if (t >= nt) break;
+            const float4* xb = reinterpret_cast<const float4*>(xt + (size_t)t * cols + b * 32);
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                const float4 q = xb[k];
+                s += v[4 * k] * q.x + v[4 * k + 1] * q.y + v[4 * k + 2] * q.z + v[4 * k + 3] * q.w;
+            }
+            acc[t] += s;
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < kTokChunk; ++t) {
+        if (t >= nt) break;
+        const float s = warp_sum(acc[t]);
+        if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+    }
+}
+
+// Float weights (any column count): lanes stride over the elements.
+template <int T>
+__global__ void matvec_float_kernel(const uint8_t* w, size_t row_bytes, int64_t rows,
+                                    int64_t cols, const float* x, int n, float* out) {
+    const int lane = threadIdx.x % 32;
+    const int64_t r = (int64_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
+    if (r >= rows) return;
+    const int t0 = blockIdx.y * kTokChunk;
+    const int nt = min(kTokChunk, n - t0);
+    const uint8_t* row = w + r * row_bytes;
+    const float* xt = x + (size_t)t0 * cols;
+    float acc[kTokChunk];
+#pragma unroll
+    for (int t = 0; t < kTokChunk; ++t) acc[t] = 0.0f;
+    for (int64_t i = lane; i < cols; i += 32) {
+        float v;
+        if constexpr (T == GGML_TYPE_F32) v = reinterpret_cast<const float*>(row)[i];
+        else if constexpr (T == GGML_TYPE_F16) v = __half2float(reinterpret_cast<const __half*>(row)[i]);
+        else v = bf2f(reinterpret_cast<const uint16_t*>(row)[i]);
+#pragma unroll
+        for (int t = 0; t < kTokChunk; ++t) {
+            if (t >= nt) break;
+            acc[t] += v * xt[(size_t)t * cols + i];
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < kTokChunk; ++t) {
+        if (t >= nt) break;
+        const float s = warp_sum(acc[t]);
+        if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+    }
+}
+
+#if defined(KVRT_CUBLAS)
+template <class T>
+__device__ inline T from_float(float f);
+template <>
+__device__ inline float from_float<float>(float f) { return f; }
+template <>
+__device__ inline __half from_float<__half>(float f) { return __float2half_rn(f); }
+
+template <class T>
+__global__ void dequant_kernel(ggml_type t, const uint8_t* w, size_t row_bytes, int64_t cols,
+                               T* out) {
+    const int64_t r = blockIdx.y;
+    const uint8_t* row = w + r * row_bytes;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < cols;
+         i += (int64_t)gridDim.x * blockDim.x)
+        out[r * cols + i] = from_float<T>(dequant_one(t, row, i));
+}
+
+__global__ void to_f16_kernel(const float* x, __half* y, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        y[i] = __float2half_rn(x[i]);
+}
+#endif
+
+__global__ void get_rows_kernel(ggml_type t, const uint8_t* w, size_t row_bytes, int64_t cols,
+                                const int32_t* ids, float* out) {
+    const uint8_t* row = w + (size_t)ids[blockIdx.x] * row_bytes;
+    for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
+        out[(size_t)blockIdx.x * cols + i] = dequant_one(t, row, i);
+}
+
+__global__ void add_bias_kernel(float* x, const float* b, int64_t n, int64_t total) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x)
+        x[i] += b[i % n];
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t n) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        x[i] += y[i];
+}
+
+int grid_for(int64_t n, int threads) {
+    return (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
+}
+
+}  // namespace
+
+void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s) {
+    const dim3 grid((unsigned)((w.rows + kRowsPerBlock - 1) / kRowsPerBlock),
+                    (unsigned)((n + kTokChunk - 1) / kTokChunk));
+    const dim3 block(32 * kRowsPerBlock);
+#define KVRT_MV(T, K) K<T><<<grid, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out)
+    switch (w.type) {
+        case GGML_TYPE_F32: KVRT_MV(GGML_TYPE_F32, matvec_float_kernel); break;
+        case GGML_TYPE_F16: KVRT_MV(GGML_TYPE_F16, matvec_float_kernel); break;
+        case GGML_TYPE_BF16: KVRT_MV(GGML_TYPE_BF16, matvec_float_kernel); break;
+        case GGML_TYPE_Q4_0: KVRT_MV(GGML_TYPE_Q4_0, matvec_block_kernel); break;
+        case GGML_TYPE_Q4_1: KVRT_MV(GGML_TYPE_Q4_1, matvec_block_kernel); break;
+        case GGML_TYPE_Q5_0: KVRT_MV(GGML_TYPE_Q5_0, matvec_block_kernel); break;
+        case GGML_TYPE_Q5_1: KVRT_MV(GGML_TYPE_Q5_1, matvec_block_kernel); break;
+        case GGML_TYPE_Q8_0: KVRT_MV(GGML_TYPE_Q8_0, matvec_block_kernel); break;
+        default:
+            throw error(std::string("CUDA: weight type ") + ggml_type_geometry(w.type).name +
+                        " is not supported (CUDA reads " + cuda_weight_types_supported() + ")");
+    }
+#undef KVRT_MV
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+#if defined(KVRT_CUBLAS)
+void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, gemm_precision prec,
+                      void* wbuf, void* xbuf, cublasHandle_t h, cudaStream_t s) {
+    const dim3 dg((unsigned)std::min<int64_t>((w.cols + 255) / 256, 64), (unsigned)w.rows);
+    const bool f16 = prec == GEMM_F16;
+    if (f16) {
+        dequant_kernel<__half><<<dg, 256, 0, s>>>(w.type, w.d, w.row_bytes, w.cols, (__half*)wbuf);
+        to_f16_kernel<<<grid_for((int64_t)n * w.cols, 256), 256, 0, s>>>(x, (__half*)xbuf,
+                                                                        (int64_t)n * w.cols);
+    } else {
+        dequant_kernel<float><<<dg, 256, 0, s>>>(w.type, w.d, w.row_bytes, w.cols, (float*)wbuf);
+    }
+    KVRT_CUDA_CHECK(cudaGetLastError());
+    const float one = 1.0f, zero = 0.0f;
+    const cudaDataType_t in_t = f16 ? CUDA_R_16F : CUDA_R_32F;
+    // Column-major view: out (rows x n) = W' (rows x cols) . X (cols x n).
+    KVRT_CUBLAS_CHECK(cublasSetStream(h, s));
+    KVRT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)w.rows, n, (int)w.cols, &one,
+                                   wbuf, in_t, (int)w.cols, f16 ? xbuf : (const void*)x, in_t,
+                                   (int)w.cols, &zero, out, CUDA_R_32F, (int)w.rows,
+                                   CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+#endif
+
+void cuda_get_rows(const dev_weight& w, const int32_t* ids, int n, float* out, cudaStream_t s) {
+    get_rows_kernel<<<n, 256, 0, s>>>(w.type, w.d, w.row_bytes, w.cols, ids, out);
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void cuda_add_bias_rows(float* x, const float* b, int n_rows, int64_t n, cudaStream_t s) {
+    add_bias_kernel<<<grid_for((int64_t)n_rows * n, 256), 256, 0, s>>>(x, b, n, (int64_t)n_rows * n);
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void cuda_add(float* x, const float* y, int64_t n, cudaStream_t s) {
+    add_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, y, n);
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace kvrt

@@ -1,0 +1,142 @@
+// Single-op entry points for tests/test_cuda.py (declared in
+// cpp/gpu_forward.h): upload the inputs, run one CUDA kernel, bring the
+// result back, so each kernel is compared with its CPU twin on awkward shapes.
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "cpu/ops.h"
+#include "gpu_forward.h"
+
+namespace kvrt {
+
+namespace {
+
+void need_gpu() {
+    std::string why;
+    if (!gpu_available(&why)) throw error(why);
+}
+
+// Device copy of host data, freed on scope exit.
+struct dev_copy {
+    void* p = nullptr;
+    dev_copy(const void* src, size_t bytes) {
+        KVRT_CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
+        if (src && bytes) KVRT_CUDA_CHECK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
+        else KVRT_CUDA_CHECK(cudaMemset(p, 0, bytes ? bytes : 1));
+    }
+    ~dev_copy() { cudaFree(p); }
+    template <class T> T* as() const { return static_cast<T*>(p); }
+};
+
+template <class T>
+std::vector<T> to_host(const dev_copy& d, size_t n) {
+    std::vector<T> out(n);
+    KVRT_CUDA_CHECK(cudaDeviceSynchronize());
+    KVRT_CUDA_CHECK(cudaMemcpy(out.data(), d.p, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return out;
+}
+
+}  // namespace
+
+std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, int64_t cols,
+                                   const float* x, int n, int prefill) {
+    need_gpu();
+    const ggml_type_size g = ggml_type_geometry(t);
+    if (!cuda_weight_type_supported(t))
+        throw error(std::string("CUDA: weight type ") + g.name + " is not supported (CUDA reads " +
+                    cuda_weight_types_supported() + ")");
+    dev_weight dw;
+    dw.type = t;
+    dw.rows = rows;
+    dw.cols = cols;
+    dw.row_bytes = (size_t)cols / g.block_size * g.type_size;
+    dev_copy dwb(w, dw.row_bytes * rows), dx(x, sizeof(float) * n * cols), dout(nullptr, sizeof(float) * n * rows);
+    dw.d = dwb.as<uint8_t>();
+#if defined(KVRT_CUBLAS)
+    if (prefill) {
+        const gemm_precision gemm = prefill == 2 ? GEMM_F16 : GEMM_F32;
+        dev_copy wb(nullptr, sizeof(float) * rows * cols), xb(nullptr, sizeof(__half) * n * cols);
+        cublasHandle_t h;
+        KVRT_CUBLAS_CHECK(cublasCreate(&h));
+        cuda_matmul_gemm(dw, dx.as<float>(), n, dout.as<float>(), gemm, wb.p, xb.p, h, 0);
+        auto out = to_host<float>(dout, (size_t)n * rows);
+        cublasDestroy(h);
+        return out;
+    }
+#endif
+    cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0);
+    return to_host<float>(dout, (size_t)n * rows);
+}
+
+std::vector<float> gpu_test_rms_norm(const float* x, const float* w, int64_t n_rows, int64_t n,
+                                     float eps) {
+    need_gpu();
+    dev_copy dx(x, sizeof(float) * n_rows * n), dw(w, sizeof(float) * n), dy(nullptr, sizeof(float) * n_rows * n);
+    cuda_rms_norm_rows(dx.as<float>(), dw.as<float>(), dy.as<float>(), n_rows, n, eps, 0);
+    return to_host<float>(dy, (size_t)(n_rows * n));
+}
+
+std::vector<float> gpu_test_rope(const model& m, const float* x, int n_tok, int n_heads, int pos0) {
+    need_gpu();
+    const hparams& hp = m.hp();
+    rope_table rt;
+    rt.init(hp);
+    const size_t n = (size_t)n_tok * n_heads * hp.head_dim;
+    dev_copy dx(x, sizeof(float) * n), df(rt.inv_freq.data(), sizeof(float) * rt.inv_freq.size());
+    cuda_rope r;
+    r.neox = hp.rope == ROPE_KIND_NEOX;
+    r.head_dim = hp.head_dim;
+    r.n_rot = hp.n_rot;
+    r.inv_freq = df.as<float>();
+    cuda_rope_apply(dx.as<float>(), n_tok, n_heads, r, pos0, 0);
+    return to_host<float>(dx, n);
+}
+
+std::vector<float> gpu_test_swiglu(const float* g, const float* u, int64_t n) {
+    need_gpu();
+    dev_copy dg(g, sizeof(float) * n), du(u, sizeof(float) * n), dy(nullptr, sizeof(float) * n);
+    cuda_swiglu(dg.as<float>(), du.as<float>(), dy.as<float>(), n, 0);
+    return to_host<float>(dy, (size_t)n);
+}
+
+std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_head_kv,
+                                        int head_dim) {
+    need_gpu();
+    cuda_kv_stream st = cuda_kv_stream_shape(t.kind, n_head_kv, head_dim);
+    const size_t bytes = (size_t)n * n_head_kv * st.rec;
+    dev_copy dx(x, sizeof(float) * n * n_head_kv * head_dim), dd(nullptr, bytes);
+    st.d = dd.as<uint8_t>();
+    cuda_kv_store(st, 0, n, dx.as<float>(), 0);
+    return to_host<uint8_t>(dd, bytes);
+}
+
+std::vector<float> gpu_test_attention(kv_type type_k, kv_type type_v, const float* q,
+                                      const float* k, const float* v, int n_tok, int pos0,
+                                      int n_head, int n_head_kv, int head_dim, int sliding_window) {
+    need_gpu();
+    const int len = pos0 + n_tok;
+    cuda_kv_stream ks = cuda_kv_stream_shape(type_k.kind, n_head_kv, head_dim);
+    cuda_kv_stream vs = cuda_kv_stream_shape(type_v.kind, n_head_kv, head_dim);
+    const size_t kvn = (size_t)len * n_head_kv * head_dim;
+    dev_copy dk(k, sizeof(float) * kvn), dv(v, sizeof(float) * kvn);
+    dev_copy kb(nullptr, (size_t)len * n_head_kv * ks.rec), vb(nullptr, (size_t)len * n_head_kv * vs.rec);
+    ks.d = kb.as<uint8_t>();
+    vs.d = vb.as<uint8_t>();
+    cuda_kv_store(ks, 0, len, dk.as<float>(), 0);
+    cuda_kv_store(vs, 0, len, dv.as<float>(), 0);
+    cuda_attn_params p;
+    p.n_head = n_head;
+    p.n_head_kv = n_head_kv;
+    p.head_dim = head_dim;
+    p.sliding_window = sliding_window;
+    int n_sm = 1;
+    KVRT_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0));
+    const size_t qn = (size_t)n_tok * n_head * head_dim;
+    dev_copy dq(q, sizeof(float) * qn), dout(nullptr, sizeof(float) * qn);
+    dev_copy part(nullptr, sizeof(float) * cuda_attention_partial_floats(p, n_tok, len, n_sm));
+    cuda_attention(ks, vs, dq.as<float>(), n_tok, pos0, p, dout.as<float>(), part.as<float>(), n_sm, 0);
+    return to_host<float>(dout, qn);
+}
+
+}  // namespace kvrt
