@@ -109,6 +109,11 @@ std::vector<cli_option> cli_model_options() {
          "calibration is found, else f16)",
          "f16"},
         {{"--kv-calib"}, "FILE", "KV calibration sidecar of pca", "<model>.kvcal.gguf"},
+        {{"--device"}, "DEV",
+         "where the forward pass runs: cpu, or cuda (needs a build with -DKVRT_CUDA=ON; KV "
+         "formats f32, f16, q8_0, q4_0 so far)",
+         "cpu"},
+        {{"-ngl", "--n-gpu-layers"}, "N", "llama.cpp's spelling: N > 0 means --device cuda", ""},
     };
 }
 
@@ -121,6 +126,11 @@ context_params cli_context_params(const cli_args& a, int default_ctx) {
     p.type_k = kv_type_from_name(a.str("-ctk", both));
     p.type_v = kv_type_from_name(a.str("-ctv", both));
     p.kv_calib = a.str("--kv-calib", "");
+    p.device = device_from_name(a.str("--device", "cpu"));
+    if (a.has("-ngl") && !a.has("--device"))
+        p.device = a.integer("-ngl", 0, -1, 1 << 30) > 0 ? DEVICE_CUDA : DEVICE_CPU;
+    std::string why;
+    if (p.device == DEVICE_CUDA && !gpu_available(&why)) throw error(why);
     return p;
 }
 

@@ -145,7 +145,9 @@ int cli_bench(int argc, char** argv) {
         cp.type_v = kv_type_from_name(p.second);
         context ctx(*m, cp);
         std::fprintf(stderr, "%s\n", ctx.kv().summary_line().c_str());
+        if (ctx.device() == DEVICE_CUDA) std::fprintf(stderr, "%s\n", ctx.device_description().c_str());
         row.threads = ctx.n_threads();
+        if (ctx.device() == DEVICE_CUDA) row.backend = "CUDA";
         row.type_k = p.first;
         row.type_v = p.second;
         row.kv = ctx.kv().format_name();

@@ -136,6 +136,7 @@ int cli_chat(int argc, char** argv) {
     std::fprintf(stderr, "chat: template %s, n_ctx=%d, %d threads\n", chat_template_name(tmpl.kind),
                  ctx.n_ctx(), ctx.n_threads());
     std::fprintf(stderr, "%s\n", ctx.kv().summary_line().c_str());
+    if (ctx.device() == DEVICE_CUDA) std::fprintf(stderr, "%s\n", ctx.device_description().c_str());
     std::fprintf(stderr, "chat: Ctrl-C stops a reply; Ctrl-C or Ctrl-D at the prompt quits\n");
 
     // Tokens whose keys and values the cache holds, position by position.

@@ -32,6 +32,7 @@ int cli_perplexity(int argc, char** argv) {
     perplexity_require_tokens(tokens.size(), cp.n_ctx);
     context ctx(*m, cp);
     std::fprintf(stderr, "%s\n", ctx.kv().summary_line().c_str());
+    if (ctx.device() == DEVICE_CUDA) std::fprintf(stderr, "%s\n", ctx.device_description().c_str());
     const int n_max = (int)(tokens.size() / ctx.n_ctx());
     std::fprintf(stderr, "perplexity: %d chunks, n_ctx=%d, %d threads\n",
                  n_chunks > 0 ? std::min(n_chunks, n_max) : n_max, ctx.n_ctx(), ctx.n_threads());

@@ -109,6 +109,7 @@ int cli_run(int argc, char** argv) {
     std::fprintf(stderr, "generation: %zu tokens, %d decoded in %.3f s (%.1f tokens/s)\n",
                  gen.tokens().size(), st.n_decode, st.t_decode, st.decode_tps());
     std::fprintf(stderr, "%s\n", ctx.kv().summary_line().c_str());
+    if (ctx.device() == DEVICE_CUDA) std::fprintf(stderr, "%s\n", ctx.device_description().c_str());
     std::fprintf(stderr, "peak memory: %.1f MiB\n", cli_peak_rss_mib());
     return 0;
 }

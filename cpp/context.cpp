@@ -8,6 +8,14 @@
 
 namespace kvrt {
 
+device_kind device_from_name(const std::string& name) {
+    if (name == "cpu") return DEVICE_CPU;
+    if (name == "cuda") return DEVICE_CUDA;
+    throw error("unknown device '" + name + "' (known: cpu, cuda)");
+}
+
+const char* device_name(device_kind d) { return d == DEVICE_CUDA ? "cuda" : "cpu"; }
+
 context::context(const model& m, const context_params& params)
     : model_(m), params_(params),
       pool_(params.n_threads > 0 ? params.n_threads : thread_pool::default_threads()) {
@@ -20,6 +28,11 @@ context::context(const model& m, const context_params& params)
     kv_ = std::make_unique<kv_cache>(hp.n_layer, params_.n_ctx, hp.n_head_kv, hp.head_dim,
                                      params_.type_k, params_.type_v, calib_.get());
     rope_.init(hp);
+    if (params_.device == DEVICE_CUDA) {
+        gpu_ = gpu_forward_create(m, params_.n_ctx, params_.n_batch, params_.type_k,
+                                  params_.type_v, params_.rope_offset);
+        return;  // the CPU scratch is not needed
+    }
     const size_t B = params_.n_batch;
     x_.resize(B * hp.n_embd);
     xn_.resize(B * hp.n_embd);
@@ -86,7 +99,15 @@ void context::eval(const int32_t* tokens, int n, float* logits, int n_logits) {
         const int nb = std::min(params_.n_batch, n - i);
         const int from = std::max(first_out, i);  // within this batch
         const int k = std::max(0, i + nb - from);
-        forward_batch(tokens + i, nb, k ? logits + (size_t)(from - first_out) * n_vocab : nullptr, k);
+        float* out = k ? logits + (size_t)(from - first_out) * n_vocab : nullptr;
+        if (gpu_) {
+            if (observer_ || capture_)
+                throw error("eval: observers and attention capture run on the CPU only (--device cpu)");
+            gpu_->forward(tokens + i, nb, n_past_, out, k);
+            n_past_ += nb;
+        } else {
+            forward_batch(tokens + i, nb, out, k);
+        }
     }
 }
 

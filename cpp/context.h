@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/ops.h"
+#include "gpu_forward.h"
 #include "kv_cache.h"
 #include "kv_calib.h"
 #include "model.h"
@@ -37,6 +38,9 @@ struct context_params {
     // differences, so outputs stay the same while post-RoPE keys turn as they
     // would deeper in a long context (calibration samples all of them).
     int rope_offset = 0;
+    // DEVICE_CUDA: the forward pass runs on the GPU (cpp/gpu_forward.h);
+    // the context throws kvrt::error when that is not possible.
+    device_kind device = DEVICE_CPU;
 };
 
 // Sees each layer's post-RoPE queries [n][n_head*head_dim], keys and
@@ -63,6 +67,9 @@ public:
     int n_ctx() const { return params_.n_ctx; }
     int n_threads() const { return pool_.size(); }
     int n_batch() const { return params_.n_batch; }
+    device_kind device() const { return params_.device; }
+    // The GPU backend's one-line description ("" on the CPU).
+    std::string device_description() const { return gpu_ ? gpu_->describe() : std::string(); }
     // Copies attention outputs into *c during eval while set (null: off).
     void set_attn_capture(attn_capture* c) { capture_ = c; }
     // Forgets the cached tokens (keeps the allocations).
@@ -93,6 +100,7 @@ private:
     rope_table rope_;
     int n_past_ = 0;
     attn_capture* capture_ = nullptr;
+    std::unique_ptr<gpu_forward> gpu_;  // set when params_.device == DEVICE_CUDA
 
     // Scratch, sized for n_batch tokens.
     std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_, ffn_, out_;

@@ -21,7 +21,9 @@ class Model:
     f32, f16, q8_0, q4_0, affine:B, rot:B (B = 2, 3, 4, 8 code bits), pca[:B]
     (B average bits per element; needs `python -m kvrt calibrate`, found as
     <model>.kvcal.gguf or given by kv_calib) or auto (pca when calibrated,
-    else f16). The engine releases the GIL while it computes.
+    else f16). device="cuda" runs the forward pass on the GPU (a build with
+    CMAKE_ARGS=-DKVRT_CUDA=ON; KV formats f32, f16, q8_0, q4_0 so far). The
+    engine releases the GIL while it computes.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class Model:
         cache_type_k: Optional[str] = None,
         cache_type_v: Optional[str] = None,
         kv_calib: str | os.PathLike | None = None,
+        device: str = "cpu",
     ):
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -41,7 +44,7 @@ class Model:
         self.path = path
         self._m = _core.Model(
             path, n_ctx, n_threads, n_batch, cache_type_k or kv, cache_type_v or kv,
-            os.fspath(kv_calib) if kv_calib else "",
+            os.fspath(kv_calib) if kv_calib else "", device,
         )
         self._metadata = None
         # (prompt ids, generator) of the last chat turn: what the cache holds.

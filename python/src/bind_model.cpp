@@ -20,7 +20,8 @@ struct py_model {
     uint64_t generation = 0;
 
     py_model(const std::string& path, int n_ctx, int n_threads, int n_batch,
-             const std::string& type_k, const std::string& type_v, const std::string& kv_calib) {
+             const std::string& type_k, const std::string& type_v, const std::string& kv_calib,
+             const std::string& device) {
         kvrt::context_params p;
         p.n_ctx = n_ctx;
         p.n_threads = n_threads;
@@ -28,6 +29,7 @@ struct py_model {
         p.type_k = kvrt::kv_type_from_name(type_k);
         p.type_v = kvrt::kv_type_from_name(type_v);
         p.kv_calib = kv_calib;
+        p.device = kvrt::device_from_name(device);
         nb::gil_scoped_release release;
         model = kvrt::model::load(path);
         ctx = std::make_unique<kvrt::context>(*model, p);
@@ -106,10 +108,10 @@ void init_model(nb::module_& m) {
 
     nb::class_<py_model>(m, "Model")
         .def(nb::init<const std::string&, int, int, int, const std::string&, const std::string&,
-                      const std::string&>(),
+                      const std::string&, const std::string&>(),
              nb::arg("path"), nb::arg("n_ctx") = 0, nb::arg("n_threads") = 0,
              nb::arg("n_batch") = 512, nb::arg("type_k") = "f16", nb::arg("type_v") = "f16",
-             nb::arg("kv_calib") = "")
+             nb::arg("kv_calib") = "", nb::arg("device") = "cpu")
         // The cache as its format reproduces it, and the two halves of
         // attention over the packed data, for tests against the decoded cache.
         .def("kv_decode",

@@ -11,3 +11,4 @@ void init_model(nb::module_& m);
 void init_eval(nb::module_& m);
 void init_chat(nb::module_& m);
 void init_calib(nb::module_& m);
+void init_backend_ops(nb::module_& m);

@@ -9,4 +9,5 @@ NB_MODULE(_core, m) {
     init_calib(m);
     init_eval(m);
     init_chat(m);
+    init_backend_ops(m);
 }

@@ -1,0 +1,187 @@
+// kvrt._core backend-ops functions: each op of the forward pass on the CPU
+// (the reference) and on CUDA (cpp/gpu_forward.h), over the same inputs, so
+// tests/test_cuda.py compares them on awkward shapes. The CUDA ones raise
+// "kvrt was built without CUDA ..." in builds without it.
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bindings.h"
+#include "common.h"
+#include "cpu/kv_kernels.h"
+#include "cpu/ops.h"
+#include "gpu_forward.h"
+#include "kv_cache.h"
+#include "quants.h"
+
+namespace {
+
+using bytes_in = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using floats_nd = nb::ndarray<const float, nb::c_contig, nb::device::cpu>;
+
+template <class T>
+nb::ndarray<nb::numpy, T, nb::ndim<1>> to_numpy(std::vector<T>&& v) {
+    auto* p = new std::vector<T>(std::move(v));
+    nb::capsule owner(p, [](void* q) noexcept { delete (std::vector<T>*)q; });
+    return nb::ndarray<nb::numpy, T, nb::ndim<1>>(p->data(), {p->size()}, owner);
+}
+
+void need(bool ok, const char* what) {
+    if (!ok) throw kvrt::error(std::string("backend ops: ") + what);
+}
+
+kvrt::weight make_weight(int type, const bytes_in& w, int64_t rows, int64_t cols) {
+    const ggml_type_size g = ggml_type_geometry((uint32_t)type);
+    need(g.block_size > 0 && cols % g.block_size == 0, "cols must be whole blocks of the type");
+    kvrt::weight wt;
+    wt.type = (ggml_type)type;
+    wt.rows = rows;
+    wt.cols = cols;
+    wt.row_bytes = kvrt::quants_row_size(wt.type, cols);
+    need(w.size() == wt.row_bytes * (size_t)rows, "weight bytes do not match rows x cols");
+    wt.data = w.data();
+    return wt;
+}
+
+// The bytes a CPU stream of kind q8_0/q4_0 (kv_formats.cpp) or f32/f16 holds
+// for x [n][n_head_kv*head_dim]: its store() arithmetic, step by step.
+std::vector<uint8_t> cpu_kv_encode(const kvrt::kv_type& t, const float* x, int n, int n_head_kv,
+                                   int hd) {
+    std::vector<uint8_t> out;
+    std::vector<float> tmp(hd);
+    for (int i = 0; i < n * n_head_kv; ++i) {
+        const float* xh = x + (size_t)i * hd;
+        switch (t.kind) {
+            case kvrt::KV_KIND_F32: {
+                const uint8_t* b = reinterpret_cast<const uint8_t*>(xh);
+                out.insert(out.end(), b, b + 4 * hd);
+                break;
+            }
+            case kvrt::KV_KIND_F16:
+                for (int d = 0; d < hd; ++d) {
+                    const uint16_t h = kvrt::fp32_to_fp16(xh[d]);
+                    out.push_back((uint8_t)(h & 0xFF));
+                    out.push_back((uint8_t)(h >> 8));
+                }
+                break;
+            case kvrt::KV_KIND_Q8_0:
+            case kvrt::KV_KIND_Q4_0: {
+                std::copy(xh, xh + hd, tmp.data());
+                if (hd % 64 == 0)
+                    for (int b = 0; b < hd; b += 64) kvrt::kv_fwht(tmp.data() + b, 64);
+                const ggml_type qt = t.kind == kvrt::KV_KIND_Q8_0 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q4_0;
+                const size_t rb = kvrt::quants_row_size(qt, hd);
+                out.resize(out.size() + rb);
+                kvrt::quants_quantize_row(qt, tmp.data(), out.data() + out.size() - rb, hd);
+                break;
+            }
+            default: throw kvrt::error("backend ops: kv_encode covers f32, f16, q8_0, q4_0");
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+void init_backend_ops(nb::module_& m) {
+    m.def("cuda_available", []() {
+        std::string why;
+        const bool ok = kvrt::gpu_available(&why);
+        return std::make_pair(ok, why);
+    });
+
+    m.def("backend_matmul",
+          [](const std::string& dev, int type, bytes_in w, int64_t rows, int64_t cols, floats_nd x,
+             int prefill) {
+              const kvrt::weight wt = make_weight(type, w, rows, cols);
+              need(x.size() % (size_t)cols == 0, "x must be [n][cols]");
+              const int n = (int)(x.size() / (size_t)cols);
+              if (dev == "cuda")
+                  return to_numpy(kvrt::gpu_test_matmul(wt.type, w.data(), rows, cols, x.data(), n, prefill));
+              kvrt::thread_pool pool(2);
+              kvrt::matmul_input in;
+              kvrt::matmul_prepare(x.data(), n, cols, wt.type, &in, pool);
+              std::vector<float> out((size_t)n * rows);
+              kvrt::matmul(wt, in, out.data(), pool);
+              return to_numpy(std::move(out));
+          },
+          nb::arg("device"), nb::arg("type"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"),
+          nb::arg("x"), nb::arg("prefill") = 0);
+
+    m.def("backend_rms_norm",
+          [](const std::string& dev, floats_nd x, floats_nd w, float eps) {
+              const int64_t n = (int64_t)w.size(), rows = n ? (int64_t)x.size() / n : 0;
+              need(n > 0 && (size_t)(rows * n) == x.size(), "x must be [rows][len(w)]");
+              if (dev == "cuda") return to_numpy(kvrt::gpu_test_rms_norm(x.data(), w.data(), rows, n, eps));
+              std::vector<float> y(x.size());
+              kvrt::rms_norm_rows(x.data(), w.data(), y.data(), rows, n, eps);
+              return to_numpy(std::move(y));
+          });
+
+    m.def("backend_rope",
+          [](const std::string& dev, const std::string& model_path, floats_nd x, int n_heads, int pos0) {
+              auto mdl = kvrt::model::load(model_path);
+              const int hd = mdl->hp().head_dim;
+              need(n_heads > 0 && x.size() % ((size_t)n_heads * hd) == 0, "x must be [n][n_heads*head_dim]");
+              const int n_tok = (int)(x.size() / ((size_t)n_heads * hd));
+              if (dev == "cuda") return to_numpy(kvrt::gpu_test_rope(*mdl, x.data(), n_tok, n_heads, pos0));
+              kvrt::rope_table rt;
+              rt.init(mdl->hp());
+              std::vector<float> y(x.data(), x.data() + x.size());
+              for (int t = 0; t < n_tok; ++t) rt.apply(y.data() + (size_t)t * n_heads * hd, n_heads, pos0 + t);
+              return to_numpy(std::move(y));
+          });
+
+    m.def("backend_swiglu", [](const std::string& dev, floats_nd g, floats_nd u) {
+        need(g.size() == u.size(), "g and u differ in size");
+        if (dev == "cuda") return to_numpy(kvrt::gpu_test_swiglu(g.data(), u.data(), (int64_t)g.size()));
+        std::vector<float> y(g.size());
+        kvrt::swiglu(g.data(), u.data(), y.data(), (int64_t)g.size());
+        return to_numpy(std::move(y));
+    });
+
+    m.def("backend_kv_encode",
+          [](const std::string& dev, const std::string& fmt, floats_nd x, int n_head_kv, int head_dim) {
+              const kvrt::kv_type t = kvrt::kv_type_from_name(fmt);
+              const size_t w = (size_t)n_head_kv * head_dim;
+              need(w > 0 && x.size() % w == 0, "x must be [n][n_head_kv*head_dim]");
+              const int n = (int)(x.size() / w);
+              if (dev == "cuda") return to_numpy(kvrt::gpu_test_kv_encode(t, x.data(), n, n_head_kv, head_dim));
+              return to_numpy(cpu_kv_encode(t, x.data(), n, n_head_kv, head_dim));
+          });
+
+    m.def("backend_attention",
+          [](const std::string& dev, const std::string& type_k, const std::string& type_v,
+             floats_nd q, floats_nd k, floats_nd v, int n_head, int n_head_kv, int head_dim,
+             int sliding_window) {
+              const kvrt::kv_type tk = kvrt::kv_type_from_name(type_k), tv = kvrt::kv_type_from_name(type_v);
+              const size_t qw = (size_t)n_head * head_dim, kw = (size_t)n_head_kv * head_dim;
+              need(qw > 0 && kw > 0 && q.size() % qw == 0 && k.size() % kw == 0 && k.size() == v.size(),
+                   "q [n_tok][n_head*head_dim], k and v [len][n_head_kv*head_dim]");
+              const int n_tok = (int)(q.size() / qw), len = (int)(k.size() / kw), pos0 = len - n_tok;
+              need(pos0 >= 0, "more queries than positions");
+              if (dev == "cuda")
+                  return to_numpy(kvrt::gpu_test_attention(tk, tv, q.data(), k.data(), v.data(), n_tok,
+                                                           pos0, n_head, n_head_kv, head_dim,
+                                                           sliding_window));
+              auto ks = kvrt::kv_stream_create(tk, true, len, n_head_kv, head_dim);
+              auto vs = kvrt::kv_stream_create(tv, false, len, n_head_kv, head_dim);
+              ks->store(0, len, k.data());
+              vs->store(0, len, v.data());
+              kvrt::attention_params ap;
+              ap.n_head = n_head;
+              ap.n_head_kv = n_head_kv;
+              ap.head_dim = head_dim;
+              ap.sliding_window = sliding_window;
+              kvrt::attention_scratch scratch;
+              kvrt::thread_pool pool(2);
+              std::vector<float> out(q.size());
+              kvrt::attention_forward(*ks, *vs, q.data(), n_tok, pos0, ap, out.data(), scratch, pool);
+              return to_numpy(std::move(out));
+          });
+}
