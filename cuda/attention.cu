@@ -92,6 +92,32 @@ __device__ void fwht64_shared(float* x, int n) {
     }
 }
 
+static_assert(kTile == kThreads, "one tile position per thread");
+
+// Block-wide max / sum of one value per thread; every thread gets the result.
+// red[2][warps] alternates so back-to-back calls need one barrier each.
+__device__ inline float block_max(float v, float (*red)[kThreads / 32]) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x % 32 == 0) red[0][threadIdx.x / 32] = v;
+    __syncthreads();
+    float r = red[0][0];
+#pragma unroll
+    for (int i = 1; i < kThreads / 32; ++i) r = fmaxf(r, red[0][i]);
+    return r;
+}
+
+__device__ inline float block_sum(float v, float (*red)[kThreads / 32]) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) red[1][threadIdx.x / 32] = v;
+    __syncthreads();
+    float r = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kThreads / 32; ++i) r += red[1][i];
+    return r;
+}
+
 struct span_args {
     const uint8_t* k;
     const uint8_t* v;
@@ -110,6 +136,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
     __shared__ float qs[kMaxHeadDim];
     __shared__ float ps[kTile];
     __shared__ float red[kMaxHeadDim * 2];
+    __shared__ float red4[2][kThreads / 32];
     const float* qrow = a.q + ((size_t)t * a.n_head + h) * hd;
     for (int d = threadIdx.x; d < hd; d += kThreads) qs[d] = qrow[d] * a.scale;
     __syncthreads();
@@ -156,20 +183,18 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
             if (lane % lpr == 0) ps[j] = j < nt ? s : -INFINITY;
         }
         __syncthreads();
-        float tmax = -INFINITY;
-        for (int j = 0; j < nt; ++j) tmax = fmaxf(tmax, ps[j]);
-        const float mnew = fmaxf(m, tmax);
+        // kTile == kThreads: thread j owns position p0 + j of the tile.
+        const float sj = ps[threadIdx.x];
+        const float mnew = fmaxf(m, block_max(sj, red4));
         const float corr = expf(m - mnew);  // exp(-inf) = 0 on the first tile
-        __syncthreads();
-        for (int j = threadIdx.x; j < kTile; j += kThreads) ps[j] = j < nt ? expf(ps[j] - mnew) : 0.0f;
-        __syncthreads();
-        float psum = 0.0f;
-        for (int j = 0; j < nt; ++j) psum += ps[j];
-        l = l * corr + psum;
+        const float pj = threadIdx.x < nt ? expf(sj - mnew) : 0.0f;
+        ps[threadIdx.x] = pj;
+        l = l * corr + block_sum(pj, red4);  // its barrier also publishes ps
         m = mnew;
         acc[0] *= corr;
         acc[1] *= corr;
         if (vact)
+#pragma unroll 4
             for (int j = grp; j < nt; j += G) {
                 const uint8_t* vr = vbase + (size_t)(p0 + j) * vstride;
                 const float p = ps[j];
@@ -223,7 +248,7 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
 }
 
 int attention_splits(const cuda_attn_params& p, int n_tok, int max_len, int n_sm) {
-    const int rows = n_tok * p.n_head, target = 2 * n_sm;
+    const int rows = n_tok * p.n_head, target = 4 * n_sm;
     if (rows >= target) return 1;
     return std::max(1, std::min((target + rows - 1) / rows, max_len / kMinSpan));
 }
@@ -243,7 +268,7 @@ void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
 
 size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int max_len, int n_sm) {
     // rows * ceil(target / rows) < rows + target.
-    return ((size_t)n_tok * p.n_head + 2 * (size_t)n_sm + 1) * (p.head_dim + 2);
+    return ((size_t)n_tok * p.n_head + 4 * (size_t)n_sm + 1) * (p.head_dim + 2);
 }
 
 void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q, int n_tok,

@@ -45,53 +45,6 @@ __device__ inline float h2f(const uint8_t* p) {
 
 __device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 
-// The 32 floats of block b of a row (block types). Multiplies and adds are
-// rounded apart, as the CPU reference does (no FMA contraction).
-template <int T>
-__device__ inline void dequant_block(const uint8_t* row, int64_t b, float* v) {
-    if constexpr (T == GGML_TYPE_Q4_0) {
-        const uint8_t* blk = row + b * sizeof(block_q4_0);
-        const float d = h2f(blk);
-        const uint8_t* qs = blk + 2;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            v[j] = __fmul_rn((float)((qs[j] & 0x0F) - 8), d);
-            v[j + 16] = __fmul_rn((float)((qs[j] >> 4) - 8), d);
-        }
-    } else if constexpr (T == GGML_TYPE_Q4_1) {
-        const uint8_t* blk = row + b * sizeof(block_q4_1);
-        const float d = h2f(blk), m = h2f(blk + 2);
-        const uint8_t* qs = blk + 4;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            v[j] = __fadd_rn(__fmul_rn((float)(qs[j] & 0x0F), d), m);
-            v[j + 16] = __fadd_rn(__fmul_rn((float)(qs[j] >> 4), d), m);
-        }
-    } else if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
-        const size_t bs = T == GGML_TYPE_Q5_0 ? sizeof(block_q5_0) : sizeof(block_q5_1);
-        const uint8_t* blk = row + b * bs;
-        const float d = h2f(blk);
-        const float m = T == GGML_TYPE_Q5_1 ? h2f(blk + 2) : 0.0f;
-        const uint8_t* qhp = blk + (T == GGML_TYPE_Q5_0 ? 2 : 4);
-        const uint32_t qh = qhp[0] | (qhp[1] << 8) | (qhp[2] << 16) | ((uint32_t)qhp[3] << 24);
-        const uint8_t* qs = qhp + 4;
-        const int off = T == GGML_TYPE_Q5_0 ? 16 : 0;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            const int x0 = ((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - off;
-            const int x1 = ((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - off;
-            v[j] = __fadd_rn(__fmul_rn((float)x0, d), m);
-            v[j + 16] = __fadd_rn(__fmul_rn((float)x1, d), m);
-        }
-    } else if constexpr (T == GGML_TYPE_Q8_0) {
-        const uint8_t* blk = row + b * sizeof(block_q8_0);
-        const float d = h2f(blk);
-        const int8_t* qs = reinterpret_cast<const int8_t*>(blk + 2);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) v[j] = __fmul_rn((float)qs[j], d);
-    }
-}
-
 // Element i of a row of any supported type (embedding lookup, dequantization
 // for the GEMM path).
 __device__ inline float dequant_one(ggml_type t, const uint8_t* row, int64_t i) {
@@ -136,34 +89,98 @@ __device__ inline float warp_sum(float v) {
     return v;
 }
 
+__device__ inline uint32_t ld_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
+// 4 bytes at a 2-byte aligned address.
+__device__ inline uint32_t ld_u32_2a(const uint8_t* p) { return ld_u16(p) | (ld_u16(p + 2) << 16); }
+__device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
+
+// Quarter `part` (0..3) of block b of a row: 8 values and where they sit in
+// the block. 4/5-bit types: elements 4p..4p+3 and 16+4p..16+4p+3 (one
+// 4-byte run of nibbles); q8_0: elements 8p..8p+7. Each warp thus reads 8
+// consecutive blocks per step, and its activation loads are contiguous.
+template <int T>
+__device__ inline void dequant_part(const uint8_t* row, int64_t b, int part, float* v) {
+    if constexpr (T == GGML_TYPE_Q8_0) {
+        const uint8_t* blk = row + b * sizeof(block_q8_0);
+        const float d = h2f_bits(ld_u16(blk));
+        const uint8_t* q = blk + 2 + 8 * part;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint32_t w = ld_u16(q + 2 * k);
+            v[2 * k] = (float)(int8_t)(w & 0xFF) * d;
+            v[2 * k + 1] = (float)(int8_t)(w >> 8) * d;
+        }
+    } else {
+        float d, m = 0.0f;
+        uint32_t qs, qh = 0;
+        int off = 0;
+        if constexpr (T == GGML_TYPE_Q4_0) {
+            const uint8_t* blk = row + b * sizeof(block_q4_0);
+            d = h2f_bits(ld_u16(blk));
+            qs = ld_u32_2a(blk + 2 + 4 * part);
+            off = 8;
+        } else if constexpr (T == GGML_TYPE_Q4_1) {
+            const uint8_t* blk = row + b * sizeof(block_q4_1);
+            const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
+            d = h2f_bits(dm & 0xFFFF);
+            m = h2f_bits(dm >> 16);
+            qs = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * part);
+        } else if constexpr (T == GGML_TYPE_Q5_0) {
+            const uint8_t* blk = row + b * sizeof(block_q5_0);
+            d = h2f_bits(ld_u16(blk));
+            qh = ld_u32_2a(blk + 2);
+            qs = ld_u32_2a(blk + 6 + 4 * part);
+            off = 16;
+        } else {  // Q5_1
+            const uint8_t* blk = row + b * sizeof(block_q5_1);
+            const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
+            d = h2f_bits(dm & 0xFFFF);
+            m = h2f_bits(dm >> 16);
+            qh = *reinterpret_cast<const uint32_t*>(blk + 4);
+            qs = *reinterpret_cast<const uint32_t*>(blk + 8 + 4 * part);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int j = 4 * part + i;
+            int lo = (qs >> (8 * i)) & 0x0F, hi = (qs >> (8 * i + 4)) & 0x0F;
+            if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
+                lo |= ((qh >> j) & 1) << 4;
+                hi |= ((qh >> (j + 16)) & 1) << 4;
+            }
+            v[i] = (float)(lo - off) * d + m;
+            v[4 + i] = (float)(hi - off) * d + m;
+        }
+    }
+}
+
 template <int T>
 __global__ void matvec_block_kernel(const uint8_t* w, size_t row_bytes, int64_t rows,
                                     int64_t cols, const float* x, int n, float* out) {
-    const int lane = threadIdx.x % 32;
+    const int lane = threadIdx.x % 32, part = lane % 4;
     const int64_t r = (int64_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
     if (r >= rows) return;
     const int t0 = blockIdx.y * kTokChunk;
     const int nt = min(kTokChunk, n - t0);
     const uint8_t* row = w + r * row_bytes;
     const float* xt = x + (size_t)t0 * cols;
+    // Offsets of this lane's two runs of 4 values inside a block.
+    const int o0 = T == GGML_TYPE_Q8_0 ? 8 * part : 4 * part;
+    const int o1 = T == GGML_TYPE_Q8_0 ? 8 * part + 4 : 16 + 4 * part;
     float acc[kTokChunk];
 #pragma unroll
     for (int t = 0; t < kTokChunk; ++t) acc[t] = 0.0f;
     const int64_t nb = cols / 32;
-    for (int64_t b = lane; b < nb; b += 32) {
-        float v[32];
-        dequant_block<T>(row, b, v);
+    for (int64_t b = lane / 4; b < nb; b += 8) {
+        float v[8];
+        dequant_part<T>(row, b, part, v);
 #pragma unroll
         for (int t = 0; t < kTokChunk; ++t) {
             if (t >= nt) break;
-            const float4* xb = reinterpret_cast<const float4*>(xt + (size_t)t * cols + b * 32);
-            float s = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 8; ++k) {
-                const float4 q = xb[k];
-                s += v[4 * k] * q.x + v[4 * k + 1] * q.y + v[4 * k + 2] * q.z + v[4 * k + 3] * q.w;
-            }
-            acc[t] += s;
+            const float* xb = xt + (size_t)t * cols + b * 32;
+            const float4 p = *reinterpret_cast<const float4*>(xb + o0);
+            const float4 q = *reinterpret_cast<const float4*>(xb + o1);
+            acc[t] += v[0] * p.x + v[1] * p.y + v[2] * p.z + v[3] * p.w + v[4] * q.x + v[5] * q.y +
+                      v[6] * q.z + v[7] * q.w;
         }
     }
 #pragma unroll
