@@ -125,6 +125,7 @@ struct span_args {
     int krot;
     const float* q;
     int n_head, n_head_kv, hd, sw, pos0, n_split;
+    const int* pos_dev;  // added to pos0 when set
     float scale;
     float* partial;  // [(t*n_head + h)*n_split + split] of {m, l, acc[hd]}
 };
@@ -144,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
         fwht64_shared(qs, hd);
         __syncthreads();
     }
-    const int own = a.pos0 + t;
+    const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
     const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
     const int len = own + 1 - lo;
     const int t0 = lo + (int)((int64_t)len * split / a.n_split);
@@ -273,7 +274,7 @@ size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int m
 
 void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q, int n_tok,
                     int pos0, const cuda_attn_params& p, float* out, float* partial, int n_sm,
-                    cudaStream_t s) {
+                    cudaStream_t s, const int* pos_dev, int split_len) {
     if (p.head_dim % 8 != 0 || p.head_dim > kMaxHeadDim || 32 % (p.head_dim / 8) != 0)
         throw error("CUDA attention: head_dim " + std::to_string(p.head_dim) +
                     " is not supported (32, 64, 128 or 256)");
@@ -289,7 +290,8 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     a.hd = p.head_dim;
     a.sw = p.sliding_window;
     a.pos0 = pos0;
-    a.n_split = attention_splits(p, n_tok, pos0 + n_tok, n_sm);
+    a.pos_dev = pos_dev;
+    a.n_split = attention_splits(p, n_tok, split_len > 0 ? split_len : pos0 + n_tok, n_sm);
     a.scale = 1.0f / std::sqrt((float)p.head_dim);
     a.partial = partial;
     const dim3 grid(a.n_split, p.n_head, n_tok);

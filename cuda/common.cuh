@@ -71,9 +71,11 @@ struct cuda_rope {
     int head_dim = 0, n_rot = 0;
     const float* inv_freq = nullptr;  // device, n_rot/2 (rope_table::inv_freq)
 };
-// x [n_tok][n_heads*head_dim], token t at position pos0 + t.
+// x [n_tok][n_heads*head_dim], token t at position pos0 + t. Where pos_dev
+// is given, *pos_dev (device memory, read by the kernel) is added to pos0:
+// a captured CUDA graph replays with the position of each decode step.
 void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int pos0,
-                     cudaStream_t s);
+                     cudaStream_t s, const int* pos_dev = nullptr);
 
 // ---- swiglu.cu ----
 void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s);
@@ -95,7 +97,9 @@ const char* cuda_kv_kinds_supported();
 cuda_kv_stream cuda_kv_stream_shape(kv_kind k, int n_head_kv, int head_dim);
 // Encodes x [n][n_head_kv*head_dim] at positions pos0.. byte for byte as the
 // CPU stream's store() does.
-void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cudaStream_t s);
+// pos_dev as for cuda_rope_apply.
+void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cudaStream_t s,
+                   const int* pos_dev = nullptr);
 
 // ---- attention.cu ----
 struct cuda_attn_params {
@@ -110,6 +114,9 @@ size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int m
 // positions pos0.. over streams that already hold them; out likewise.
 void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q, int n_tok,
                     int pos0, const cuda_attn_params& p, float* out, float* partial, int n_sm,
-                    cudaStream_t s);
+                    cudaStream_t s, const int* pos_dev = nullptr, int split_len = 0);
+// pos_dev as for cuda_rope_apply; split_len > 0 sizes the split over the
+// sequence for that many positions instead of pos0 + n_tok (a graph's grid
+// is fixed: it is sized for the whole context and spans follow *pos_dev).
 
 }  // namespace kvrt

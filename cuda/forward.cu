@@ -2,7 +2,8 @@
 // weights in their file types, the device KV cache in the CPU streams' packed
 // layouts, scratch for n_batch tokens, and context::forward_batch's sequence
 // of ops on one stream. Decode (one token) runs the matvec kernels; batches
-// of more than 8 tokens use cuBLAS GEMMs when the build links cuBLAS.
+// of more than 8 tokens use cuBLAS GEMMs when the build links cuBLAS. A
+// decode step is one CUDA graph, captured on first use and replayed.
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -113,8 +114,10 @@ public:
         out_ = scratch(B * hp.n_embd);
         logits_ = scratch(B * hp.n_vocab);
         partial_ = scratch(cuda_attention_partial_floats(ap_, n_batch, n_ctx, n_sm_));
-        bufs_.push_back(std::make_unique<dev_buf>(B * sizeof(int32_t)));
+        bufs_.push_back(std::make_unique<dev_buf>((B + 1) * sizeof(int32_t)));
         tokens_ = bufs_.back()->as<int32_t>();
+        KVRT_CUDA_CHECK(cudaMallocHost(&h_step_, 2 * sizeof(int32_t)));
+        if (const char* e = std::getenv("KVRT_CUDA_GRAPH")) use_graph_ = std::string(e) != "0";
 #if defined(KVRT_CUBLAS)
         if (const char* e = std::getenv("KVRT_CUDA_GEMM")) {
             if (std::string(e) == "f16") gemm_ = GEMM_F16;
@@ -131,6 +134,8 @@ public:
     }
 
     ~cuda_forward() override {
+        if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+        if (h_step_) cudaFreeHost(h_step_);
 #if defined(KVRT_CUBLAS)
         if (cublas_) cublasDestroy(cublas_);
 #endif
@@ -153,13 +158,37 @@ public:
     }
 
     void forward(const int32_t* tokens, int n, int pos0, float* logits, int n_logits) override {
+        const int n_vocab = m_.hp().n_vocab;
+        cudaStream_t s = stream_;
+        if (n == 1 && use_graph_) {
+            // Decode: one graph of the whole step, captured once and replayed
+            // with the token and position staged in device memory.
+            *h_step_ = tokens[0];
+            h_step_[1] = pos0;
+            KVRT_CUDA_CHECK(cudaMemcpyAsync(tokens_, h_step_, sizeof(int32_t) * 2,
+                                            cudaMemcpyHostToDevice, s));
+            if (!graph_exec_) capture_decode();
+            KVRT_CUDA_CHECK(cudaGraphLaunch(graph_exec_, s));
+        } else {
+            KVRT_CUDA_CHECK(cudaMemcpyAsync(tokens_, tokens, sizeof(int32_t) * n,
+                                            cudaMemcpyHostToDevice, s));
+            enqueue(n, pos0, nullptr, 0, n_logits);
+        }
+        if (n_logits > 0)
+            KVRT_CUDA_CHECK(cudaMemcpyAsync(logits, logits_, sizeof(float) * n_logits * n_vocab,
+                                            cudaMemcpyDeviceToHost, s));
+        KVRT_CUDA_CHECK(cudaStreamSynchronize(s));
+    }
+
+private:
+    // Every kernel of one forward call, on stream_. Positions are pos0 +
+    // *pos_dev when pos_dev is set (graph replay); split_len as cuda_attention.
+    void enqueue(int n, int pos0, const int* pos_dev, int split_len, int n_logits) {
         const hparams& hp = m_.hp();
         const int E = hp.n_embd, HD = hp.head_dim;
         const int QD = hp.n_head * HD, KVD = hp.n_head_kv * HD;
         cudaStream_t s = stream_;
-        KVRT_CUDA_CHECK(cudaMemcpyAsync(tokens_, tokens, sizeof(int32_t) * n, cudaMemcpyHostToDevice, s));
         cuda_get_rows(tok_embd_, tokens_, n, x_, s);
-        const int rpos = pos0 + rope_offset_;
         for (int il = 0; il < hp.n_layer; ++il) {
             const dev_layer& L = layers_[il];
             cuda_rms_norm_rows(x_, L.attn_norm, xn_, n, E, hp.rms_eps, s);
@@ -171,11 +200,11 @@ public:
             if (L.bv) cuda_add_bias_rows(v_, L.bv, n, KVD, s);
             if (L.q_norm) cuda_rms_norm_rows(q_, L.q_norm, q_, (int64_t)n * hp.n_head, HD, hp.rms_eps, s);
             if (L.k_norm) cuda_rms_norm_rows(k_, L.k_norm, k_, (int64_t)n * hp.n_head_kv, HD, hp.rms_eps, s);
-            cuda_rope_apply(q_, n, hp.n_head, rope_, rpos, s);
-            cuda_rope_apply(k_, n, hp.n_head_kv, rope_, rpos, s);
-            cuda_kv_store(L.k, pos0, n, k_, s);
-            cuda_kv_store(L.v, pos0, n, v_, s);
-            cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s);
+            cuda_rope_apply(q_, n, hp.n_head, rope_, pos0 + rope_offset_, s, pos_dev);
+            cuda_rope_apply(k_, n, hp.n_head_kv, rope_, pos0 + rope_offset_, s, pos_dev);
+            cuda_kv_store(L.k, pos0, n, k_, s, pos_dev);
+            cuda_kv_store(L.v, pos0, n, v_, s, pos_dev);
+            cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s, pos_dev, split_len);
             mul(L.wo, att_, n, out_);
             cuda_add(x_, out_, (int64_t)n * E, s);
             cuda_rms_norm_rows(x_, L.ffn_norm, xn_, n, E, hp.rms_eps, s);
@@ -189,13 +218,27 @@ public:
             const int first = n - n_logits;
             cuda_rms_norm_rows(x_ + (size_t)first * E, output_norm_, xn_, n_logits, E, hp.rms_eps, s);
             mul(output_, xn_, n_logits, logits_);
-            KVRT_CUDA_CHECK(cudaMemcpyAsync(logits, logits_, sizeof(float) * n_logits * hp.n_vocab,
-                                            cudaMemcpyDeviceToHost, s));
         }
-        KVRT_CUDA_CHECK(cudaStreamSynchronize(s));
     }
 
-private:
+    // The decode step as a graph: token from tokens_[0], position from
+    // tokens_[1]; attention split for the whole context.
+    void capture_decode() {
+        cudaGraph_t g = nullptr;
+        KVRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+        try {
+            enqueue(1, 0, tokens_ + 1, n_ctx_, 1);
+        } catch (...) {
+            cudaStreamEndCapture(stream_, &g);
+            if (g) cudaGraphDestroy(g);
+            throw;
+        }
+        KVRT_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+        const cudaError_t e = cudaGraphInstantiate(&graph_exec_, g, 0);
+        cudaGraphDestroy(g);
+        KVRT_CUDA_CHECK(e);
+    }
+
     void mul(const dev_weight& w, const float* x, int n, float* out) {
 #if defined(KVRT_CUBLAS)
         if (n >= kGemmMinTokens && wbuf_) {
@@ -281,7 +324,10 @@ private:
     cuda_rope rope_;
     cuda_attn_params ap_;
     float *x_, *xn_, *q_, *k_, *v_, *att_, *gate_, *up_, *out_, *logits_, *partial_;
-    int32_t* tokens_ = nullptr;
+    int32_t* tokens_ = nullptr;  // n_batch + 1: a decode step's token and position
+    int32_t* h_step_ = nullptr;  // pinned staging of those two
+    bool use_graph_ = true;      // $KVRT_CUDA_GRAPH=0: decode launches kernel by kernel
+    cudaGraphExec_t graph_exec_ = nullptr;
 };
 
 }  // namespace

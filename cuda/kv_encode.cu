@@ -42,8 +42,10 @@ cuda_kv_stream cuda_kv_stream_shape(kv_kind k, int n_head_kv, int head_dim) {
 
 namespace {
 
-__global__ void store_float_kernel(kv_kind kind, uint8_t* base, const float* x, int64_t total) {
+__global__ void store_float_kernel(kv_kind kind, uint8_t* base, size_t pos_bytes,
+                                   const int* pos_dev, const float* x, int64_t total) {
     // [pos][head][dim] of the stream equals [t][head*dim] of x, shifted by pos0.
+    if (pos_dev) base += (size_t)*pos_dev * pos_bytes;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
         if (kind == KV_KIND_F32) reinterpret_cast<float*>(base)[i] = x[i];
@@ -103,7 +105,9 @@ __device__ void fwht64(float* x) {
 
 // One thread per (token, head, chunk of 64 channels -- 32 without rotation).
 __global__ void store_quant_kernel(kv_kind kind, int rot, int n_head_kv, int head_dim,
-                                   size_t rec, uint8_t* base, const float* x, int64_t total) {
+                                   size_t rec, uint8_t* base, const int* pos_dev, const float* x,
+                                   int64_t total) {
+    if (pos_dev) base += (size_t)*pos_dev * n_head_kv * rec;
     const int chunk = rot ? 64 : 32;
     const int per_head = head_dim / chunk;
     const size_t bsz = kind == KV_KIND_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0);
@@ -125,18 +129,20 @@ __global__ void store_quant_kernel(kv_kind kind, int rot, int n_head_kv, int hea
 
 }  // namespace
 
-void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cudaStream_t s) {
+void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cudaStream_t s,
+                   const int* pos_dev) {
     if (n <= 0) return;
     uint8_t* base = st.d + (size_t)pos0 * st.n_head_kv * st.rec;
     if (st.kind == KV_KIND_F32 || st.kind == KV_KIND_F16) {
         const int64_t total = (int64_t)n * st.n_head_kv * st.head_dim;
         const int blocks = (int)std::min<int64_t>((total + 255) / 256, 4096);
-        store_float_kernel<<<blocks, 256, 0, s>>>(st.kind, base, x, total);
+        store_float_kernel<<<blocks, 256, 0, s>>>(st.kind, base, (size_t)st.n_head_kv * st.rec,
+                                                  pos_dev, x, total);
     } else {
         const int64_t total = (int64_t)n * st.n_head_kv * (st.head_dim / (st.rot ? 64 : 32));
         const int blocks = (int)std::min<int64_t>((total + 127) / 128, 4096);
         store_quant_kernel<<<blocks, 128, 0, s>>>(st.kind, st.rot, st.n_head_kv, st.head_dim,
-                                                  st.rec, base, x, total);
+                                                  st.rec, base, pos_dev, x, total);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
 }

@@ -10,8 +10,9 @@ namespace kvrt {
 namespace {
 
 __global__ void rope_kernel(float* x, int n_heads, int head_dim, int n_rot, int neox,
-                            const float* inv_freq, int pos0, int64_t total) {
+                            const float* inv_freq, int pos0, const int* pos_dev, int64_t total) {
     const int half = n_rot / 2;
+    if (pos_dev) pos0 += *pos_dev;
     for (int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (int64_t)gridDim.x * blockDim.x) {
         const int i = (int)(idx % half);
@@ -31,12 +32,12 @@ __global__ void rope_kernel(float* x, int n_heads, int head_dim, int n_rot, int 
 }  // namespace
 
 void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int pos0,
-                     cudaStream_t s) {
+                     cudaStream_t s, const int* pos_dev) {
     const int64_t total = (int64_t)n_tok * n_heads * (r.n_rot / 2);
     if (total <= 0) return;
     const int blocks = (int)std::min<int64_t>((total + 255) / 256, 4096);
     rope_kernel<<<blocks, 256, 0, s>>>(x, n_heads, r.head_dim, r.n_rot, r.neox, r.inv_freq, pos0,
-                                       total);
+                                       pos_dev, total);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

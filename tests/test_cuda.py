@@ -185,6 +185,21 @@ def test_logits_match_cpu(path, kv):
 
 
 @cuda_test
+@pytest.mark.parametrize("path", MODELS[:1], ids=[p.stem for p in MODELS[:1]])
+def test_decode_graph_matches_kernel_by_kernel(path, monkeypatch):
+    """Decode steps replayed from one CUDA graph give the logits of plain launches."""
+    graph = kvrt.Model(path, n_ctx=1024, kv="q8_0", device="cuda")
+    monkeypatch.setenv("KVRT_CUDA_GRAPH", "0")
+    plain = kvrt.Model(path, n_ctx=1024, kv="q8_0", device="cuda")
+    ids = text_tokens(graph, 700)
+    graph.eval(ids[:600])
+    plain.eval(ids[:600])
+    for t in ids[600:700]:
+        a, b = graph.eval([t]), plain.eval([t])
+        assert np.max(np.abs(a - b)) < 1e-4 * max(1.0, float(np.max(np.abs(b))))
+
+
+@cuda_test
 @pytest.mark.parametrize("kv", CUDA_KV)
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
 def test_perplexity_within_0_1_percent(path, kv):
