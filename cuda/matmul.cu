@@ -37,7 +37,7 @@ const char* cuda_weight_types_supported() { return "F32, F16, BF16, Q4_0, Q4_1, 
 namespace {
 
 constexpr int kTokChunk = 8;   // tokens per matvec launch chunk
-constexpr int kRowsPerBlock = 4;  // warps (weight rows) per block
+constexpr int kRowsPerBlock = 4;  // warps per block (float types: one row each)
 
 __device__ inline float h2f(const uint8_t* p) {
     return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
@@ -153,12 +153,16 @@ __device__ inline void dequant_part(const uint8_t* row, int64_t b, int part, flo
     }
 }
 
+// One block (kRowsPerBlock warps) per weight row: the warps split the row's
+// blocks between them (each step of the block covers 32 consecutive weight
+// blocks), so small matrices still put enough loads in flight; the partial
+// sums meet in shared memory.
 template <int T>
-__global__ void matvec_block_kernel(const uint8_t* w, size_t row_bytes, int64_t rows,
-                                    int64_t cols, const float* x, int n, float* out) {
-    const int lane = threadIdx.x % 32, part = lane % 4;
-    const int64_t r = (int64_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
-    if (r >= rows) return;
+__global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_block_kernel(
+        const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols, const float* x, int n,
+        float* out) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = lane % 4;
+    const int64_t r = blockIdx.x;
     const int t0 = blockIdx.y * kTokChunk;
     const int nt = min(kTokChunk, n - t0);
     const uint8_t* row = w + r * row_bytes;
@@ -170,7 +174,8 @@ __global__ void matvec_block_kernel(const uint8_t* w, size_t row_bytes, int64_t 
 #pragma unroll
     for (int t = 0; t < kTokChunk; ++t) acc[t] = 0.0f;
     const int64_t nb = cols / 32;
-    for (int64_t b = lane / 4; b < nb; b += 8) {
+#pragma unroll 2
+    for (int64_t b = warp * 8 + lane / 4; b < nb; b += 8 * kRowsPerBlock) {
         float v[8];
         dequant_part<T>(row, b, part, v);
 #pragma unroll
@@ -183,11 +188,18 @@ __global__ void matvec_block_kernel(const uint8_t* w, size_t row_bytes, int64_t 
                       v[6] * q.z + v[7] * q.w;
         }
     }
+    __shared__ float part_sum[kRowsPerBlock][kTokChunk];
 #pragma unroll
     for (int t = 0; t < kTokChunk; ++t) {
-        if (t >= nt) break;
         const float s = warp_sum(acc[t]);
-        if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+        if (lane == 0) part_sum[warp][t] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < nt) {
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < kRowsPerBlock; ++k) s += part_sum[k][threadIdx.x];
+        out[(size_t)(t0 + threadIdx.x) * rows + r] = s;
     }
 }
 
@@ -277,17 +289,18 @@ int grid_for(int64_t n, int threads) {
 void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s) {
     const dim3 grid((unsigned)((w.rows + kRowsPerBlock - 1) / kRowsPerBlock),
                     (unsigned)((n + kTokChunk - 1) / kTokChunk));
+    const dim3 grid_q((unsigned)w.rows, (unsigned)((n + kTokChunk - 1) / kTokChunk));
     const dim3 block(32 * kRowsPerBlock);
-#define KVRT_MV(T, K) K<T><<<grid, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out)
+#define KVRT_MV(T, K, G) K<T><<<G, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out)
     switch (w.type) {
-        case GGML_TYPE_F32: KVRT_MV(GGML_TYPE_F32, matvec_float_kernel); break;
-        case GGML_TYPE_F16: KVRT_MV(GGML_TYPE_F16, matvec_float_kernel); break;
-        case GGML_TYPE_BF16: KVRT_MV(GGML_TYPE_BF16, matvec_float_kernel); break;
-        case GGML_TYPE_Q4_0: KVRT_MV(GGML_TYPE_Q4_0, matvec_block_kernel); break;
-        case GGML_TYPE_Q4_1: KVRT_MV(GGML_TYPE_Q4_1, matvec_block_kernel); break;
-        case GGML_TYPE_Q5_0: KVRT_MV(GGML_TYPE_Q5_0, matvec_block_kernel); break;
-        case GGML_TYPE_Q5_1: KVRT_MV(GGML_TYPE_Q5_1, matvec_block_kernel); break;
-        case GGML_TYPE_Q8_0: KVRT_MV(GGML_TYPE_Q8_0, matvec_block_kernel); break;
+        case GGML_TYPE_F32: KVRT_MV(GGML_TYPE_F32, matvec_float_kernel, grid); break;
+        case GGML_TYPE_F16: KVRT_MV(GGML_TYPE_F16, matvec_float_kernel, grid); break;
+        case GGML_TYPE_BF16: KVRT_MV(GGML_TYPE_BF16, matvec_float_kernel, grid); break;
+        case GGML_TYPE_Q4_0: KVRT_MV(GGML_TYPE_Q4_0, matvec_block_kernel, grid_q); break;
+        case GGML_TYPE_Q4_1: KVRT_MV(GGML_TYPE_Q4_1, matvec_block_kernel, grid_q); break;
+        case GGML_TYPE_Q5_0: KVRT_MV(GGML_TYPE_Q5_0, matvec_block_kernel, grid_q); break;
+        case GGML_TYPE_Q5_1: KVRT_MV(GGML_TYPE_Q5_1, matvec_block_kernel, grid_q); break;
+        case GGML_TYPE_Q8_0: KVRT_MV(GGML_TYPE_Q8_0, matvec_block_kernel, grid_q); break;
         default:
             throw error(std::string("CUDA: weight type ") + ggml_type_geometry(w.type).name +
                         " is not supported (CUDA reads " + cuda_weight_types_supported() + ")");
