@@ -1,9 +1,10 @@
 // Weight x activation products on the GPU, weights kept in their file types.
-// Decode and small batches (n <= 8 tokens per launch chunk): one warp per
-// weight row, each lane dequantizes whole 32-element blocks and dots them
-// with every token of the chunk, so a weight byte is read once per 8 tokens.
-// Larger batches: the weight dequantized to f16 and one cuBLAS GEMM
-// (f32 accumulation) -- tensor cores, at the price of a dequantization pass.
+// Decode and small batches (n <= 8 tokens per launch chunk): block types take
+// one weight row per block, each lane a quarter of a 32-element block, and
+// dot it with every token of the chunk, so a weight byte is read once per 8
+// tokens; float types one warp per row. Larger batches: the weight
+// dequantized (f32, or f16 for the tensor cores) and one cuBLAS GEMM with
+// f32 accumulation, at the price of a dequantization pass per batch.
 #include <algorithm>
 #include <string>
 
