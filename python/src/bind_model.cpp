@@ -36,7 +36,11 @@ struct py_model {
     }
 };
 
+// The kv_* methods read the CPU cache; a CUDA context keeps its cache on the GPU.
 void check_layer(py_model& s, int layer) {
+    if (s.ctx->device() == kvrt::DEVICE_CUDA)
+        throw kvrt::error("kv_decode / kv_scores / kv_mix read the CPU cache: load the model with "
+                          "device=\"cpu\"");
     if (layer < 0 || layer >= s.model->hp().n_layer)
         throw kvrt::error("layer " + std::to_string(layer) + " out of range");
 }
