@@ -206,6 +206,25 @@ void kv_unpack32_f32(const uint8_t* g, int bits, float* out) {
 #endif
 }
 
+#if KVRT_KV_AVX2
+// R query rows (a compile-time count, so the accumulators stay in registers).
+template <int R>
+static void cmajor_scores_rows(const uint8_t* blk, const uint8_t* bits, int n_ch, const float* w,
+                               float* s) {
+    __m256 acc[R][4];
+    for (int r = 0; r < R; ++r)
+        for (int k = 0; k < 4; ++k) acc[r][k] = _mm256_setzero_ps();
+    for_each_channel(blk, bits, n_ch, [&](int c, const __m256* x) {
+        for (int r = 0; r < R; ++r) {
+            const __m256 wr = _mm256_broadcast_ss(w + r * n_ch + c);
+            for (int k = 0; k < 4; ++k) acc[r][k] = _mm256_fmadd_ps(wr, x[k], acc[r][k]);
+        }
+    });
+    for (int r = 0; r < R; ++r)
+        for (int k = 0; k < 4; ++k) _mm256_storeu_ps(s + r * 32 + 8 * k, acc[r][k]);
+}
+#endif
+
 // ---------------------------------------------------------------------------
 // Channel-major kernels: one channel's 32 tokens are unpacked once and used
 // by every query row of the group (grouped-query attention).
@@ -213,27 +232,12 @@ void kv_unpack32_f32(const uint8_t* g, int bits, float* out) {
 void kv_cmajor_scores(const uint8_t* blk, const uint8_t* bits, int n_ch, const float* w,
                       int n_rep, float* s) {
 #if KVRT_KV_AVX2
-    constexpr int kMaxRep = 3;  // 4 accumulators a row + 4 code vectors fit 16 registers
-    if (n_rep <= kMaxRep) {
-        __m256 acc[kMaxRep][4];
-        for (int r = 0; r < kMaxRep; ++r)
-            for (int k = 0; k < 4; ++k) acc[r][k] = _mm256_setzero_ps();
-        // Rows past n_rep read row 0's weights and are dropped: fixed-count
-        // loops keep the accumulators in registers.
-        const float* wr1 = w + (n_rep > 1 ? n_ch : 0);
-        const float* wr2 = w + (n_rep > 2 ? 2 * n_ch : 0);
-        for_each_channel(blk, bits, n_ch, [&](int c, const __m256* x) {
-            const __m256 a = _mm256_broadcast_ss(w + c), b = _mm256_broadcast_ss(wr1 + c);
-            const __m256 d = _mm256_broadcast_ss(wr2 + c);
-            for (int k = 0; k < 4; ++k) {
-                acc[0][k] = _mm256_fmadd_ps(a, x[k], acc[0][k]);
-                acc[1][k] = _mm256_fmadd_ps(b, x[k], acc[1][k]);
-                acc[2][k] = _mm256_fmadd_ps(d, x[k], acc[2][k]);
-            }
-        });
-        for (int r = 0; r < n_rep; ++r)
-            for (int k = 0; k < 4; ++k) _mm256_storeu_ps(s + r * 32 + 8 * k, acc[r][k]);
-        return;
+    // Up to 3 rows: 4 accumulators a row + 4 code vectors fit 16 registers.
+    switch (n_rep) {
+        case 1: return cmajor_scores_rows<1>(blk, bits, n_ch, w, s);
+        case 2: return cmajor_scores_rows<2>(blk, bits, n_ch, w, s);
+        case 3: return cmajor_scores_rows<3>(blk, bits, n_ch, w, s);
+        default: break;
     }
 #elif KVRT_KV_NEON
     constexpr int kMaxRep = 3;  // 8 accumulators a row + 8 code vectors fit 32 registers
