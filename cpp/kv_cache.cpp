@@ -122,6 +122,11 @@ public:
 
     size_t bytes() const override { return size_ * sizeof(T); }
 
+    const uint8_t* token_bytes(int pos, size_t* n) const override {
+        *n = (size_t)n_head_kv_ * hd_ * sizeof(T);
+        return reinterpret_cast<const uint8_t*>(data_.get() + (size_t)pos * n_head_kv_ * hd_);
+    }
+
     void decode(int pos, float* x) const override {
         const size_t w = (size_t)n_head_kv_ * hd_;
         for (size_t i = 0; i < w; ++i) x[i] = kv_load(data_.get() + (size_t)pos * w + i);

@@ -82,6 +82,10 @@ public:
     // The cached vector at `pos` as the format reproduces it, all heads:
     // x[n_head_kv*head_dim] (tests and error measurements, not attention).
     virtual void decode(int pos, float* x) const = 0;
+    // Token-major formats: the stored bytes of position `pos`, all heads
+    // ([pos][head] records), and their count in *n; other backends' encoders
+    // are checked against them. Null for channel-major formats.
+    virtual const uint8_t* token_bytes(int /*pos*/, size_t* /*n*/) const { return nullptr; }
 };
 
 // `seed` varies rot's signs between streams; pca needs the per-head

@@ -112,6 +112,11 @@ public:
     // The rotation's signs are fixed per stream, like a calibration: not cache.
     size_t bytes() const override { return (size_t)n_ctx_ * n_head_kv_ * rec_; }
 
+    const uint8_t* token_bytes(int pos, size_t* n) const override {
+        *n = (size_t)n_head_kv_ * rec_;
+        return record(pos, 0);
+    }
+
     void decode(int pos, float* x) const override {
         for (int h = 0; h < n_head_kv_; ++h) {
             decode(record(pos, h), x + (size_t)h * hd_);

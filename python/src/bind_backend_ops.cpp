@@ -6,14 +6,11 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 
-#include <algorithm>
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "bindings.h"
 #include "common.h"
-#include "cpu/kv_kernels.h"
 #include "cpu/ops.h"
 #include "gpu_forward.h"
 #include "kv_cache.h"
@@ -48,40 +45,18 @@ kvrt::weight make_weight(int type, const bytes_in& w, int64_t rows, int64_t cols
     return wt;
 }
 
-// The bytes a CPU stream of kind q8_0/q4_0 (kv_formats.cpp) or f32/f16 holds
-// for x [n][n_head_kv*head_dim]: its store() arithmetic, step by step.
+// The bytes the CPU stream of format t holds after storing x
+// [n][n_head_kv*head_dim] (token-major formats: f32, f16, q8_0, q4_0, ...).
 std::vector<uint8_t> cpu_kv_encode(const kvrt::kv_type& t, const float* x, int n, int n_head_kv,
                                    int hd) {
+    auto s = kvrt::kv_stream_create(t, true, n, n_head_kv, hd);
+    s->store(0, n, x);
     std::vector<uint8_t> out;
-    std::vector<float> tmp(hd);
-    for (int i = 0; i < n * n_head_kv; ++i) {
-        const float* xh = x + (size_t)i * hd;
-        switch (t.kind) {
-            case kvrt::KV_KIND_F32: {
-                const uint8_t* b = reinterpret_cast<const uint8_t*>(xh);
-                out.insert(out.end(), b, b + 4 * hd);
-                break;
-            }
-            case kvrt::KV_KIND_F16:
-                for (int d = 0; d < hd; ++d) {
-                    const uint16_t h = kvrt::fp32_to_fp16(xh[d]);
-                    out.push_back((uint8_t)(h & 0xFF));
-                    out.push_back((uint8_t)(h >> 8));
-                }
-                break;
-            case kvrt::KV_KIND_Q8_0:
-            case kvrt::KV_KIND_Q4_0: {
-                std::copy(xh, xh + hd, tmp.data());
-                if (hd % 64 == 0)
-                    for (int b = 0; b < hd; b += 64) kvrt::kv_fwht(tmp.data() + b, 64);
-                const ggml_type qt = t.kind == kvrt::KV_KIND_Q8_0 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q4_0;
-                const size_t rb = kvrt::quants_row_size(qt, hd);
-                out.resize(out.size() + rb);
-                kvrt::quants_quantize_row(qt, tmp.data(), out.data() + out.size() - rb, hd);
-                break;
-            }
-            default: throw kvrt::error("backend ops: kv_encode covers f32, f16, q8_0, q4_0");
-        }
+    for (int pos = 0; pos < n; ++pos) {
+        size_t len = 0;
+        const uint8_t* b = s->token_bytes(pos, &len);
+        if (!b) throw kvrt::error("backend ops: kv_encode covers token-major formats only");
+        out.insert(out.end(), b, b + len);
     }
     return out;
 }
