@@ -14,8 +14,6 @@ device_kind device_from_name(const std::string& name) {
     throw error("unknown device '" + name + "' (known: cpu, cuda)");
 }
 
-const char* device_name(device_kind d) { return d == DEVICE_CUDA ? "cuda" : "cpu"; }
-
 context::context(const model& m, const context_params& params)
     : model_(m), params_(params),
       pool_(params.n_threads > 0 ? params.n_threads : thread_pool::default_threads()) {

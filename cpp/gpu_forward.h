@@ -24,7 +24,6 @@ enum device_kind {
 
 // "cpu" or "cuda"; throws kvrt::error naming both otherwise.
 device_kind device_from_name(const std::string& name);
-const char* device_name(device_kind d);
 
 class gpu_forward {
 public:

@@ -7,14 +7,14 @@ namespace kvrt {
 
 namespace {
 
-[[noreturn]] void no_cuda() {
-    throw error("kvrt was built without CUDA (rebuild with CMAKE_ARGS=-DKVRT_CUDA=ON)");
-}
+const char kNoCuda[] = "kvrt was built without CUDA (rebuild with CMAKE_ARGS=-DKVRT_CUDA=ON)";
+
+[[noreturn]] void no_cuda() { throw error(kNoCuda); }
 
 }  // namespace
 
 bool gpu_available(std::string* why) {
-    if (why) *why = "kvrt was built without CUDA (rebuild with CMAKE_ARGS=-DKVRT_CUDA=ON)";
+    if (why) *why = kNoCuda;
     return false;
 }
 
