@@ -132,21 +132,27 @@ CONFIGS = {
 }
 
 
-def build_model(kind: str, folder: Path, tok_dir: Path, shard: bool = False):
-    cfg_cls, model_cls, extra = CONFIGS[kind]
-    cfg = getattr(transformers, cfg_cls)(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        rms_norm_eps=1e-6,
-        bos_token_id=1,
-        eos_token_id=2,
-        **extra,
-    )
+# The dimensions of the random test models; build_random_model's keyword
+# arguments override them.
+SMALL_DIMS = dict(
+    vocab_size=49152,
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-6,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+
+
+def build_random_model(cfg_cls: str, model_cls: str, folder: Path, tok_dir: Path,
+                       shard: bool = False, **config):
+    """A transformers model of random weights (randomize) saved as safetensors in folder,
+    with the tokenizer files of tok_dir beside it."""
+    cfg = getattr(transformers, cfg_cls)(**{**SMALL_DIMS, **config})
     torch.manual_seed(0)
     model = getattr(transformers, model_cls)(cfg).eval()
     model.config._attn_implementation = "eager"
@@ -156,6 +162,11 @@ def build_model(kind: str, folder: Path, tok_dir: Path, shard: bool = False):
     for f in tok_dir.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
     return model
+
+
+def build_model(kind: str, folder: Path, tok_dir: Path, shard: bool = False):
+    cfg_cls, model_cls, extra = CONFIGS[kind]
+    return build_random_model(cfg_cls, model_cls, folder, tok_dir, shard, **extra)
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:

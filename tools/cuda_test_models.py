@@ -54,12 +54,9 @@ MODELS = {
 
 
 def main() -> None:
-    import torch
-    import transformers
-
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import smollm2_path
-    from test_convert import randomize, write_smollm2_tokenizer
+    from test_convert import build_random_model, write_smollm2_tokenizer
 
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
@@ -67,26 +64,10 @@ def main() -> None:
         tok = Path(tmp) / "tok"
         write_smollm2_tokenizer(smollm2_path(), tok)
         for name, (cfg_cls, model_cls, outtype, extra) in MODELS.items():
-            cfg = getattr(transformers, cfg_cls)(
-                vocab_size=49152,
-                hidden_size=256,
-                intermediate_size=704,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=8192,
-                rms_norm_eps=1e-6,
-                bos_token_id=1,
-                eos_token_id=2,
-                **extra,
-            )
-            torch.manual_seed(0)
-            model = getattr(transformers, model_cls)(cfg).eval()
-            randomize(model)
             folder = Path(tmp) / name
-            model.save_pretrained(folder, safe_serialization=True)
-            for f in tok.iterdir():
-                (folder / f.name).write_bytes(f.read_bytes())
+            build_random_model(cfg_cls, model_cls, folder, tok, hidden_size=256,
+                               intermediate_size=704, num_hidden_layers=3,
+                               max_position_embeddings=8192, **extra)
             subprocess.run(
                 [
                     sys.executable,
