@@ -234,6 +234,8 @@ kv_cache::kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type 
         v_.push_back(kv_stream_create(type_v, false, n_ctx, n_head_kv, head_dim, 2 * i + 1,
                                       pv ? &plan.v[i] : nullptr));
     }
+    pca_k_ = std::move(plan.k);
+    pca_v_ = std::move(plan.v);
 }
 
 void kv_cache::set_stream(int layer, bool is_value, std::unique_ptr<kv_stream> s) {

@@ -86,6 +86,11 @@ public:
     // ([pos][head] records), and their count in *n; other backends' encoders
     // are checked against them. Null for channel-major formats.
     virtual const uint8_t* token_bytes(int /*pos*/, size_t* /*n*/) const { return nullptr; }
+    // pca: the stored arrays as laid out in kv_layout.h -- part 0 the code
+    // blocks, 1 the token scales, 2 the sinks -- and their sizes in *n; null
+    // for other parts and formats (other backends' encoders are checked
+    // against them).
+    virtual const uint8_t* packed_bytes(int /*part*/, size_t* /*n*/) const { return nullptr; }
 };
 
 // `seed` varies rot's signs between streams; pca needs the per-head
@@ -107,6 +112,11 @@ public:
     // Replaces one stream (calibration probes one layer's format at a time).
     void set_stream(int layer, bool is_value, std::unique_ptr<kv_stream> s);
     int n_ctx() const { return n_ctx_; }
+    // The quantizers of the pca streams, per layer (empty where keys or
+    // values are not pca): what another backend's cache is made from.
+    const std::vector<std::vector<kv_pca_head>>& pca_heads(bool is_value) const {
+        return is_value ? pca_v_ : pca_k_;
+    }
 
     size_t bytes() const;
     // 8 * bytes / (n_ctx * n_layer * 2 * n_head_kv * head_dim).
@@ -119,6 +129,7 @@ private:
     int n_layer_, n_ctx_, n_head_kv_, head_dim_;
     kv_type type_k_, type_v_;
     std::vector<std::unique_ptr<kv_stream>> k_, v_;
+    std::vector<std::vector<kv_pca_head>> pca_k_, pca_v_;
 };
 
 }  // namespace kvrt

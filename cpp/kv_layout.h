@@ -50,14 +50,22 @@
 #define KV_MAX_BITS 8
 #define KV_PCA_SINKS 4     /* first positions of a pca stream kept as half y */
 
+/* The helpers below serve host and device code alike (CUDA kernels pack
+ * and read codes with them). */
+#if defined(__CUDACC__)
+#define KV_INLINE static inline __host__ __device__
+#else
+#define KV_INLINE static inline
+#endif
+
 /* Bytes of one packed group of 32 b-bit codes. */
-static inline int kv_group_bytes(int bits) { return 4 * bits; }
+KV_INLINE int kv_group_bytes(int bits) { return 4 * bits; }
 
 /* Bytes of one token-major affine group (scale, min, 32 codes). */
-static inline int kv_affine_group_bytes(int bits) { return 4 + kv_group_bytes(bits); }
+KV_INLINE int kv_affine_group_bytes(int bits) { return 4 + kv_group_bytes(bits); }
 
 /* Code i of a packed group. */
-static inline unsigned kv_code_get(const uint8_t* g, int bits, int i) {
+KV_INLINE unsigned kv_code_get(const uint8_t* g, int bits, int i) {
     const int bit = i * bits;
     /* A code spans at most two bytes (bits <= 8). */
     unsigned w = g[bit >> 3];
@@ -66,7 +74,7 @@ static inline unsigned kv_code_get(const uint8_t* g, int bits, int i) {
 }
 
 /* Sets code i of a packed group (other codes kept). */
-static inline void kv_code_set(uint8_t* g, int bits, int i, unsigned code) {
+KV_INLINE void kv_code_set(uint8_t* g, int bits, int i, unsigned code) {
     const int bit = i * bits;
     const unsigned mask = ((1u << bits) - 1u) << (bit & 7);
     const unsigned v = (code << (bit & 7)) & mask;
@@ -78,13 +86,13 @@ static inline void kv_code_set(uint8_t* g, int bits, int i, unsigned code) {
 }
 
 /* Packs 32 codes (each < 2^bits) into a group of 4*bits bytes. */
-static inline void kv_pack32(const uint8_t* codes, int bits, uint8_t* g) {
+KV_INLINE void kv_pack32(const uint8_t* codes, int bits, uint8_t* g) {
     memset(g, 0, (size_t)kv_group_bytes(bits));
     for (int i = 0; i < KV_GROUP; ++i) kv_code_set(g, bits, i, codes[i]);
 }
 
 /* Unpacks a group into 32 codes. */
-static inline void kv_unpack32(const uint8_t* g, int bits, uint8_t* codes) {
+KV_INLINE void kv_unpack32(const uint8_t* g, int bits, uint8_t* codes) {
     for (int i = 0; i < KV_GROUP; ++i) codes[i] = (uint8_t)kv_code_get(g, bits, i);
 }
 

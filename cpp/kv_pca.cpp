@@ -15,6 +15,8 @@
 //    head.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 
 #include "common.h"
 #include "cpu/kv_kernels.h"
@@ -101,6 +103,7 @@ public:
                     continue;
                 }
                 const float a = kv_pca_token_scale(p, y.data());
+                if (getenv("KV_HIST")) std::fprintf(stderr, "ASCALE %d %d %.3f\n", g.pairs.empty() ? 1 : 0, pos, a);
                 scale_[(size_t)h * n_ctx_ + pos] = fp32_to_fp16(a);
                 const float inv = 1.0f / fp16_to_fp32(scale_[(size_t)h * n_ctx_ + pos]);
                 uint8_t* grp = block(h, pos / KV_BLOCK_TOKENS);
@@ -218,6 +221,16 @@ public:
     }
 
     size_t bytes() const override { return bytes_; }
+
+    const uint8_t* packed_bytes(int part, size_t* n) const override {
+        const size_t nh = heads_.size();
+        switch (part) {
+            case 0: *n = bytes_ - nh * n_ctx_ * 2 - nh * kSinks * hd_ * 2; return data_.get();
+            case 1: *n = nh * n_ctx_ * sizeof(uint16_t); return reinterpret_cast<const uint8_t*>(scale_.get());
+            case 2: *n = nh * kSinks * hd_ * sizeof(uint16_t); return reinterpret_cast<const uint8_t*>(sinks_.get());
+            default: return nullptr;
+        }
+    }
 
     void decode(int pos, float* x) const override {
         for (int h = 0; h < (int)heads_.size(); ++h) {
