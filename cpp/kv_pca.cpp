@@ -15,8 +15,6 @@
 //    head.
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 
 #include "common.h"
 #include "cpu/kv_kernels.h"
@@ -103,7 +101,6 @@ public:
                     continue;
                 }
                 const float a = kv_pca_token_scale(p, y.data());
-                if (getenv("KV_HIST")) std::fprintf(stderr, "ASCALE %d %d %.3f\n", g.pairs.empty() ? 1 : 0, pos, a);
                 scale_[(size_t)h * n_ctx_ + pos] = fp32_to_fp16(a);
                 const float inv = 1.0f / fp16_to_fp32(scale_[(size_t)h * n_ctx_ + pos]);
                 uint8_t* grp = block(h, pos / KV_BLOCK_TOKENS);
