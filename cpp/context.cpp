@@ -28,7 +28,7 @@ context::context(const model& m, const context_params& params)
     rope_.init(hp);
     if (params_.device == DEVICE_CUDA) {
         gpu_ = gpu_forward_create(m, params_.n_ctx, params_.n_batch, params_.type_k,
-                                  params_.type_v, params_.rope_offset);
+                                  params_.type_v, params_.rope_offset, kv_.get());
         return;  // the CPU scratch is not needed
     }
     const size_t B = params_.n_batch;

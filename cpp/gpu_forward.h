@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ggml_types.h"
@@ -37,9 +38,11 @@ public:
 };
 
 // Throws kvrt::error (one line) when kvrt was built without CUDA, no GPU is
-// present, or the model or KV formats are not supported on CUDA yet.
+// present, or the model or KV formats are not supported on CUDA yet. pca
+// formats take their quantizers from `kv` (the context's CPU cache plan).
 std::unique_ptr<gpu_forward> gpu_forward_create(const model& m, int n_ctx, int n_batch,
-                                                kv_type type_k, kv_type type_v, int rope_offset);
+                                                kv_type type_k, kv_type type_v, int rope_offset,
+                                                const kv_cache* kv = nullptr);
 
 // Whether a usable GPU is present (false, with the reason in *why, when
 // built without CUDA or none is found).
@@ -66,6 +69,18 @@ std::vector<float> gpu_test_swiglu(const float* g, const float* u, int64_t n);
 // x [n][n_head_kv*head_dim] at positions 0..n-1.
 std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_head_kv,
                                         int head_dim);
+// pca: the bytes a stream of n_ctx positions with quantizers `heads` holds
+// (code blocks, token scales, sinks: kv_stream::packed_bytes parts 0, 1, 2
+// in turn) after the stores (pos0, n) of `stores` in turn, each taking the
+// next n rows of x [rows][n_head_kv*head_dim].
+std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>& heads, int n_ctx,
+                                            const std::vector<std::pair<int, int>>& stores,
+                                            const float* x);
+// gpu_test_attention over pca keys and values with these quantizers.
+std::vector<float> gpu_test_attention_pca(const std::vector<kv_pca_head>& heads_k,
+                                          const std::vector<kv_pca_head>& heads_v, const float* q,
+                                          const float* k, const float* v, int n_tok, int pos0,
+                                          int n_head, int sliding_window);
 // Attention of the last n_tok of pos0+n_tok positions whose keys and values
 // k, v ([pos][n_head_kv*head_dim]) are stored in formats type_k / type_v;
 // q [n_tok][n_head*head_dim]. Returns [n_tok][n_head*head_dim].

@@ -18,7 +18,8 @@ bool gpu_available(std::string* why) {
     return false;
 }
 
-std::unique_ptr<gpu_forward> gpu_forward_create(const model&, int, int, kv_type, kv_type, int) {
+std::unique_ptr<gpu_forward> gpu_forward_create(const model&, int, int, kv_type, kv_type, int,
+                                                const kv_cache*) {
     no_cuda();
 }
 
@@ -36,6 +37,17 @@ std::vector<float> gpu_test_rope(const model&, const float*, int, int, int) { no
 std::vector<float> gpu_test_swiglu(const float*, const float*, int64_t) { no_cuda(); }
 
 std::vector<uint8_t> gpu_test_kv_encode(kv_type, const float*, int, int, int) { no_cuda(); }
+
+std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>&, int,
+                                            const std::vector<std::pair<int, int>>&, const float*) {
+    no_cuda();
+}
+
+std::vector<float> gpu_test_attention_pca(const std::vector<kv_pca_head>&,
+                                          const std::vector<kv_pca_head>&, const float*,
+                                          const float*, const float*, int, int, int, int) {
+    no_cuda();
+}
 
 std::vector<float> gpu_test_attention(kv_type, kv_type, const float*, const float*, const float*,
                                       int, int, int, int, int, int) {

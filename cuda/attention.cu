@@ -223,21 +223,40 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
     }
 }
 
-__global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot, float* out) {
+__global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot,
+                                  const float* basis, const float* mean, int n_head, int n_rep,
+                                  float* out) {
     const size_t row = blockIdx.x;  // t * n_head + h
     const float* first = partial + row * n_split * (hd + 2);
     __shared__ float o[kMaxHeadDim];
+    __shared__ float red[32];
+    extern __shared__ float wsp[];  // [n_split] weight of each span
+    // The spans' maximum and weights exp(m - max) by all threads at once (the
+    // loads are independent, so they overlap); then a thread per dimension.
     float m = -INFINITY;
-    for (int sp = 0; sp < n_split; ++sp) m = fmaxf(m, first[sp * (hd + 2)]);
+    for (int sp = threadIdx.x; sp < n_split; sp += blockDim.x) m = fmaxf(m, first[sp * (hd + 2)]);
+    for (int o2 = 16; o2 > 0; o2 >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o2));
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = m;
+    __syncthreads();
+    m = red[0];
+    for (int i = 1; i < (int)(blockDim.x + 31) / 32; ++i) m = fmaxf(m, red[i]);
+    float lp = 0.0f;
+    for (int sp = threadIdx.x; sp < n_split; sp += blockDim.x) {
+        const float* p = first + sp * (hd + 2);
+        const float w = p[1] == 0.0f ? 0.0f : expf(p[0] - m);
+        wsp[sp] = w;
+        lp += w * p[1];
+    }
+    for (int o2 = 16; o2 > 0; o2 >>= 1) lp += __shfl_xor_sync(0xffffffffu, lp, o2);
+    __syncthreads();  // red read above; wsp written
+    if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = lp;
+    __syncthreads();
+    float l = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x + 31) / 32; ++i) l += red[i];
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float l = 0.0f, s = 0.0f;
-        for (int sp = 0; sp < n_split; ++sp) {
-            const float* p = first + sp * (hd + 2);
-            if (p[1] == 0.0f) continue;
-            const float w = expf(p[0] - m);
-            l += w * p[1];
-            s += w * p[2 + d];
-        }
+        float s = 0.0f;
+#pragma unroll 4
+        for (int sp = 0; sp < n_split; ++sp) s += wsp[sp] * first[sp * (hd + 2) + 2 + d];
         o[d] = s / l;
     }
     __syncthreads();
@@ -245,13 +264,18 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
         fwht64_shared(o, hd);
         __syncthreads();
     }
+    if (basis) {
+        // x = mean + P^T o with the value stream's basis of this row's kv head.
+        const size_t kvh = (row % n_head) / n_rep;
+        const float* P = basis + kvh * hd * hd;
+        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+            float x = mean[kvh * hd + d];
+            for (int c = 0; c < hd; ++c) x += P[(size_t)c * hd + d] * o[c];
+            out[row * hd + d] = x;
+        }
+        return;
+    }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) out[row * hd + d] = o[d];
-}
-
-int attention_splits(const cuda_attn_params& p, int n_tok, int max_len, int n_sm) {
-    const int rows = n_tok * p.n_head, target = 4 * n_sm;
-    if (rows >= target) return 1;
-    return std::max(1, std::min((target + rows - 1) / rows, max_len / kMinSpan));
 }
 
 template <int KK>
@@ -267,9 +291,25 @@ void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
 
 }  // namespace
 
-size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int max_len, int n_sm) {
+int cuda_attention_splits(int rows, int max_len, int n_sm) {
+    const int target = 4 * n_sm;
+    if (rows >= target) return 1;
+    return std::max(1, std::min((target + rows - 1) / rows, max_len / kMinSpan));
+}
+
+size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int max_len, int n_sm,
+                                     bool pca) {
+    if (pca) return cuda_attention_pca_partial_floats(p, n_tok, max_len, n_sm);
     // rows * ceil(target / rows) < rows + target.
     return ((size_t)n_tok * p.n_head + 4 * (size_t)n_sm + 1) * (p.head_dim + 2);
+}
+
+void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
+                          const float* basis, const float* mean, int n_head, int n_rep,
+                          float* out, cudaStream_t s) {
+    attn_merge_kernel<<<n_rows, std::min(hd, 256), n_entries * sizeof(float), s>>>(
+        partial, n_entries, hd, vrot, basis, mean, n_head, n_rep, out);
+    KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q, int n_tok,
@@ -291,7 +331,7 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     a.sw = p.sliding_window;
     a.pos0 = pos0;
     a.pos_dev = pos_dev;
-    a.n_split = attention_splits(p, n_tok, split_len > 0 ? split_len : pos0 + n_tok, n_sm);
+    a.n_split = cuda_attention_splits(n_tok * p.n_head, split_len > 0 ? split_len : pos0 + n_tok, n_sm);
     a.scale = 1.0f / std::sqrt((float)p.head_dim);
     a.partial = partial;
     const dim3 grid(a.n_split, p.n_head, n_tok);
@@ -303,9 +343,8 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
         default: throw error("CUDA attention: unsupported key format");
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
-    attn_merge_kernel<<<n_tok * p.n_head, std::min(p.head_dim, 256), 0, s>>>(
-        partial, a.n_split, p.head_dim, v.rot, out);
-    KVRT_CUDA_CHECK(cudaGetLastError());
+    cuda_attention_merge(partial, n_tok * p.n_head, a.n_split, p.head_dim, v.rot, nullptr, nullptr,
+                         p.n_head, 1, out, s);
 }
 
 }  // namespace kvrt

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "common.h"
 #include "ggml_types.h"
@@ -80,15 +81,49 @@ void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int p
 // ---- swiglu.cu ----
 void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s);
 
+// ---- kv_pca.cu ----
+// A pca stream's calibration on the device (the CPU stream's per-head
+// quantizers, kv_pca.cpp) and where its packed data lives (kv_layout.h):
+// plain device pointers, passed to kernels by value. Arrays run over the
+// kv heads h; "kept" channels are those with bits > 0, in channel order.
+struct cuda_pca {
+    int n_head_kv = 0, head_dim = 0, n_ctx = 0;
+    int n_freq = 0, pair_stride = 2, pair_gap = 1;  // rotary pairs of rope_mean
+    const float* basis = nullptr;      // [h][dim][dim], row c: direction c
+    const float* basis_t = nullptr;    // [h][dim][dim] transposed: a thread per c reads rows d
+    const float* mean = nullptr;       // [h][dim]
+    const float* sigma = nullptr;      // [h][dim]
+    const float* lo = nullptr;         // [h][dim]
+    const float* step = nullptr;       // [h][dim]
+    const float* rope_mean = nullptr;  // [h][dim] (zeros where a head has none)
+    const float* rope_freq = nullptr;  // [n_freq]
+    const int* head = nullptr;         // [h][4]: kept channels, block bytes, rope pairs, -
+    const int* keep = nullptr;         // [h][dim] channel of kept i
+    const int* kbits = nullptr;        // [h][dim] its bits
+    const int* koff = nullptr;         // [h][dim] its group's byte offset in a block
+    const int* cbits = nullptr;        // [h][dim] bits of channel c (0: truncated)
+    // Rotary pairs with a nonzero mean (the CPU stream's rope_pair), [h][dim/2]
+    // of {a, b, ma, mb, w} (a, b as floats), and per pair the tables
+    // cos(w j), sin(w j) for j < KV_BLOCK_TOKENS: [h][dim/2][2][32].
+    const float* pairs = nullptr;
+    const float* run_tab = nullptr;
+    const int64_t* head_off = nullptr; // [h] byte offset of head h's blocks in codes
+    uint8_t* codes = nullptr;          // [h][block] of the kept channels' groups
+    uint16_t* scale = nullptr;         // [h][n_ctx] half token scales a_t
+    uint16_t* sinks = nullptr;         // [h][KV_PCA_SINKS][dim] half y
+};
+
 // ---- kv_encode.cu ----
 // One layer's keys or values on the device, laid out as the CPU stream of
-// the same format (kv_layout.h): [pos][head] records of `rec` bytes.
+// the same format (kv_layout.h): [pos][head] records of `rec` bytes (pca:
+// the cuda_pca arrays instead).
 struct cuda_kv_stream {
     kv_kind kind = KV_KIND_F16;
     int n_head_kv = 0, head_dim = 0;
     size_t rec = 0;  // bytes per (position, head)
     int rot = 0;     // q8_0/q4_0: Hadamard block (64) applied before quantizing, 0: none
     uint8_t* d = nullptr;
+    cuda_pca pca;    // kind KV_KIND_PCA
 };
 // Whether the CUDA backend has this format; the supported names.
 bool cuda_kv_kind_supported(kv_kind k);
@@ -101,15 +136,65 @@ cuda_kv_stream cuda_kv_stream_shape(kv_kind k, int n_head_kv, int head_dim);
 void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cudaStream_t s,
                    const int* pos_dev = nullptr);
 
+// ---- kv_pca.cu ----
+// A pca stream's device memory (codes, scales, sinks, calibration), made
+// from the CPU stream's quantizers and freed with its owner.
+class cuda_pca_stream {
+public:
+    cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ctx);
+    ~cuda_pca_stream();
+    cuda_pca_stream(const cuda_pca_stream&) = delete;
+    cuda_pca_stream& operator=(const cuda_pca_stream&) = delete;
+    cuda_kv_stream view() const;
+    // Bytes of the code blocks, the token scales and the sinks; their sum is
+    // the CPU stream's bytes().
+    size_t code_bytes() const { return code_bytes_; }
+    size_t scale_bytes() const { return scale_bytes_; }
+    size_t sink_bytes() const { return sink_bytes_; }
+    size_t bytes() const { return code_bytes_ + scale_bytes_ + sink_bytes_; }
+
+private:
+    cuda_pca dev_;
+    size_t code_bytes_ = 0, scale_bytes_ = 0, sink_bytes_ = 0;
+    void* calib_ = nullptr;
+    void* cache_ = nullptr;
+};
+// The pca encoder: x [n][n_head_kv*head_dim] at positions pos0.. (+ *pos_dev).
+void cuda_kv_store_pca(const cuda_pca& p, int pos0, int n, const float* x, cudaStream_t s,
+                       const int* pos_dev);
+// Attention over pca keys and values (both pca): per (token, kv head) the
+// query turned into the key basis once, then spans of 32-token blocks scored
+// from the codes and values summed in the value basis; the merge un-rotates.
+// Partial results: n_tok * n_head * (splits + 1) entries of head_dim + 2
+// floats (cuda_attention_pca_partial_floats).
+void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q,
+                        int n_tok, int pos0, int n_head, int sliding_window, float* out,
+                        float* partial, float* qprep, int n_sm, cudaStream_t s,
+                        const int* pos_dev, int split_len);
+// Floats of the per-query scratch cuda_attention_pca needs for n_tok tokens.
+size_t cuda_attention_pca_qprep_floats(int n_tok, int n_head, int head_dim);
+struct cuda_attn_params;
+size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, int max_len,
+                                         int n_sm);
+
 // ---- attention.cu ----
 struct cuda_attn_params {
     int n_head = 0, n_head_kv = 0, head_dim = 0;
     int sliding_window = 0;
 };
 // Floats of partial results attention needs for n_tok queries at most
-// max_len positions deep (flash-decoding splits).
+// max_len positions deep (flash-decoding splits); pca streams need more.
 size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int max_len,
-                                     int n_sm);
+                                     int n_sm, bool pca = false);
+// Splits over the sequence for `rows` blocks of work at most max_len deep.
+int cuda_attention_splits(int rows, int max_len, int n_sm);
+// Merges n_entries partial results {m, l, acc[hd]} per row (t * n_head + h)
+// into out; vrot: the inverse Walsh-Hadamard turn of q8_0/q4_0 values;
+// basis/mean: a pca value stream's un-rotation x = mean + P^T o, per kv head
+// (n_rep query heads each).
+void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
+                          const float* basis, const float* mean, int n_head, int n_rep,
+                          float* out, cudaStream_t s);
 // Causal attention of n_tok queries q [n_tok][n_head*head_dim] at
 // positions pos0.. over streams that already hold them; out likewise.
 void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q, int n_tok,

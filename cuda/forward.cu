@@ -47,13 +47,20 @@ struct dev_layer {
 class cuda_forward final : public gpu_forward {
 public:
     cuda_forward(const model& m, int n_ctx, int n_batch, kv_type type_k, kv_type type_v,
-                 int rope_offset)
+                 int rope_offset, const kv_cache* kv)
         : m_(m), n_ctx_(n_ctx), n_batch_(n_batch), rope_offset_(rope_offset) {
         const hparams& hp = m.hp();
         for (const kv_type& t : {type_k, type_v})
             if (!cuda_kv_kind_supported(t.kind))
                 throw error("KV format " + kv_type_name(t) + " is not supported on CUDA yet (CUDA has " +
                             cuda_kv_kinds_supported() + "; use --device cpu for the others)");
+        pca_ = type_k.kind == KV_KIND_PCA || type_v.kind == KV_KIND_PCA;
+        if (pca_ && (type_k.kind != KV_KIND_PCA || type_v.kind != KV_KIND_PCA))
+            throw error("KV format " + kv_type_name(type_k.kind == KV_KIND_PCA ? type_k : type_v) +
+                        " on CUDA needs pca for both keys and values (use --device cpu to mix)");
+        if (pca_ && (!kv || (int)kv->pca_heads(false).size() != hp.n_layer ||
+                     (int)kv->pca_heads(true).size() != hp.n_layer))
+            throw error("CUDA: KV format pca needs the calibration's quantizers");
         const int hd = hp.head_dim;
         if (hd % 8 != 0 || hd > 256 || 32 % (hd / 8) != 0)
             throw error("CUDA: head_dim " + std::to_string(hd) + " is not supported (32, 64, 128 or 256)");
@@ -87,8 +94,8 @@ public:
             D.w_gate = upload(L.w_gate);
             D.w_up = upload(L.w_up);
             D.w_down = upload(L.w_down);
-            D.k = alloc_stream(type_k.kind);
-            D.v = alloc_stream(type_v.kind);
+            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il]) : alloc_stream(type_k.kind);
+            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il]) : alloc_stream(type_v.kind);
         }
         rope_table rt;
         rt.init(hp);
@@ -113,7 +120,8 @@ public:
         up_ = scratch(B * hp.n_ff);
         out_ = scratch(B * hp.n_embd);
         logits_ = scratch(B * hp.n_vocab);
-        partial_ = scratch(cuda_attention_partial_floats(ap_, n_batch, n_ctx, n_sm_));
+        partial_ = scratch(cuda_attention_partial_floats(ap_, n_batch, n_ctx, n_sm_, pca_));
+        if (pca_) qprep_ = scratch(cuda_attention_pca_qprep_floats(n_batch, hp.n_head, hd));
         bufs_.push_back(std::make_unique<dev_buf>((B + 1) * sizeof(int32_t)));
         tokens_ = bufs_.back()->as<int32_t>();
         KVRT_CUDA_CHECK(cudaMallocHost(&h_step_, 2 * sizeof(int32_t)));
@@ -204,7 +212,11 @@ private:
             cuda_rope_apply(k_, n, hp.n_head_kv, rope_, pos0 + rope_offset_, s, pos_dev);
             cuda_kv_store(L.k, pos0, n, k_, s, pos_dev);
             cuda_kv_store(L.v, pos0, n, v_, s, pos_dev);
-            cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s, pos_dev, split_len);
+            if (pca_)
+                cuda_attention_pca(L.k, L.v, q_, n, pos0, hp.n_head, hp.sliding_window, att_,
+                                   partial_, qprep_, n_sm_, s, pos_dev, split_len);
+            else
+                cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s, pos_dev, split_len);
             mul(L.wo, att_, n, out_);
             cuda_add(x_, out_, (int64_t)n * E, s);
             cuda_rms_norm_rows(x_, L.ffn_norm, xn_, n, E, hp.rms_eps, s);
@@ -304,8 +316,18 @@ private:
         return st;
     }
 
+    // A pca stream's device arrays and calibration (kv_pca.cu), laid out as
+    // the CPU stream's.
+    cuda_kv_stream alloc_pca(const std::vector<kv_pca_head>& heads) {
+        pca_streams_.push_back(std::make_unique<cuda_pca_stream>(heads, n_ctx_));
+        kv_bytes_ += pca_streams_.back()->bytes();
+        return pca_streams_.back()->view();
+    }
+
     const model& m_;
     int n_ctx_, n_batch_, rope_offset_;
+    bool pca_ = false;  // keys and values in pca
+    std::vector<std::unique_ptr<cuda_pca_stream>> pca_streams_;
     int n_sm_ = 1;
     std::string gpu_name_;
     cudaStream_t stream_ = nullptr;
@@ -324,6 +346,7 @@ private:
     cuda_rope rope_;
     cuda_attn_params ap_;
     float *x_, *xn_, *q_, *k_, *v_, *att_, *gate_, *up_, *out_, *logits_, *partial_;
+    float* qprep_ = nullptr;  // pca: queries turned into the key basis
     int32_t* tokens_ = nullptr;  // n_batch + 1: a decode step's token and position
     int32_t* h_step_ = nullptr;  // pinned staging of those two
     bool use_graph_ = true;      // $KVRT_CUDA_GRAPH=0: decode launches kernel by kernel
@@ -345,10 +368,11 @@ bool gpu_available(std::string* why) {
 }
 
 std::unique_ptr<gpu_forward> gpu_forward_create(const model& m, int n_ctx, int n_batch,
-                                                kv_type type_k, kv_type type_v, int rope_offset) {
+                                                kv_type type_k, kv_type type_v, int rope_offset,
+                                                const kv_cache* kv) {
     std::string why;
     if (!gpu_available(&why)) throw error(why + "; use --device cpu");
-    return std::make_unique<cuda_forward>(m, n_ctx, n_batch, type_k, type_v, rope_offset);
+    return std::make_unique<cuda_forward>(m, n_ctx, n_batch, type_k, type_v, rope_offset, kv);
 }
 
 }  // namespace kvrt

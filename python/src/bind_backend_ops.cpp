@@ -1,10 +1,12 @@
 // kvrt._core backend-ops functions: each op of the forward pass on the CPU
 // (the reference) and on CUDA (cpp/gpu_forward.h), over the same inputs, so
-// tests/test_cuda.py compares them on awkward shapes. The CUDA ones raise
+// tests/test_cuda.py compares them on awkward shapes; the pca ones take the
+// per-head quantizers as arrays. The CUDA ones raise
 // "kvrt was built without CUDA ..." in builds without it.
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include <string>
 #include <vector>
@@ -59,6 +61,45 @@ std::vector<uint8_t> cpu_kv_encode(const kvrt::kv_type& t, const float* x, int n
         out.insert(out.end(), b, b + len);
     }
     return out;
+}
+
+// pca quantizers from (basis (nh, hd, hd), mean, sigma (nh, hd), bits (nh, hd)
+// uint8, lo, step (nh, hd), rope_mean (nh, hd) or empty, rope_freq (nf),
+// pair_stride, pair_gap).
+std::vector<kvrt::kv_pca_head> pca_heads(const nb::tuple& t) {
+    need(t.size() == 10, "pca heads: (basis, mean, sigma, bits, lo, step, rope_mean, rope_freq, "
+                         "pair_stride, pair_gap)");
+    const auto basis = nb::cast<floats_nd>(t[0]), mean = nb::cast<floats_nd>(t[1]),
+               sigma = nb::cast<floats_nd>(t[2]), lo = nb::cast<floats_nd>(t[4]),
+               step = nb::cast<floats_nd>(t[5]), rmean = nb::cast<floats_nd>(t[6]),
+               rfreq = nb::cast<floats_nd>(t[7]);
+    const auto bits = nb::cast<nb::ndarray<const uint8_t, nb::c_contig, nb::device::cpu>>(t[3]);
+    need(basis.ndim() == 3 && basis.shape(1) == basis.shape(2), "pca heads: basis (nh, hd, hd)");
+    const size_t nh = basis.shape(0), hd = basis.shape(1);
+    for (const floats_nd* a : {&mean, &sigma, &lo, &step})
+        need(a->size() == nh * hd, "pca heads: mean, sigma, lo, step must be (nh, hd)");
+    need(bits.size() == nh * hd, "pca heads: bits must be (nh, hd)");
+    need(rmean.size() == 0 || rmean.size() == nh * hd, "pca heads: rope_mean (nh, hd) or empty");
+    std::vector<kvrt::kv_pca_head> heads(nh);
+    for (size_t h = 0; h < nh; ++h) {
+        kvrt::kv_pca_head& p = heads[h];
+        p.basis.assign(basis.data() + h * hd * hd, basis.data() + (h + 1) * hd * hd);
+        auto row = [&](const floats_nd& a) {
+            return std::vector<float>(a.data() + h * hd, a.data() + (h + 1) * hd);
+        };
+        p.mean = row(mean);
+        p.sigma = row(sigma);
+        p.lo = row(lo);
+        p.step = row(step);
+        p.bits.assign(bits.data() + h * hd, bits.data() + (h + 1) * hd);
+        if (rmean.size()) {
+            p.rope_mean = row(rmean);
+            p.rope_freq.assign(rfreq.data(), rfreq.data() + rfreq.size());
+            p.pair_stride = nb::cast<int>(t[8]);
+            p.pair_gap = nb::cast<int>(t[9]);
+        }
+    }
+    return heads;
 }
 
 }  // namespace
@@ -128,6 +169,67 @@ void init_backend_ops(nb::module_& m) {
               const int n = (int)(x.size() / w);
               if (dev == "cuda") return to_numpy(kvrt::gpu_test_kv_encode(t, x.data(), n, n_head_kv, head_dim));
               return to_numpy(cpu_kv_encode(t, x.data(), n, n_head_kv, head_dim));
+          });
+
+    m.def("backend_kv_encode_pca",
+          [](const std::string& dev, nb::tuple heads_t, int n_ctx,
+             std::vector<std::pair<int, int>> stores, floats_nd x) {
+              const std::vector<kvrt::kv_pca_head> heads = pca_heads(heads_t);
+              const size_t w = heads.size() * heads[0].mean.size();
+              size_t rows = 0;
+              for (const auto& sn : stores) {
+                  need(sn.first >= 0 && sn.second >= 0 && sn.first + sn.second <= n_ctx,
+                       "a store outside the context");
+                  rows += (size_t)sn.second;
+              }
+              need(x.size() == rows * w, "x must hold the stores' rows of n_head_kv*head_dim");
+              if (dev == "cuda") return to_numpy(kvrt::gpu_test_kv_encode_pca(heads, n_ctx, stores, x.data()));
+              auto s = kvrt::kv_stream_create(kvrt::kv_type{kvrt::KV_KIND_PCA, 0, 0}, true, n_ctx,
+                                              (int)heads.size(), (int)heads[0].mean.size(), 0, &heads);
+              size_t at = 0;
+              for (const auto& sn : stores) {
+                  s->store(sn.first, sn.second, x.data() + at * w);
+                  at += (size_t)sn.second;
+              }
+              std::vector<uint8_t> out;
+              for (int part = 0; part < 3; ++part) {
+                  size_t len = 0;
+                  const uint8_t* b = s->packed_bytes(part, &len);
+                  out.insert(out.end(), b, b + len);
+              }
+              return to_numpy(std::move(out));
+          });
+
+    m.def("backend_attention_pca",
+          [](const std::string& dev, nb::tuple heads_k_t, nb::tuple heads_v_t, floats_nd q,
+             floats_nd k, floats_nd v, int n_head, int sliding_window) {
+              const std::vector<kvrt::kv_pca_head> hk = pca_heads(heads_k_t), hv = pca_heads(heads_v_t);
+              const int n_head_kv = (int)hk.size(), head_dim = (int)hk[0].mean.size();
+              need((int)hv.size() == n_head_kv && (int)hv[0].mean.size() == head_dim,
+                   "keys and values differ in heads");
+              const size_t qw = (size_t)n_head * head_dim, kw = (size_t)n_head_kv * head_dim;
+              need(q.size() % qw == 0 && k.size() % kw == 0 && k.size() == v.size(),
+                   "q [n_tok][n_head*head_dim], k and v [len][n_head_kv*head_dim]");
+              const int n_tok = (int)(q.size() / qw), len = (int)(k.size() / kw), pos0 = len - n_tok;
+              need(pos0 >= 0, "more queries than positions");
+              if (dev == "cuda")
+                  return to_numpy(kvrt::gpu_test_attention_pca(hk, hv, q.data(), k.data(), v.data(),
+                                                               n_tok, pos0, n_head, sliding_window));
+              const kvrt::kv_type t{kvrt::KV_KIND_PCA, 0, 0};
+              auto ks = kvrt::kv_stream_create(t, true, len, n_head_kv, head_dim, 0, &hk);
+              auto vs = kvrt::kv_stream_create(t, false, len, n_head_kv, head_dim, 0, &hv);
+              ks->store(0, len, k.data());
+              vs->store(0, len, v.data());
+              kvrt::attention_params ap;
+              ap.n_head = n_head;
+              ap.n_head_kv = n_head_kv;
+              ap.head_dim = head_dim;
+              ap.sliding_window = sliding_window;
+              kvrt::attention_scratch scratch;
+              kvrt::thread_pool pool(2);
+              std::vector<float> out(q.size());
+              kvrt::attention_forward(*ks, *vs, q.data(), n_tok, pos0, ap, out.data(), scratch, pool);
+              return to_numpy(std::move(out));
           });
 
     m.def("backend_attention",

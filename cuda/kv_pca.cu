@@ -1,0 +1,700 @@
+// The pca KV format on the GPU (cpp/kv_pca.cpp is the CPU twin and the
+// oracle; layout in kv_layout.h).
+//
+// Encoder: byte for byte the CPU stream's store(). One block per (32-token
+// block touched, kv head), a thread per channel: the position-turned key
+// mean is subtracted, y = P(x - mu) summed in the CPU's order with every
+// product and sum rounded apart, the token scale max |y_c| / sigma_c taken
+// in double, and the codes of the block's tokens gathered in shared memory;
+// then one thread per kept channel writes that channel's 32-token group, so
+// tokens that share bytes never race. Where the CPU build contracts a
+// product and a sum into one FMA (GCC with -march=native on FMA machines:
+// the rope mean's rotation and the code's y*inv - lo), the kernel uses the
+// same fused operation.
+//
+// Attention (decode and prefill): a first kernel turns each query into the
+// key basis once (qy = P q, the per-code weights w_c = qy_c step_c, the
+// constant K = sum qy_c lo_c, and the rope-mean coefficients). The span
+// kernel gives each warp 32-token blocks of its split: a lane per token
+// scores s = a_t (sum_kept w_c code_c + K) + q.R_t m, a lane per value
+// channel sums p_t a_t code_c (an online softmax per warp), and each warp
+// adds its share into the block's partial result; the sink positions make
+// one more. The merge
+// (attention.cu) un-rotates once per head: x = mu + P^T o.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "kv_layout.h"
+
+namespace kvrt {
+
+namespace {
+
+constexpr int kMaxDim = 256;
+constexpr int kWarps = 4;          // warps of a span block
+constexpr int kQStride = 4;        // qprep floats per row: 3*hd + kQStride
+constexpr int kCodePad = 16;       // bytes past the last group a reader may touch
+constexpr int kMinSpan = 128;      // positions below which a span is not split
+
+__device__ inline float half_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+
+// ---- encoder ----
+
+__global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int pos0,
+                                                              const int* pos_dev, int n,
+                                                              const float* x) {
+    const int h = blockIdx.y, hd = p.head_dim, c = threadIdx.x;
+    const int base = pos0 + (pos_dev ? *pos_dev : 0);
+    const int blk = base / KV_BLOCK_TOKENS + blockIdx.x;
+    const int p0 = max(base, blk * KV_BLOCK_TOKENS);
+    const int p1 = min(base + n, (blk + 1) * KV_BLOCK_TOKENS);
+    if (p0 >= p1) return;
+    __shared__ float xs[kMaxDim], ms[kMaxDim];
+    __shared__ uint8_t codes[KV_BLOCK_TOKENS][kMaxDim];
+    __shared__ double red[kMaxDim / 32];
+    const int* info = p.head + 4 * h;
+    const int nk = info[0], n_pairs = info[2];
+    const float* Pt = p.basis_t + (size_t)h * hd * hd;
+    const float* mean = p.mean + (size_t)h * hd;
+    const float* rm = p.rope_mean + (size_t)h * hd;
+    const int bits = p.cbits[(size_t)h * hd + c];
+    for (int pos = p0; pos < p1; ++pos) {
+        float xv = x[((size_t)(pos - base) * p.n_head_kv + h) * hd + c];
+        if (n_pairs > 0) {
+            // kv_pca_rope_mean_at: every rotary pair, angles in double.
+            ms[c] = 0.0f;
+            __syncthreads();
+            for (int i = c; i < p.n_freq; i += hd) {
+                const int a = i * p.pair_stride, b = a + p.pair_gap;
+                double sn, cs;
+                sincos((double)pos * (double)p.rope_freq[i], &sn, &cs);
+                const float cf = (float)cs, sf = (float)sn;
+                ms[a] = __fmaf_rn(rm[a], cf, -__fmul_rn(rm[b], sf));
+                ms[b] = __fmaf_rn(rm[a], sf, __fmul_rn(rm[b], cf));
+            }
+            __syncthreads();
+            xv = __fsub_rn(xv, ms[c]);
+        }
+        xs[c] = xv;
+        __syncthreads();
+        // kv_pca_project: products rounded, summed in channel order.
+        float y = 0.0f;
+        for (int d = 0; d < hd; ++d)
+            y = __fadd_rn(y, __fmul_rn(__fsub_rn(xs[d], mean[d]), Pt[(size_t)d * hd + c]));
+        if (pos < KV_PCA_SINKS) {
+            p.sinks[((size_t)h * KV_PCA_SINKS + pos) * hd + c] = __half_as_ushort(__float2half_rn(y));
+        } else {
+            // kv_pca_token_scale: max |y_c| / sigma_c in double, clamped.
+            double v = fabs((double)y / (double)p.sigma[(size_t)h * hd + c]);
+            for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+            if (c % 32 == 0) red[c / 32] = v;
+            __syncthreads();
+            double m = 0.0;
+            for (int w = 0; w < hd / 32; ++w) m = fmax(m, red[w]);
+            const float a = (float)fmin(fmax(m, 1e-4), 6.0e4);
+            const __half ah = __float2half_rn(a);
+            if (c == 0) p.scale[(size_t)h * p.n_ctx + pos] = __half_as_ushort(ah);
+            const float inv = __fdiv_rn(1.0f, __half2float(ah));
+            if (bits > 0) {
+                const float lo = p.lo[(size_t)h * hd + c], step = p.step[(size_t)h * hd + c];
+                float code = rintf(__fdiv_rn(__fmaf_rn(y, inv, -lo), step));
+                code = fminf(fmaxf(code, 0.0f), (float)((1 << bits) - 1));
+                codes[pos % KV_BLOCK_TOKENS][c] = (uint8_t)(unsigned)code;
+            }
+        }
+        __syncthreads();
+    }
+    // One thread per kept channel owns its group in this block.
+    if (c < nk && p1 > KV_PCA_SINKS) {
+        const int ch = p.keep[(size_t)h * hd + c], b = p.kbits[(size_t)h * hd + c];
+        uint8_t* grp = p.codes + p.head_off[h] + (size_t)blk * info[1] + p.koff[(size_t)h * hd + c];
+        for (int pos = max(p0, KV_PCA_SINKS); pos < p1; ++pos)
+            kv_code_set(grp, b, pos % KV_BLOCK_TOKENS, codes[pos % KV_BLOCK_TOKENS][ch]);
+    }
+}
+
+// ---- attention ----
+
+// Per query row (t * n_head + h): qy = P_k (q * scale) [hd], the kept key
+// channels' weights w_i = qy_c step_c [hd], the rope-mean coefficients
+// A_i, B_i of the scaled query [hd], K = sum_kept qy_c lo_c.
+__global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_head,
+                                                           int n_rep, float scale, float* qprep) {
+    const int row = blockIdx.x, h = row % n_head, kvh = h / n_rep;
+    const int hd = k.head_dim, c = threadIdx.x;
+    __shared__ float qs[kMaxDim], ys[kMaxDim], red[kMaxDim / 32];
+    qs[c] = q[(size_t)row * hd + c] * scale;
+    __syncthreads();
+    const float* Pt = k.basis_t + (size_t)kvh * hd * hd + c;
+    float y = 0.0f;
+    for (int d = 0; d < hd; ++d) y = fmaf(Pt[(size_t)d * hd], qs[d], y);
+    ys[c] = y;
+    float* out = qprep + (size_t)row * (3 * hd + kQStride);
+    out[c] = y;
+    __syncthreads();
+    const int* info = k.head + 4 * kvh;
+    float part = 0.0f;
+    if (c < info[0]) {
+        const int kc = k.keep[(size_t)kvh * hd + c];
+        out[hd + c] = ys[kc] * k.step[(size_t)kvh * hd + kc];
+        part = ys[kc] * k.lo[(size_t)kvh * hd + kc];
+    }
+    if (c < info[2]) {
+        const float* pr = k.pairs + ((size_t)kvh * (hd / 2) + c) * 5;
+        const int a = (int)pr[0], b = (int)pr[1];
+        out[2 * hd + 2 * c] = qs[a] * pr[2] + qs[b] * pr[3];      // with cos
+        out[2 * hd + 2 * c + 1] = qs[b] * pr[2] - qs[a] * pr[3];  // with sin
+    }
+    for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+    if (c % 32 == 0) red[c / 32] = part;
+    __syncthreads();
+    if (c == 0) {
+        float K = 0.0f;
+        for (int w = 0; w < hd / 32; ++w) K += red[w];
+        out[3 * hd] = K;
+    }
+}
+
+struct pca_span_args {
+    cuda_pca k, v;
+    const float* qprep;
+    int n_head, n_rep, n_rg, sw, pos0, n_split;
+    const int* pos_dev;
+    float* partial;  // [(t*n_head + h) * n_entries + e] of {m, l, o[hd]}
+};
+
+__device__ inline float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ inline float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// An exact float of a code < 2^23: its bits under 2^23's exponent, minus 2^23
+// (two full-rate operations instead of an integer conversion).
+__device__ inline float code_float(uint32_t code) {
+    return __uint_as_float(code | 0x4B000000u) - 8388608.0f;
+}
+
+// Code `lane` of a group of 32 b-bit codes (4-byte aligned; the word after
+// it may be read).
+__device__ inline uint32_t group_code(const uint8_t* g, int bits, int lane) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(g);
+    const int bit = lane * bits;
+    const uint32_t lo = __ldg(w + (bit >> 5)), hi = __ldg(w + (bit >> 5) + 1);
+    return __funnelshift_r(lo, hi, bit & 31) & ((1u << bits) - 1u);
+}
+
+// Dynamic shared memory of the span kernel, in floats.
+__host__ __device__ inline int span_smem_floats(int R, int hd) {
+    return R * hd      // wt: kept key weights, [i][R]
+           + 8         // K per row
+           + R * hd    // ab: rope coefficients per row
+           + hd * 32   // run tables [pair][2][32]
+           + kWarps * R * hd           // W: each warp's coefficients of its block
+           + kWarps * 32 * R           // pw: each warp's p'_j, [j][R]
+           + 4 * hd;                   // key and value kept channels' (offset, bits)
+}
+
+// One block: split blockIdx.x of (token blockIdx.z, kv head and row group
+// blockIdx.y), R query rows, CPC value channels per lane (hd / 32).
+// Eight blocks per multiprocessor (64 registers) where the accumulators fit.
+template <int R, int CPC>
+__global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
+    attn_span_pca_kernel(pca_span_args a) {
+    extern __shared__ float sm[];
+    const int hd = a.k.head_dim, split = blockIdx.x, t = blockIdx.z;
+    const int kvh = blockIdx.y / a.n_rg, rg = blockIdx.y % a.n_rg;
+    const int nr = min(R, a.n_rep - rg * R);
+    const int h0 = kvh * a.n_rep + rg * R;  // query head of row 0
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int* kinfo = a.k.head + 4 * kvh;
+    const int* vinfo = a.v.head + 4 * kvh;
+    const int knk = kinfo[0], knp = kinfo[2], vnk = vinfo[0];
+    const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
+    const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
+    const int len = own + 1 - lo;
+    const int t0 = lo + (int)((int64_t)len * split / a.n_split);
+    const int t1 = lo + (int)((int64_t)len * (split + 1) / a.n_split);
+    const int first = max(t0, KV_PCA_SINKS);
+    const int n_entries = a.n_split + 1;
+    if (first >= t1 && split != 0) {
+        // Nothing here (a decode graph's splits cover the whole context).
+        for (int r = 0; r < nr; ++r) {
+            float* out = a.partial + (((size_t)t * a.n_head + h0 + r) * n_entries + split) * (hd + 2);
+            for (int c = threadIdx.x; c < hd + 2; c += blockDim.x)
+                out[c] = c == 0 ? -INFINITY : 0.0f;
+        }
+        return;
+    }
+    float* wt = sm;
+    float* Kr = wt + R * hd;
+    float* ab = Kr + 8;
+    float* tab = ab + R * hd;
+    float* Wall = tab + hd * 32;
+    float* pwall = Wall + kWarps * R * hd;
+    int* koffb = reinterpret_cast<int*>(pwall + kWarps * 32 * R);  // [i][2]: offset, bits
+    int* voffb = koffb + 2 * hd;
+
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        for (int r = 0; r < R; ++r) {
+            const float* qp = a.qprep + ((size_t)t * a.n_head + h0 + min(r, nr - 1)) * (3 * hd + kQStride);
+            wt[i * R + r] = r < nr && i < knk ? qp[hd + i] : 0.0f;
+            ab[r * hd + i] = r < nr ? qp[2 * hd + i] : 0.0f;
+        }
+        koffb[2 * i] = a.k.koff[(size_t)kvh * hd + i];
+        koffb[2 * i + 1] = a.k.kbits[(size_t)kvh * hd + i];
+        voffb[2 * i] = a.v.koff[(size_t)kvh * hd + i];
+        voffb[2 * i + 1] = a.v.kbits[(size_t)kvh * hd + i];
+    }
+    if (threadIdx.x < R) {
+        const int r = threadIdx.x;
+        Kr[r] = r < nr ? a.qprep[((size_t)t * a.n_head + h0 + r) * (3 * hd + kQStride) + 3 * hd] : 0.0f;
+    }
+    if (first < t1)
+        for (int i = threadIdx.x; i < knp * 64; i += blockDim.x)
+            tab[i] = a.k.run_tab[(size_t)kvh * (hd / 2) * 64 + i];
+    __syncthreads();
+
+    float m[R], l[R], ps[R], acc[R][CPC];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        m[r] = -INFINITY;
+        l[r] = ps[r] = 0.0f;
+#pragma unroll
+        for (int ci = 0; ci < CPC; ++ci) acc[r][ci] = 0.0f;
+    }
+    float* W = Wall + warp * R * hd;
+    float* pw = pwall + warp * 32 * R;
+    const int n_ctx = a.k.n_ctx;
+    const uint8_t* kcodes = a.k.codes + a.k.head_off[kvh];
+    const uint8_t* vcodes = a.v.codes + a.v.head_off[kvh];
+    const size_t kblk = kinfo[1], vblk = vinfo[1];
+    const uint16_t* kscale = a.k.scale + (size_t)kvh * n_ctx;
+    const uint16_t* vscale = a.v.scale + (size_t)kvh * n_ctx;
+    const float* kpairs = a.k.pairs + (size_t)kvh * (hd / 2) * 5;
+
+    if (first < t1)
+        for (int b = first / KV_BLOCK_TOKENS + warp; b * KV_BLOCK_TOKENS < t1; b += kWarps) {
+            const int pos = b * KV_BLOCK_TOKENS + lane;
+            const bool valid = pos >= first && pos < t1;
+            float s[R];
+#pragma unroll
+            for (int r = 0; r < R; ++r) s[r] = 0.0f;
+            const uint8_t* kb = kcodes + (size_t)b * kblk;
+            for (int i = 0; i < knk; ++i) {
+                const int2 ob = reinterpret_cast<const int2*>(koffb)[i];
+                const float code = code_float(group_code(kb + ob.x, ob.y, lane));
+#pragma unroll
+                for (int r = 0; r < R; ++r) s[r] = fmaf(wt[i * R + r], code, s[r]);
+            }
+            const float ak = valid ? half_bits_to_float(kscale[pos]) : 0.0f;
+#pragma unroll
+            for (int r = 0; r < R; ++r) s[r] = ak * (s[r] + Kr[r]);
+            if (knp > 0) {
+                // q.R_t m over the block: the run's coefficients (angles at the
+                // block's start, in double) against the per-offset tables.
+                for (int i = lane; i < knp; i += 32) {
+                    double sn, cs;
+                    sincos((double)(b * KV_BLOCK_TOKENS) * (double)kpairs[i * 5 + 4], &sn, &cs);
+                    const float c0 = (float)cs, s0 = (float)sn;
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        const float A = ab[r * hd + 2 * i], B = ab[r * hd + 2 * i + 1];
+                        W[r * hd + 2 * i] = A * c0 + B * s0;
+                        W[r * hd + 2 * i + 1] = B * c0 - A * s0;
+                    }
+                }
+                __syncwarp();
+                for (int i = 0; i < knp; ++i) {
+                    const float ct = tab[i * 64 + lane], st = tab[i * 64 + 32 + lane];
+#pragma unroll
+                    for (int r = 0; r < R; ++r)
+                        s[r] += W[r * hd + 2 * i] * ct + W[r * hd + 2 * i + 1] * st;
+                }
+            }
+            const float av = valid ? half_bits_to_float(vscale[pos]) : 0.0f;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const float sv = valid ? s[r] : -INFINITY;
+                const float mnew = fmaxf(m[r], warp_max(sv));
+                // mnew is -inf only while no position of this warp was valid.
+                const float corr = mnew == -INFINITY ? 1.0f : expf(m[r] - mnew);
+                const float pj = valid ? expf(sv - mnew) : 0.0f;
+                m[r] = mnew;
+                l[r] = l[r] * corr + pj;
+                ps[r] = ps[r] * corr + pj * av;
+                pw[lane * R + r] = pj * av;
+#pragma unroll
+                for (int ci = 0; ci < CPC; ++ci) acc[r][ci] *= corr;
+            }
+            __syncwarp();
+            // Values: a lane per kept channel reads its group as a bit stream.
+            const uint8_t* vb = vcodes + (size_t)b * vblk;
+#pragma unroll
+            for (int ci = 0; ci < CPC; ++ci) {
+                const int i = ci * 32 + lane;
+                if (i >= vnk) break;
+                const int2 ob = reinterpret_cast<const int2*>(voffb)[i];
+                const uint32_t* g = reinterpret_cast<const uint32_t*>(vb + ob.x);
+                const int bits = ob.y;
+                const uint32_t mask = (1u << bits) - 1u;
+                uint64_t buf = (uint64_t)__ldg(g) | ((uint64_t)__ldg(g + 1) << 32);
+                int have = 64, next = 2;
+#pragma unroll 8
+                for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {
+                    const float code = code_float((uint32_t)buf & mask);
+                    buf >>= bits;
+                    have -= bits;
+                    if (have <= 32 && next < bits) {
+                        buf |= (uint64_t)__ldg(g + next) << have;
+                        ++next;
+                        have += 32;
+                    }
+#pragma unroll
+                    for (int r = 0; r < R; ++r) acc[r][ci] = fmaf(pw[j * R + r], code, acc[r][ci]);
+                }
+            }
+            __syncwarp();
+        }
+
+    // The warps' partial results merged into the block's, per row, in the
+    // value basis: o_c = step_c acc_c + lo_c psum for kept channels.
+    const float* vlo = a.v.lo + (size_t)kvh * hd;
+    const float* vstep = a.v.step + (size_t)kvh * hd;
+    const int* vkeep = a.v.keep + (size_t)kvh * hd;
+    __syncthreads();  // W and pw are free again
+    float* ob = Wall;                  // [R][hd]
+    float* mw = pwall;                 // [kWarps][R] each warp's max
+    float* lw = pwall + kWarps * R;    // [kWarps][R] its normaliser
+    for (int i = threadIdx.x; i < R * hd; i += blockDim.x) ob[i] = 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const float lr = warp_sum(l[r]);
+        ps[r] = warp_sum(ps[r]);
+        if (lane == 0) {
+            mw[warp * R + r] = m[r];
+            lw[warp * R + r] = lr;
+        }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        float M = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * R + r]);
+        const float f = m[r] == -INFINITY ? 0.0f : expf(m[r] - M);
+#pragma unroll
+        for (int ci = 0; ci < CPC; ++ci) {
+            const int i = ci * 32 + lane;
+            if (i < vnk && f != 0.0f) {
+                const int c = vkeep[i];
+                atomicAdd(&ob[r * hd + c], f * (vstep[c] * acc[r][ci] + vlo[c] * ps[r]));
+            }
+        }
+    }
+    __syncthreads();
+    for (int r = 0; r < nr; ++r) {
+        float* out = a.partial + (((size_t)t * a.n_head + h0 + r) * n_entries + split) * (hd + 2);
+        if (threadIdx.x == 0) {
+            float M = -INFINITY, L = 0.0f;
+            for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * R + r]);
+            for (int w = 0; w < kWarps; ++w)
+                if (mw[w * R + r] != -INFINITY) L += expf(mw[w * R + r] - M) * lw[w * R + r];
+            out[0] = M;
+            out[1] = L;
+        }
+        for (int c = threadIdx.x; c < hd; c += blockDim.x) out[2 + c] = ob[r * hd + c];
+    }
+
+    // The sink positions (half y, every channel) make the last entry.
+    if (split != 0 || warp != 0) return;
+    const int s0 = max(lo, 0), s1 = min(KV_PCA_SINKS, own + 1);
+    for (int r = 0; r < nr; ++r) {
+        const float* qy = a.qprep + ((size_t)t * a.n_head + h0 + r) * (3 * hd + kQStride);
+        float sc[KV_PCA_SINKS];
+        float mx = -INFINITY;
+        for (int sp = s0; sp < s1; ++sp) {
+            const uint16_t* ky = a.k.sinks + ((size_t)kvh * KV_PCA_SINKS + sp) * hd;
+            float d = 0.0f;
+            for (int c = lane; c < hd; c += 32) d += qy[c] * half_bits_to_float(ky[c]);
+            for (int i = lane; i < knp; i += 32) {
+                double sn, cs;
+                sincos((double)sp * (double)kpairs[i * 5 + 4], &sn, &cs);
+                d += ab[r * hd + 2 * i] * (float)cs + ab[r * hd + 2 * i + 1] * (float)sn;
+            }
+            sc[sp] = warp_sum(d);
+            mx = fmaxf(mx, sc[sp]);
+        }
+        float* out = a.partial + (((size_t)t * a.n_head + h0 + r) * n_entries + n_entries - 1) * (hd + 2);
+        float lsum = 0.0f;
+        for (int sp = s0; sp < s1; ++sp) {
+            sc[sp] = expf(sc[sp] - mx);
+            lsum += sc[sp];
+        }
+        if (lane == 0) {
+            out[0] = mx;
+            out[1] = lsum;
+        }
+        for (int c = lane; c < hd; c += 32) {
+            float o = 0.0f;
+            for (int sp = s0; sp < s1; ++sp)
+                o += sc[sp] * half_bits_to_float(a.v.sinks[((size_t)kvh * KV_PCA_SINKS + sp) * hd + c]);
+            out[2 + c] = o;
+        }
+    }
+}
+
+template <int R, int CPC>
+void launch_span_pca(dim3 grid, int hd, cudaStream_t s, const pca_span_args& a) {
+    const size_t smem = (size_t)span_smem_floats(R, hd) * sizeof(float);
+    static bool raised = false;  // once per instantiation: allow more than 48 KiB
+    if (smem > 48 * 1024 && !raised) {
+        KVRT_CUDA_CHECK(cudaFuncSetAttribute(attn_span_pca_kernel<R, CPC>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             span_smem_floats(R, kMaxDim) * (int)sizeof(float)));
+        raised = true;
+    }
+    attn_span_pca_kernel<R, CPC><<<grid, kWarps * 32, smem, s>>>(a);
+}
+
+template <int R>
+void launch_span_pca_r(dim3 grid, int hd, cudaStream_t s, const pca_span_args& a) {
+    switch (hd) {
+        case 32: launch_span_pca<R, 1>(grid, hd, s, a); break;
+        case 64: launch_span_pca<R, 2>(grid, hd, s, a); break;
+        case 128: launch_span_pca<R, 4>(grid, hd, s, a); break;
+        default: launch_span_pca<R, 8>(grid, hd, s, a); break;
+    }
+}
+
+// Rows per block for n_rep query heads per kv head.
+int rows_per_block(int n_rep) { return n_rep >= 8 ? 8 : n_rep >= 4 ? 4 : n_rep >= 2 ? 2 : 1; }
+
+int pca_splits(int blocks, int max_len, int n_sm) {
+    // Blocks of four warps, each warp its own 32-token blocks: aim at eight
+    // blocks per multiprocessor (a warp's loop is a chain of dependent loads).
+    const int target = 8 * n_sm;
+    if (blocks >= target) return 1;
+    return std::max(1, std::min((target + blocks - 1) / blocks, max_len / kMinSpan));
+}
+
+}  // namespace
+
+cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ctx) {
+    if (heads.empty()) throw error("CUDA pca stream: no heads");
+    const int nh = (int)heads.size(), hd = (int)heads[0].mean.size();
+    if (hd % 32 != 0 || hd > kMaxDim)
+        throw error("CUDA: KV format pca needs head_dim 32, 64, 128 or 256, not " + std::to_string(hd));
+    const int n_blocks = (n_ctx + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS;
+    const kv_pca_head& h0 = heads[0];
+    const int nf = (int)h0.rope_freq.size();
+    // Host images of the device arrays, in the layout of cuda_pca.
+    std::vector<float> basis, basis_t((size_t)nh * hd * hd), mean, sigma, lo, step, rmean, pairs((size_t)nh * (hd / 2) * 5, 0.0f),
+        tab((size_t)nh * (hd / 2) * 64, 0.0f);
+    std::vector<int> info((size_t)nh * 4, 0), keep((size_t)nh * hd, 0), kbits((size_t)nh * hd, 0),
+        koff((size_t)nh * hd, 0), cbits((size_t)nh * hd, 0);
+    std::vector<int64_t> head_off(nh);
+    int64_t off = 0;
+    for (int h = 0; h < nh; ++h) {
+        const kv_pca_head& p = heads[h];
+        if ((int)p.mean.size() != hd || p.basis.size() != (size_t)hd * hd || (int)p.bits.size() != hd ||
+            (int)p.lo.size() != hd || (int)p.step.size() != hd || (int)p.sigma.size() != hd)
+            throw error("CUDA pca stream: inconsistent calibration shapes");
+        basis.insert(basis.end(), p.basis.begin(), p.basis.end());
+        for (int c = 0; c < hd; ++c)
+            for (int d = 0; d < hd; ++d)
+                basis_t[((size_t)h * hd + d) * hd + c] = p.basis[(size_t)c * hd + d];
+        mean.insert(mean.end(), p.mean.begin(), p.mean.end());
+        sigma.insert(sigma.end(), p.sigma.begin(), p.sigma.end());
+        lo.insert(lo.end(), p.lo.begin(), p.lo.end());
+        step.insert(step.end(), p.step.begin(), p.step.end());
+        if (p.rope_mean.empty()) rmean.insert(rmean.end(), hd, 0.0f);
+        else rmean.insert(rmean.end(), p.rope_mean.begin(), p.rope_mean.end());
+        int nk = 0, blk = 0;
+        for (int c = 0; c < hd; ++c) {
+            const int b = p.bits[c];
+            if (b > KV_MAX_BITS) throw error("CUDA pca stream: bits above 8");
+            cbits[(size_t)h * hd + c] = b;
+            if (b == 0) continue;
+            keep[(size_t)h * hd + nk] = c;
+            kbits[(size_t)h * hd + nk] = b;
+            koff[(size_t)h * hd + nk] = blk;
+            blk += kv_group_bytes(b);
+            ++nk;
+        }
+        // The CPU stream's rope pairs: those whose mean is not zero.
+        int np = 0;
+        if (!p.rope_mean.empty()) {
+            if ((int)p.rope_freq.size() != nf || p.pair_stride != h0.pair_stride || p.pair_gap != h0.pair_gap)
+                throw error("CUDA pca stream: heads differ in their rotary pairs");
+            for (int i = 0; i < nf; ++i) {
+                const int a = i * p.pair_stride, b = a + p.pair_gap;
+                if (p.rope_mean[a] == 0.0f && p.rope_mean[b] == 0.0f) continue;
+                float* pr = &pairs[((size_t)h * (hd / 2) + np) * 5];
+                pr[0] = (float)a;
+                pr[1] = (float)b;
+                pr[2] = p.rope_mean[a];
+                pr[3] = p.rope_mean[b];
+                pr[4] = p.rope_freq[i];
+                float* tb = &tab[((size_t)h * (hd / 2) + np) * 64];
+                for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {
+                    tb[j] = (float)std::cos((double)j * p.rope_freq[i]);
+                    tb[32 + j] = (float)std::sin((double)j * p.rope_freq[i]);
+                }
+                ++np;
+            }
+        }
+        info[(size_t)h * 4] = nk;
+        info[(size_t)h * 4 + 1] = blk;
+        info[(size_t)h * 4 + 2] = np;
+        head_off[h] = off;
+        off += (int64_t)blk * n_blocks;
+    }
+    std::vector<float> freq = h0.rope_freq;
+    if (freq.empty()) freq.push_back(0.0f);
+
+    // One allocation for the calibration, one for the cache.
+    struct piece {
+        const void* src;
+        size_t bytes;
+        size_t at;
+    };
+    std::vector<piece> pieces;
+    size_t total = 0;
+    auto add = [&](const void* src, size_t bytes) {
+        pieces.push_back({src, bytes, total});
+        total += (bytes + 255) / 256 * 256;
+        return pieces.size() - 1;
+    };
+    const size_t i_basis = add(basis.data(), basis.size() * 4),
+                 i_basis_t = add(basis_t.data(), basis_t.size() * 4), i_mean = add(mean.data(), mean.size() * 4),
+                 i_sigma = add(sigma.data(), sigma.size() * 4), i_lo = add(lo.data(), lo.size() * 4),
+                 i_step = add(step.data(), step.size() * 4), i_rm = add(rmean.data(), rmean.size() * 4),
+                 i_freq = add(freq.data(), freq.size() * 4), i_info = add(info.data(), info.size() * 4),
+                 i_keep = add(keep.data(), keep.size() * 4), i_kbits = add(kbits.data(), kbits.size() * 4),
+                 i_koff = add(koff.data(), koff.size() * 4), i_cbits = add(cbits.data(), cbits.size() * 4),
+                 i_pairs = add(pairs.data(), pairs.size() * 4), i_tab = add(tab.data(), tab.size() * 4),
+                 i_hoff = add(head_off.data(), head_off.size() * 8);
+    KVRT_CUDA_CHECK(cudaMalloc(&calib_, total));
+    std::vector<uint8_t> img(total, 0);
+    for (const piece& pc : pieces) std::memcpy(img.data() + pc.at, pc.src, pc.bytes);
+    KVRT_CUDA_CHECK(cudaMemcpy(calib_, img.data(), total, cudaMemcpyHostToDevice));
+    auto at = [&](size_t i) { return static_cast<uint8_t*>(calib_) + pieces[i].at; };
+    dev_.n_head_kv = nh;
+    dev_.head_dim = hd;
+    dev_.n_ctx = n_ctx;
+    dev_.n_freq = nf;
+    dev_.pair_stride = h0.pair_stride;
+    dev_.pair_gap = h0.pair_gap;
+    dev_.basis = reinterpret_cast<const float*>(at(i_basis));
+    dev_.basis_t = reinterpret_cast<const float*>(at(i_basis_t));
+    dev_.mean = reinterpret_cast<const float*>(at(i_mean));
+    dev_.sigma = reinterpret_cast<const float*>(at(i_sigma));
+    dev_.lo = reinterpret_cast<const float*>(at(i_lo));
+    dev_.step = reinterpret_cast<const float*>(at(i_step));
+    dev_.rope_mean = reinterpret_cast<const float*>(at(i_rm));
+    dev_.rope_freq = reinterpret_cast<const float*>(at(i_freq));
+    dev_.head = reinterpret_cast<const int*>(at(i_info));
+    dev_.keep = reinterpret_cast<const int*>(at(i_keep));
+    dev_.kbits = reinterpret_cast<const int*>(at(i_kbits));
+    dev_.koff = reinterpret_cast<const int*>(at(i_koff));
+    dev_.cbits = reinterpret_cast<const int*>(at(i_cbits));
+    dev_.pairs = reinterpret_cast<const float*>(at(i_pairs));
+    dev_.run_tab = reinterpret_cast<const float*>(at(i_tab));
+    dev_.head_off = reinterpret_cast<const int64_t*>(at(i_hoff));
+
+    code_bytes_ = (size_t)off;
+    scale_bytes_ = (size_t)nh * n_ctx * sizeof(uint16_t);
+    sink_bytes_ = (size_t)nh * KV_PCA_SINKS * hd * sizeof(uint16_t);
+    const size_t codes_alloc = (code_bytes_ + kCodePad + 255) / 256 * 256;
+    const size_t scale_alloc = (scale_bytes_ + 255) / 256 * 256;
+    const size_t cache = codes_alloc + scale_alloc + sink_bytes_;
+    KVRT_CUDA_CHECK(cudaMalloc(&cache_, cache));
+    KVRT_CUDA_CHECK(cudaMemset(cache_, 0, cache));
+    dev_.codes = static_cast<uint8_t*>(cache_);
+    dev_.scale = reinterpret_cast<uint16_t*>(dev_.codes + codes_alloc);
+    dev_.sinks = reinterpret_cast<uint16_t*>(dev_.codes + codes_alloc + scale_alloc);
+}
+
+cuda_pca_stream::~cuda_pca_stream() {
+    if (calib_) cudaFree(calib_);
+    if (cache_) cudaFree(cache_);
+}
+
+cuda_kv_stream cuda_pca_stream::view() const {
+    cuda_kv_stream st;
+    st.kind = KV_KIND_PCA;
+    st.n_head_kv = dev_.n_head_kv;
+    st.head_dim = dev_.head_dim;
+    st.pca = dev_;
+    return st;
+}
+
+void cuda_kv_store_pca(const cuda_pca& p, int pos0, int n, const float* x, cudaStream_t s,
+                       const int* pos_dev) {
+    if (n <= 0) return;
+    // Blocks of 32 positions touched; with pos_dev the start is known only
+    // on the device, so one more (it finds nothing to do when aligned).
+    const int nb = pos_dev ? (n + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS + 1
+                           : (pos0 + n - 1) / KV_BLOCK_TOKENS - pos0 / KV_BLOCK_TOKENS + 1;
+    kv_store_pca_kernel<<<dim3(nb, p.n_head_kv), p.head_dim, 0, s>>>(p, pos0, pos_dev, n, x);
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+size_t cuda_attention_pca_qprep_floats(int n_tok, int n_head, int head_dim) {
+    return (size_t)n_tok * n_head * (3 * head_dim + kQStride);
+}
+
+size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, int max_len,
+                                         int n_sm) {
+    const int n_rep = p.n_head / p.n_head_kv, R = rows_per_block(n_rep);
+    const int blocks = n_tok * p.n_head_kv * ((n_rep + R - 1) / R);
+    const int splits = pca_splits(blocks, max_len, n_sm);
+    return (size_t)n_tok * p.n_head * (splits + 1) * (p.head_dim + 2);
+}
+
+void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q,
+                        int n_tok, int pos0, int n_head, int sliding_window, float* out,
+                        float* partial, float* qprep, int n_sm, cudaStream_t s,
+                        const int* pos_dev, int split_len) {
+    if (k.kind != KV_KIND_PCA || v.kind != KV_KIND_PCA)
+        throw error("CUDA: KV format pca needs pca for both keys and values on CUDA");
+    const int hd = k.head_dim, n_head_kv = k.n_head_kv, n_rep = n_head / n_head_kv;
+    pca_query_kernel<<<n_tok * n_head, hd, 0, s>>>(k.pca, q, n_head, n_rep,
+                                                   1.0f / std::sqrt((float)hd), qprep);
+    KVRT_CUDA_CHECK(cudaGetLastError());
+    pca_span_args a;
+    a.k = k.pca;
+    a.v = v.pca;
+    a.qprep = qprep;
+    a.n_head = n_head;
+    a.n_rep = n_rep;
+    const int R = rows_per_block(n_rep);
+    a.n_rg = (n_rep + R - 1) / R;
+    a.sw = sliding_window;
+    a.pos0 = pos0;
+    a.pos_dev = pos_dev;
+    a.n_split = pca_splits(n_tok * n_head_kv * a.n_rg, split_len > 0 ? split_len : pos0 + n_tok, n_sm);
+    a.partial = partial;
+    const dim3 grid(a.n_split, n_head_kv * a.n_rg, n_tok);
+    switch (R) {
+        case 1: launch_span_pca_r<1>(grid, hd, s, a); break;
+        case 2: launch_span_pca_r<2>(grid, hd, s, a); break;
+        case 4: launch_span_pca_r<4>(grid, hd, s, a); break;
+        default: launch_span_pca_r<8>(grid, hd, s, a); break;
+    }
+    KVRT_CUDA_CHECK(cudaGetLastError());
+    cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1, hd, 0, v.pca.basis,
+                         v.pca.mean, n_head, n_rep, out, s);
+}
+
+}  // namespace kvrt
