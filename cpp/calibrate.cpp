@@ -13,6 +13,7 @@
 #include "context.h"
 #include "gguf_writer.h"
 #include "kv_formats.h"
+#include "kv_layout.h"
 #include "model.h"
 #include "quants.h"
 
@@ -417,7 +418,7 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
                 std::vector<float> ys((size_t)ns * hd), scale(ns);
                 for (int i = 0; i < ns; ++i) {
                     kv_pca_project(ph, &smp[(size_t)i * hd], &ys[(size_t)i * hd]);
-                    scale[i] = kv_pca_token_scale(ph, &ys[(size_t)i * hd]);
+                    scale[i] = kv_pca_scale_value(kv_pca_scale_code(kv_pca_token_scale(ph, &ys[(size_t)i * hd])));
                 }
                 std::vector<std::pair<float, float>> u(ns);
                 ch.lo.assign((size_t)hd * L, 0.0f);

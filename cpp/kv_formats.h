@@ -16,7 +16,8 @@ std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_
 
 // y = P(x - mu), all channels.
 void kv_pca_project(const kv_pca_head& p, const float* x, float* y);
-// A token's scale: max_c |y_c| / sigma_c, clamped to a half's range.
+// A token's scale: max_c |y_c| / sigma_c, clamped to the range of its byte
+// code (kv_pca_scale_code).
 float kv_pca_token_scale(const kv_pca_head& p, const float* y);
 // m = R_pos rope_mean: the pre-RoPE key mean turned to position pos (zeros
 // when the head has none), m[dim].

@@ -22,8 +22,9 @@
  *             channels: [pos][head] { half scale; half min; codes[dim/32][4*b] }.
  *             Needs no calibration.
  *  pca        y = P(x - mu) in a calibrated per-(layer, head) basis, channels
- *             sorted by variance; per token and head a half scale
- *             a_t = max_c |y_c|/sigma_c, [head][pos]; channel c has
+ *             sorted by variance; per token and head a one-byte scale
+ *             code for a_t >= max_c |y_c|/sigma_c, [head][pos]
+ *             (kv_pca_scale_code); channel c has
  *             b_c in {0..8} bits with a static quantizer
  *             y_c = a_t * (lo_c + step_c*code) (lo, step, sigma from
  *             calibration, not stored in the cache). Channel-major blocks
@@ -83,6 +84,31 @@ KV_INLINE void kv_code_set(uint8_t* g, int bits, int i, unsigned code) {
         const int j = (bit >> 3) + 1;
         g[j] = (uint8_t)((g[j] & ~(mask >> 8)) | (v >> 8));
     }
+}
+
+/* A pca token scale in one byte: code = 16 * (e + 8) + k stands for
+ * (1 + k/16) * 2^e, e in -8..7, k in 0..15, so [2^-8, 496] in steps of 1/16
+ * of an octave and above. Both directions are exact integer arithmetic on
+ * the float's bits, so host and device agree to the bit. */
+KV_INLINE float kv_pca_scale_value(uint8_t code) {
+    const uint32_t bits = ((uint32_t)(code >> 4) + 119u) << 23 | (uint32_t)(code & 15) << 19;
+    float a;
+    memcpy(&a, &bits, sizeof a);
+    return a;
+}
+
+/* The code of the smallest representable scale >= a (a > 0, finite; below
+ * 2^-8 gives code 0, above 496 code 255). Rounding up keeps every channel
+ * of the token inside its quantizer's range. */
+KV_INLINE uint8_t kv_pca_scale_code(float a) {
+    uint32_t bits;
+    memcpy(&bits, &a, sizeof bits);
+    int e = (int)(bits >> 23 & 255u) - 127;
+    uint32_t k = ((bits & 0x7fffffu) + (1u << 19) - 1u) >> 19;
+    if (k == 16) k = 0, ++e;
+    if (e < -8) return 0;
+    if (e > 7) return 255;
+    return (uint8_t)(16 * (e + 8) + (int)k);
 }
 
 /* Packs 32 codes (each < 2^bits) into a group of 4*bits bytes. */

@@ -1,5 +1,5 @@
 // The pca KV format: y = P(x - mu) in a calibrated basis; per token one
-// scale a_t (the largest |y_c| / sigma_c), and each kept channel quantized as
+// scale a_t (the largest |y_c| / sigma_c, rounded up to its byte code), and each kept channel quantized as
 // y_c / a_t ~ lo_c + step_c * code with its own bits and static quantizer;
 // channel-major blocks (kv_layout.h).
 //
@@ -75,9 +75,9 @@ public:
         }
         const size_t nh = src_.size();
         data_.reset(new uint8_t[off]());
-        scale_.reset(new uint16_t[nh * n_ctx]());
+        scale_.reset(new uint8_t[nh * n_ctx]());
         sinks_.reset(new uint16_t[nh * kSinks * hd_]());
-        bytes_ = off + nh * n_ctx * sizeof(uint16_t) + nh * kSinks * hd_ * sizeof(uint16_t);
+        bytes_ = off + nh * n_ctx + nh * kSinks * hd_ * sizeof(uint16_t);
     }
 
     void store(int pos0, int n, const float* x) override {
@@ -100,9 +100,9 @@ public:
                     for (int c = 0; c < hd_; ++c) dst[c] = fp32_to_fp16(y[c]);
                     continue;
                 }
-                const float a = kv_pca_token_scale(p, y.data());
-                scale_[(size_t)h * n_ctx_ + pos] = fp32_to_fp16(a);
-                const float inv = 1.0f / fp16_to_fp32(scale_[(size_t)h * n_ctx_ + pos]);
+                const uint8_t sc = kv_pca_scale_code(kv_pca_token_scale(p, y.data()));
+                scale_[(size_t)h * n_ctx_ + pos] = sc;
+                const float inv = 1.0f / kv_pca_scale_value(sc);
                 uint8_t* grp = block(h, pos / KV_BLOCK_TOKENS);
                 for (size_t i = 0; i < g.keep.size(); ++i) {
                     const int c = g.keep[i], b = g.bits[i];
@@ -150,7 +150,7 @@ public:
                                  n_rep, sb.data());
             else
                 std::fill(sb.begin(), sb.end(), 0.0f);
-            kv_half_to_float(&scale_[(size_t)h * n_ctx_ + lo], af, hi - lo);
+            scales(h, lo, hi, af);
             for (int r = 0; r < n_rep; ++r) {
                 const float* sbr = &sb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
                 float* sr = s + (size_t)r * ld + (lo - t0);
@@ -184,7 +184,7 @@ public:
             if (lo >= hi) continue;
             // Positions of the block outside [lo, hi) get probability 0.
             std::fill(pb.begin(), pb.end(), 0.0f);
-            kv_half_to_float(&scale_[(size_t)h * n_ctx_ + lo], af, hi - lo);
+            scales(h, lo, hi, af);
             for (int r = 0; r < n_rep; ++r) {
                 const float* pr = p + (size_t)r * ld + (lo - t0);
                 float* pbr = &pb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
@@ -222,8 +222,8 @@ public:
     const uint8_t* packed_bytes(int part, size_t* n) const override {
         const size_t nh = heads_.size();
         switch (part) {
-            case 0: *n = bytes_ - nh * n_ctx_ * 2 - nh * kSinks * hd_ * 2; return data_.get();
-            case 1: *n = nh * n_ctx_ * sizeof(uint16_t); return reinterpret_cast<const uint8_t*>(scale_.get());
+            case 0: *n = bytes_ - nh * n_ctx_ - nh * kSinks * hd_ * 2; return data_.get();
+            case 1: *n = nh * n_ctx_; return scale_.get();
             case 2: *n = nh * kSinks * hd_ * sizeof(uint16_t); return reinterpret_cast<const uint8_t*>(sinks_.get());
             default: return nullptr;
         }
@@ -239,7 +239,7 @@ public:
                 std::copy(y.begin(), y.end(), xh);
             } else {
                 std::fill(xh, xh + hd_, 0.0f);
-                const float a = fp16_to_fp32(scale_[(size_t)h * n_ctx_ + pos]);
+                const float a = kv_pca_scale_value(scale_[(size_t)h * n_ctx_ + pos]);
                 const uint8_t* grp = block(h, pos / KV_BLOCK_TOKENS);
                 for (size_t i = 0; i < g.keep.size(); ++i) {
                     const int c = g.keep[i];
@@ -320,6 +320,11 @@ private:
         }
     }
 
+    // Scales of positions lo..hi-1 of head h.
+    void scales(int h, int lo, int hi, float* a) const {
+        const uint8_t* sc = &scale_[(size_t)h * n_ctx_];
+        for (int t = lo; t < hi; ++t) a[t - lo] = kv_pca_scale_value(sc[t]);
+    }
     // y of sink position pos of head h, as floats.
     std::vector<float> sink(int h, int pos) const {
         const uint16_t* src = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
@@ -335,7 +340,7 @@ private:
     std::vector<kv_pca_head> src_;  // the calibrated quantizers; heads_ point into it
     std::vector<head> heads_;
     std::unique_ptr<uint8_t[]> data_;
-    std::unique_ptr<uint16_t[]> scale_;  // [head][pos] half: the token's scale a_t
+    std::unique_ptr<uint8_t[]> scale_;   // [head][pos] the token's scale code (kv_pca_scale_code)
     std::unique_ptr<uint16_t[]> sinks_;  // [head][kSinks][dim] half y of the first positions
     size_t bytes_ = 0;
 };
@@ -359,8 +364,8 @@ float kv_pca_token_scale(const kv_pca_head& p, const float* y) {
     const int n = (int)p.mean.size();
     double m = 0;
     for (int c = 0; c < n; ++c) m = std::max(m, std::fabs((double)y[c] / p.sigma[c]));
-    // Kept finite and representable as a half.
-    return (float)std::clamp(m, 1e-4, 6.0e4);
+    // Kept finite and inside the byte code's range.
+    return (float)std::clamp(m, 1.0 / 256, 496.0);
 }
 
 void kv_pca_rope_mean_at(const kv_pca_head& p, int pos, float* m) {

@@ -540,17 +540,6 @@ float kv_softmax_exp(float* x, int n, float m) {
 
 namespace kvrt {
 
-void kv_half_to_float(const uint16_t* h, float* out, int n) {
-    int i = 0;
-#if KVRT_KV_AVX2 && defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
-#elif KVRT_KV_NEON
-    for (; i + 4 <= n; i += 4) vst1q_f32(out + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
-#endif
-    for (; i < n; ++i) out[i] = fp16_to_fp32(h[i]);
-}
-
 void kv_run_scores_ref(const float* w, int k, const float* tab, int n_rep, float* s) {
     for (int r = 0; r < n_rep; ++r)
         for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {

@@ -46,8 +46,6 @@ float kv_max(const float* x, int n);
 float kv_softmax_exp(float* x, int n, float m);
 float kv_softmax_exp_ref(float* x, int n, float m);
 
-// n halves as floats.
-void kv_half_to_float(const uint16_t* h, float* out, int n);
 
 // A run of 32 positions against k per-position tables: s[r*32 + j] =
 // sum_i w[r*k + i] * tab[i*32 + j] (overwrites s). The pca keys' turning

@@ -96,18 +96,26 @@ int main() {
             for (int i = 0; i < n_rep * 32; ++i) worst = std::max(worst, (double)std::fabs(s[i] - s_ref[i]));
             report(worst <= 1e-5 * scale, "run_scores k=" + std::to_string(k) + " n_rep=" + std::to_string(n_rep));
         }
-    // Halves to floats, every tail length.
-    for (int n = 1; n <= 20; ++n) {
-        std::vector<uint16_t> h(n);
-        for (auto& v : h) {  // finite values of either sign, subnormals too
-            v = (uint16_t)(rng() & 0xffff);
-            if ((v & 0x7c00) == 0x7c00) v &= 0xfbff;
-        }
-        std::vector<float> f(n);
-        kv_half_to_float(h.data(), f.data(), n);
+    // The pca token scale's byte code: the value is the smallest code value
+    // at or above a (never below: the token's channels stay in range),
+    // codes run in order, and every code decodes to itself.
+    {
         bool ok = true;
-        for (int i = 0; i < n; ++i) ok = ok && f[i] == fp16_to_fp32(h[i]);
-        report(ok, "half_to_float n=" + std::to_string(n));
+        for (int c = 0; c < 256; ++c) {
+            const float v = kv_pca_scale_value((uint8_t)c);
+            ok = ok && kv_pca_scale_code(v) == c;
+            if (c > 0) ok = ok && v > kv_pca_scale_value((uint8_t)(c - 1));
+        }
+        std::uniform_real_distribution<float> lg(-9.0f, 9.5f);
+        for (int i = 0; i < 100000 && ok; ++i) {
+            const float a = std::exp2(lg(rng));
+            const int c = kv_pca_scale_code(a);
+            const float v = kv_pca_scale_value((uint8_t)c);
+            if (a <= kv_pca_scale_value(0)) ok = c == 0;
+            else if (a > kv_pca_scale_value(255)) ok = c == 255;
+            else ok = v >= a && kv_pca_scale_value((uint8_t)(c - 1)) < a && v <= a * 1.0625f;
+        }
+        report(ok, "pca scale code");
     }
     // Softmax numerators: the vector exp against std::exp over the range
     // scores take (down to far below anything a softmax keeps), every length
