@@ -109,7 +109,7 @@ struct cuda_pca {
     const float* run_tab = nullptr;
     const int64_t* head_off = nullptr; // [h] byte offset of head h's blocks in codes
     uint8_t* codes = nullptr;          // [h][block] of the kept channels' groups
-    uint16_t* scale = nullptr;         // [h][n_ctx] half token scales a_t
+    uint8_t* scale = nullptr;          // [h][n_ctx] token scale codes (kv_pca_scale_code)
     uint16_t* sinks = nullptr;         // [h][KV_PCA_SINKS][dim] half y
 };
 

@@ -95,10 +95,9 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
             __syncthreads();
             double m = 0.0;
             for (int w = 0; w < hd / 32; ++w) m = fmax(m, red[w]);
-            const float a = (float)fmin(fmax(m, 1e-4), 6.0e4);
-            const __half ah = __float2half_rn(a);
-            if (c == 0) p.scale[(size_t)h * p.n_ctx + pos] = __half_as_ushort(ah);
-            const float inv = __fdiv_rn(1.0f, __half2float(ah));
+            const uint8_t sc = kv_pca_scale_code((float)fmin(fmax(m, 1.0 / 256), 496.0));
+            if (c == 0) p.scale[(size_t)h * p.n_ctx + pos] = sc;
+            const float inv = __fdiv_rn(1.0f, kv_pca_scale_value(sc));
             if (bits > 0) {
                 const float lo = p.lo[(size_t)h * hd + c], step = p.step[(size_t)h * hd + c];
                 float code = rintf(__fdiv_rn(__fmaf_rn(y, inv, -lo), step));
@@ -279,8 +278,8 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
     const uint8_t* kcodes = a.k.codes + a.k.head_off[kvh];
     const uint8_t* vcodes = a.v.codes + a.v.head_off[kvh];
     const size_t kblk = kinfo[1], vblk = vinfo[1];
-    const uint16_t* kscale = a.k.scale + (size_t)kvh * n_ctx;
-    const uint16_t* vscale = a.v.scale + (size_t)kvh * n_ctx;
+    const uint8_t* kscale = a.k.scale + (size_t)kvh * n_ctx;
+    const uint8_t* vscale = a.v.scale + (size_t)kvh * n_ctx;
     const float* kpairs = a.k.pairs + (size_t)kvh * (hd / 2) * 5;
 
     if (first < t1)
@@ -297,7 +296,7 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
 #pragma unroll
                 for (int r = 0; r < R; ++r) s[r] = fmaf(wt[i * R + r], code, s[r]);
             }
-            const float ak = valid ? half_bits_to_float(kscale[pos]) : 0.0f;
+            const float ak = valid ? kv_pca_scale_value(kscale[pos]) : 0.0f;
 #pragma unroll
             for (int r = 0; r < R; ++r) s[r] = ak * (s[r] + Kr[r]);
             if (knp > 0) {
@@ -322,7 +321,7 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                         s[r] += W[r * hd + 2 * i] * ct + W[r * hd + 2 * i + 1] * st;
                 }
             }
-            const float av = valid ? half_bits_to_float(vscale[pos]) : 0.0f;
+            const float av = valid ? kv_pca_scale_value(vscale[pos]) : 0.0f;
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 const float sv = valid ? s[r] : -INFINITY;
@@ -613,7 +612,7 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
     dev_.head_off = reinterpret_cast<const int64_t*>(at(i_hoff));
 
     code_bytes_ = (size_t)off;
-    scale_bytes_ = (size_t)nh * n_ctx * sizeof(uint16_t);
+    scale_bytes_ = (size_t)nh * n_ctx;
     sink_bytes_ = (size_t)nh * KV_PCA_SINKS * hd * sizeof(uint16_t);
     const size_t codes_alloc = (code_bytes_ + kCodePad + 255) / 256 * 256;
     const size_t scale_alloc = (scale_bytes_ + 255) / 256 * 256;
@@ -621,7 +620,7 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
     KVRT_CUDA_CHECK(cudaMalloc(&cache_, cache));
     KVRT_CUDA_CHECK(cudaMemset(cache_, 0, cache));
     dev_.codes = static_cast<uint8_t*>(cache_);
-    dev_.scale = reinterpret_cast<uint16_t*>(dev_.codes + codes_alloc);
+    dev_.scale = dev_.codes + codes_alloc;
     dev_.sinks = reinterpret_cast<uint16_t*>(dev_.codes + codes_alloc + scale_alloc);
 }
 
