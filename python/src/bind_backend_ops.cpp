@@ -102,6 +102,26 @@ std::vector<kvrt::kv_pca_head> pca_heads(const nb::tuple& t) {
     return heads;
 }
 
+// The CPU reference of the attention bindings: keys and values of positions
+// 0..len-1 stored in ks / vs, then the last n_tok positions' attention.
+std::vector<float> cpu_attention(std::unique_ptr<kvrt::kv_stream> ks,
+                                 std::unique_ptr<kvrt::kv_stream> vs, const float* q,
+                                 const float* k, const float* v, int n_tok, int len, int n_head,
+                                 int n_head_kv, int head_dim, int sliding_window) {
+    ks->store(0, len, k);
+    vs->store(0, len, v);
+    kvrt::attention_params ap;
+    ap.n_head = n_head;
+    ap.n_head_kv = n_head_kv;
+    ap.head_dim = head_dim;
+    ap.sliding_window = sliding_window;
+    kvrt::attention_scratch scratch;
+    kvrt::thread_pool pool(2);
+    std::vector<float> out((size_t)n_tok * n_head * head_dim);
+    kvrt::attention_forward(*ks, *vs, q, n_tok, len - n_tok, ap, out.data(), scratch, pool);
+    return out;
+}
+
 }  // namespace
 
 void init_backend_ops(nb::module_& m) {
@@ -216,20 +236,10 @@ void init_backend_ops(nb::module_& m) {
                   return to_numpy(kvrt::gpu_test_attention_pca(hk, hv, q.data(), k.data(), v.data(),
                                                                n_tok, pos0, n_head, sliding_window));
               const kvrt::kv_type t{kvrt::KV_KIND_PCA, 0, 0};
-              auto ks = kvrt::kv_stream_create(t, true, len, n_head_kv, head_dim, 0, &hk);
-              auto vs = kvrt::kv_stream_create(t, false, len, n_head_kv, head_dim, 0, &hv);
-              ks->store(0, len, k.data());
-              vs->store(0, len, v.data());
-              kvrt::attention_params ap;
-              ap.n_head = n_head;
-              ap.n_head_kv = n_head_kv;
-              ap.head_dim = head_dim;
-              ap.sliding_window = sliding_window;
-              kvrt::attention_scratch scratch;
-              kvrt::thread_pool pool(2);
-              std::vector<float> out(q.size());
-              kvrt::attention_forward(*ks, *vs, q.data(), n_tok, pos0, ap, out.data(), scratch, pool);
-              return to_numpy(std::move(out));
+              return to_numpy(cpu_attention(kvrt::kv_stream_create(t, true, len, n_head_kv, head_dim, 0, &hk),
+                                            kvrt::kv_stream_create(t, false, len, n_head_kv, head_dim, 0, &hv),
+                                            q.data(), k.data(), v.data(), n_tok, len, n_head,
+                                            n_head_kv, head_dim, sliding_window));
           });
 
     m.def("backend_attention",
@@ -246,19 +256,9 @@ void init_backend_ops(nb::module_& m) {
                   return to_numpy(kvrt::gpu_test_attention(tk, tv, q.data(), k.data(), v.data(), n_tok,
                                                            pos0, n_head, n_head_kv, head_dim,
                                                            sliding_window));
-              auto ks = kvrt::kv_stream_create(tk, true, len, n_head_kv, head_dim);
-              auto vs = kvrt::kv_stream_create(tv, false, len, n_head_kv, head_dim);
-              ks->store(0, len, k.data());
-              vs->store(0, len, v.data());
-              kvrt::attention_params ap;
-              ap.n_head = n_head;
-              ap.n_head_kv = n_head_kv;
-              ap.head_dim = head_dim;
-              ap.sliding_window = sliding_window;
-              kvrt::attention_scratch scratch;
-              kvrt::thread_pool pool(2);
-              std::vector<float> out(q.size());
-              kvrt::attention_forward(*ks, *vs, q.data(), n_tok, pos0, ap, out.data(), scratch, pool);
-              return to_numpy(std::move(out));
+              return to_numpy(cpu_attention(kvrt::kv_stream_create(tk, true, len, n_head_kv, head_dim),
+                                            kvrt::kv_stream_create(tv, false, len, n_head_kv, head_dim),
+                                            q.data(), k.data(), v.data(), n_tok, len, n_head,
+                                            n_head_kv, head_dim, sliding_window));
           });
 }
