@@ -53,8 +53,9 @@ bool gpu_available(std::string* why);
 // gpu_forward_create when there is no GPU.
 //
 // out[t][r] = w_row(r) . x_t for w (rows, cols) of type t in file bytes,
-// x [n][cols]. prefill: 0 the matvec kernel, 1 the path of batches
-// (dequantize + cuBLAS GEMM in f32), 2 the same in f16 (tensor cores).
+// x [n][cols]. prefill: 0 the matvec kernel (activations as q16 codes for
+// the block types), 1 the path of batches (dequantize + cuBLAS GEMM in f32),
+// 2 the same in f16 (tensor cores), 3 the matvec kernel in f32.
 std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, int64_t cols,
                                    const float* x, int n, int prefill);
 // y = rms_norm(x) * w over rows of n.

@@ -43,8 +43,19 @@ struct dev_weight {
 bool cuda_weight_type_supported(ggml_type t);
 const char* cuda_weight_types_supported();
 // out[t][r] = w_row(r) . x_t, x [n][cols], out [n][rows]; reads each weight
-// block once per 8 tokens (decode and small batches).
-void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s);
+// block once per 8 tokens (decode and small batches). With `act` (x turned
+// into q16 codes by cuda_quantize_q16) the block types take integer dot
+// products with those codes, as the CPU does; without it, or for the float
+// types, they multiply x in f32.
+void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s,
+                 const void* act = nullptr);
+// Whether cuda_matvec of weight type t reads q16 codes when given them.
+bool cuda_matvec_takes_q16(ggml_type t);
+// Bytes of the q16 codes of n rows of cols (a multiple of 32) activations;
+// cuda_quantize_q16 writes them from x [n][cols], bit-identical to the CPU's
+// quant_q16 (laid out for the kernel, not as block_q16).
+size_t cuda_q16_bytes(int n, int64_t cols);
+void cuda_quantize_q16(const float* x, int n, int64_t cols, void* act, cudaStream_t s);
 // Batches through cuBLAS: GEMM_F32 dequantizes w to f32 (wbuf: rows*cols
 // floats) and multiplies in f32, as exact as the CPU's 16-bit activation
 // codes; GEMM_F16 dequantizes to f16 and converts x into xbuf (n*cols

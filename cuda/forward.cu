@@ -126,6 +126,16 @@ public:
         tokens_ = bufs_.back()->as<int32_t>();
         KVRT_CUDA_CHECK(cudaMallocHost(&h_step_, 2 * sizeof(int32_t)));
         if (const char* e = std::getenv("KVRT_CUDA_GRAPH")) use_graph_ = std::string(e) != "0";
+        bool q16 = true;
+        if (const char* e = std::getenv("KVRT_CUDA_MATVEC")) {
+            q16 = std::string(e) == "q16";
+            if (!q16 && std::string(e) != "f32")
+                throw error("KVRT_CUDA_MATVEC must be q16 or f32, not '" + std::string(e) + "'");
+        }
+        if (q16) {
+            bufs_.push_back(std::make_unique<dev_buf>(cuda_q16_bytes((int)B, (int64_t)max_cols_)));
+            q16_ = bufs_.back()->p;
+        }
 #if defined(KVRT_CUBLAS)
         if (const char* e = std::getenv("KVRT_CUDA_GEMM")) {
             if (std::string(e) == "f16") gemm_ = GEMM_F16;
@@ -201,8 +211,8 @@ private:
             const dev_layer& L = layers_[il];
             cuda_rms_norm_rows(x_, L.attn_norm, xn_, n, E, hp.rms_eps, s);
             mul(L.wq, xn_, n, q_);
-            mul(L.wk, xn_, n, k_);
-            mul(L.wv, xn_, n, v_);
+            mul(L.wk, xn_, n, k_, true);
+            mul(L.wv, xn_, n, v_, true);
             if (L.bq) cuda_add_bias_rows(q_, L.bq, n, QD, s);
             if (L.bk) cuda_add_bias_rows(k_, L.bk, n, KVD, s);
             if (L.bv) cuda_add_bias_rows(v_, L.bv, n, KVD, s);
@@ -221,7 +231,7 @@ private:
             cuda_add(x_, out_, (int64_t)n * E, s);
             cuda_rms_norm_rows(x_, L.ffn_norm, xn_, n, E, hp.rms_eps, s);
             mul(L.w_gate, xn_, n, gate_);
-            mul(L.w_up, xn_, n, up_);
+            mul(L.w_up, xn_, n, up_, true);
             cuda_swiglu(gate_, up_, gate_, (int64_t)n * hp.n_ff, s);
             mul(L.w_down, gate_, n, out_);
             cuda_add(x_, out_, (int64_t)n * E, s);
@@ -251,14 +261,22 @@ private:
         KVRT_CUDA_CHECK(e);
     }
 
-    void mul(const dev_weight& w, const float* x, int n, float* out) {
+    // same_x: x is the input of the previous mul, unchanged since, so q16
+    // codes made from it then still hold (q, k, v; gate, up).
+    void mul(const dev_weight& w, const float* x, int n, float* out, bool same_x = false) {
+        if (!same_x) q16_of_ = nullptr;
 #if defined(KVRT_CUBLAS)
         if (n >= kGemmMinTokens && wbuf_) {
             cuda_matmul_gemm(w, x, n, out, gemm_, wbuf_, xbuf_, cublas_, stream_);
             return;
         }
 #endif
-        cuda_matvec(w, x, n, out, stream_);
+        const bool q16 = q16_ && cuda_matvec_takes_q16(w.type);
+        if (q16 && q16_of_ != x) {
+            cuda_quantize_q16(x, n, w.cols, q16_, stream_);
+            q16_of_ = x;
+        }
+        cuda_matvec(w, x, n, out, stream_, q16 ? q16_ : nullptr);
     }
 
     dev_weight upload(const weight& w) {
@@ -335,6 +353,8 @@ private:
     cublasHandle_t cublas_ = nullptr;
 #endif
     void *wbuf_ = nullptr, *xbuf_ = nullptr;
+    void* q16_ = nullptr;            // matvec inputs as q16 codes ($KVRT_CUDA_MATVEC=f32: none)
+    const float* q16_of_ = nullptr;  // the x they were made from
     gemm_precision gemm_ = GEMM_F32;  // $KVRT_CUDA_GEMM=f16: tensor cores
     size_t max_weight_elems_ = 0, max_cols_ = 0;
     size_t weight_bytes_ = 0, kv_bytes_ = 0;

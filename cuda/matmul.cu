@@ -1,10 +1,17 @@
 // Weight x activation products on the GPU, weights kept in their file types.
 // Decode and small batches (n <= 8 tokens per launch chunk): block types take
-// one weight row per block, each lane a quarter of a 32-element block, and
-// dot it with every token of the chunk, so a weight byte is read once per 8
-// tokens; float types one warp per row. Larger batches: the weight
-// dequantized (f32, or f16 for the tensor cores) and one cuBLAS GEMM with
-// f32 accumulation, at the price of a dequantization pass per batch.
+// a pair of weight rows per block, each lane a quarter of a 32-element block
+// of both, and dot it with every token of the chunk, so a weight byte is read
+// once per 8 tokens; float types one warp per row. The activations of block
+// types are first turned into the CPU's q16 codes (16-bit integers and a
+// scale per 32 elements, quant_blocks.h): the products are then integer dot
+// products (__dp2a: two 16x8-bit products per instruction) equal to the
+// CPU's, activation loads are half the bytes of floats and shared by the two
+// rows, which is what the decode matvec is bound by (L1 load throughput, not
+// DRAM). The float kernel of the same layout stays (cuda_matvec without
+// codes, KVRT_CUDA_MATVEC=f32). Larger batches: the weight dequantized (f32,
+// or f16 for the tensor cores) and one cuBLAS GEMM with f32 accumulation, at
+// the price of a dequantization pass per batch.
 #include <algorithm>
 #include <string>
 
@@ -39,6 +46,7 @@ namespace {
 
 constexpr int kTokChunk = 8;   // tokens per matvec launch chunk
 constexpr int kRowsPerBlock = 4;  // warps per block (float types: one row each)
+constexpr int kQ16Rows = 2;       // weight rows per block of the q16 kernel
 
 __device__ inline float h2f(const uint8_t* p) {
     return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
@@ -204,6 +212,182 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_block_kernel(
     }
 }
 
+// ---- q16 activations ----
+// A lane of the q16 kernel works on quarter p of a block: elements 4p..4p+3
+// and 16+4p..16+4p+3 (the 4/5-bit types keep them in one 4-byte run of
+// nibbles; q8_0 takes the same elements). The codes are stored in that order,
+// [p][lo 4, hi 4] per block, so a lane's eight codes are one 16-byte load.
+// Per token: cols int16 codes, then nb = cols/32 int2 {d as float bits, sum
+// of the block's codes}.
+__device__ inline int q16_slot(int j) { return 8 * ((j % 16) / 4) + 4 * (j / 16) + j % 4; }
+
+// One warp per 32-element block, as the CPU's quant_q16 (quants_ref.cpp):
+// d = amax / 32767, codes round(x / d) half away from zero.
+__global__ void quantize_q16_kernel(const float* x, int64_t n_blocks, int16_t* qs, int2* ds) {
+    const int lane = threadIdx.x % 32;
+    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (blk >= n_blocks) return;
+    const float v = x[blk * 32 + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 32767.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(v * id);
+    int sum = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    qs[blk * 32 + q16_slot(lane)] = (int16_t)q;
+    if (lane == 0) ds[blk] = make_int2(__float_as_int(d), sum);
+}
+
+// c + the products of the two 16-bit halves of a with bytes 0, 1 (lo) or
+// 2, 3 (hi) of b, all signed.
+__device__ inline int dot2_lo(int a, int b, int c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
+    return __dp2a_lo(a, b, c);
+#else
+    return c + (int)(int16_t)(a & 0xFFFF) * (int)(int8_t)(b & 0xFF) +
+           (a >> 16) * (int)(int8_t)((b >> 8) & 0xFF);
+#endif
+}
+__device__ inline int dot2_hi(int a, int b, int c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 610
+    return __dp2a_hi(a, b, c);
+#else
+    return c + (int)(int16_t)(a & 0xFFFF) * (int)(int8_t)((b >> 16) & 0xFF) +
+           (a >> 16) * (int)(int8_t)(b >> 24);
+#endif
+}
+
+// Bit i of the 4-bit group g becomes bit 4 of byte i (the 5th bit of q5 codes).
+__device__ inline uint32_t spread_hi_bits(uint32_t g) {
+    return ((g & 1) << 4) | ((g & 2) << 11) | ((g & 4) << 18) | ((g & 8) << 25);
+}
+
+// Quarter `part` of weight block b as integer codes: bytes lo (elements
+// 4p..4p+3) and hi (16+4p..16+4p+3), the scale d and minimum m (0 for the
+// _0 types, whose offset is the template's kQ16Offset).
+template <int T>
+__device__ inline void codes_part(const uint8_t* row, int64_t b, int part, int& lo, int& hi,
+                                  float& d, float& m) {
+    m = 0.0f;
+    uint32_t qs = 0, qh = 0;
+    if constexpr (T == GGML_TYPE_Q8_0) {
+        const uint8_t* blk = row + b * sizeof(block_q8_0);
+        d = h2f_bits(ld_u16(blk));
+        lo = (int)ld_u32_2a(blk + 2 + 4 * part);
+        hi = (int)ld_u32_2a(blk + 18 + 4 * part);
+        return;
+    } else if constexpr (T == GGML_TYPE_Q4_0) {
+        const uint8_t* blk = row + b * sizeof(block_q4_0);
+        d = h2f_bits(ld_u16(blk));
+        qs = ld_u32_2a(blk + 2 + 4 * part);
+    } else if constexpr (T == GGML_TYPE_Q4_1) {
+        const uint8_t* blk = row + b * sizeof(block_q4_1);
+        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
+        d = h2f_bits(dm & 0xFFFF);
+        m = h2f_bits(dm >> 16);
+        qs = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * part);
+    } else if constexpr (T == GGML_TYPE_Q5_0) {
+        const uint8_t* blk = row + b * sizeof(block_q5_0);
+        d = h2f_bits(ld_u16(blk));
+        qh = ld_u32_2a(blk + 2);
+        qs = ld_u32_2a(blk + 6 + 4 * part);
+    } else {  // Q5_1
+        const uint8_t* blk = row + b * sizeof(block_q5_1);
+        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
+        d = h2f_bits(dm & 0xFFFF);
+        m = h2f_bits(dm >> 16);
+        qh = *reinterpret_cast<const uint32_t*>(blk + 4);
+        qs = *reinterpret_cast<const uint32_t*>(blk + 8 + 4 * part);
+    }
+    uint32_t l = qs & 0x0F0F0F0Fu, h = (qs >> 4) & 0x0F0F0F0Fu;
+    if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
+        l |= spread_hi_bits((qh >> (4 * part)) & 0xF);
+        h |= spread_hi_bits((qh >> (16 + 4 * part)) & 0xF);
+    }
+    lo = (int)l;
+    hi = (int)h;
+}
+
+// What the _0 types subtract from their unsigned codes (q8_0's are signed).
+template <int T>
+constexpr int kQ16Offset = T == GGML_TYPE_Q4_0 ? 8 : T == GGML_TYPE_Q5_0 ? 16 : 0;
+
+// kQ16Rows weight rows per block of kRowsPerBlock warps; the warps split the
+// row's blocks as matvec_block_kernel does, each lane loads its tokens' codes
+// once for both rows. Per block the CPU's sum d_w * d_a * dot(q_w, q_a) +
+// m_w * d_a * sum(q_a), the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127).
+template <int T>
+__global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
+        const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols, const int16_t* aq,
+        const int2* ad, int n, float* out) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = lane % 4;
+    const int64_t r0 = (int64_t)blockIdx.x * kQ16Rows;
+    const int t0 = blockIdx.y * kTokChunk;
+    const int nt = min(kTokChunk, n - t0);
+    const int64_t nb = cols / 32;
+    const uint8_t* row[kQ16Rows];
+#pragma unroll
+    for (int i = 0; i < kQ16Rows; ++i) row[i] = w + min(r0 + i, rows - 1) * row_bytes;
+    const int16_t* aqt = aq + (size_t)t0 * cols + 8 * part;
+    const int2* adt = ad + (size_t)t0 * nb;
+    float acc[kTokChunk][kQ16Rows];
+#pragma unroll
+    for (int t = 0; t < kTokChunk; ++t)
+#pragma unroll
+        for (int i = 0; i < kQ16Rows; ++i) acc[t][i] = 0.0f;
+#pragma unroll 2
+    for (int64_t b = warp * 8 + lane / 4; b < nb; b += 8 * kRowsPerBlock) {
+        int lo[kQ16Rows], hi[kQ16Rows];
+        float dw[kQ16Rows], mw[kQ16Rows];
+#pragma unroll
+        for (int i = 0; i < kQ16Rows; ++i)
+            codes_part<T>(row[i], b, part, lo[i], hi[i], dw[i], mw[i]);
+#pragma unroll
+        for (int t = 0; t < kTokChunk; ++t) {
+            if (t >= nt) break;
+            const int4 a = *reinterpret_cast<const int4*>(aqt + (size_t)t * cols + b * 32);
+            const int2 ds = adt[(size_t)t * nb + b];
+            const float da = __int_as_float(ds.x);
+            // The block's code sum enters once, through its first quarter.
+            const int sa = part == 0 ? ds.y : 0;
+#pragma unroll
+            for (int i = 0; i < kQ16Rows; ++i) {
+                int dot = dot2_lo(a.x, lo[i], 0);
+                dot = dot2_hi(a.y, lo[i], dot);
+                dot = dot2_lo(a.z, hi[i], dot);
+                dot = dot2_hi(a.w, hi[i], dot);
+                if constexpr (kQ16Offset<T> != 0) dot -= kQ16Offset<T> * sa;
+                acc[t][i] += (float)dot * (dw[i] * da);
+                if constexpr (T == GGML_TYPE_Q4_1 || T == GGML_TYPE_Q5_1)
+                    acc[t][i] += mw[i] * (da * (float)sa);
+            }
+        }
+    }
+    __shared__ float part_sum[kRowsPerBlock][kTokChunk * kQ16Rows];
+#pragma unroll
+    for (int t = 0; t < kTokChunk; ++t) {
+        if (t >= nt) break;
+#pragma unroll
+        for (int i = 0; i < kQ16Rows; ++i) {
+            const float s = warp_sum(acc[t][i]);
+            if (lane == 0) part_sum[warp][t * kQ16Rows + i] = s;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < nt * kQ16Rows) {
+        const int t = threadIdx.x / kQ16Rows, i = threadIdx.x % kQ16Rows;
+        if (r0 + i < rows) {
+            float s = 0.0f;
+#pragma unroll
+            for (int k = 0; k < kRowsPerBlock; ++k) s += part_sum[k][threadIdx.x];
+            out[(size_t)(t0 + t) * rows + r0 + i] = s;
+        }
+    }
+}
+
 // Float weights (any column count): lanes stride over the elements.
 template <int T>
 __global__ void matvec_float_kernel(const uint8_t* w, size_t row_bytes, int64_t rows,
@@ -287,11 +471,54 @@ int grid_for(int64_t n, int threads) {
 
 }  // namespace
 
-void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s) {
+bool cuda_matvec_takes_q16(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1:
+        case GGML_TYPE_Q8_0: return true;
+        default: return false;
+    }
+}
+
+size_t cuda_q16_bytes(int n, int64_t cols) {
+    return (size_t)n * (size_t)cols * sizeof(int16_t) +
+           (size_t)n * (size_t)(cols / 32) * sizeof(int2);
+}
+
+void cuda_quantize_q16(const float* x, int n, int64_t cols, void* act, cudaStream_t s) {
+    if (cols % 32) throw error("CUDA: q16 activations need a multiple of 32 columns");
+    const int64_t n_blocks = (int64_t)n * (cols / 32);
+    int16_t* qs = static_cast<int16_t*>(act);
+    int2* ds = reinterpret_cast<int2*>(qs + (size_t)n * cols);
+    constexpr int kWarps = 8;
+    quantize_q16_kernel<<<(unsigned)((n_blocks + kWarps - 1) / kWarps), 32 * kWarps, 0, s>>>(
+            x, n_blocks, qs, ds);
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s,
+                 const void* act) {
     const dim3 grid((unsigned)((w.rows + kRowsPerBlock - 1) / kRowsPerBlock),
                     (unsigned)((n + kTokChunk - 1) / kTokChunk));
     const dim3 grid_q((unsigned)w.rows, (unsigned)((n + kTokChunk - 1) / kTokChunk));
     const dim3 block(32 * kRowsPerBlock);
+    if (act && cuda_matvec_takes_q16(w.type)) {
+        const dim3 grid_16((unsigned)((w.rows + kQ16Rows - 1) / kQ16Rows),
+                           (unsigned)((n + kTokChunk - 1) / kTokChunk));
+        const int16_t* aq = static_cast<const int16_t*>(act);
+        const int2* ad = reinterpret_cast<const int2*>(aq + (size_t)n * w.cols);
+#define KVRT_MV16(T) \
+    matvec_q16_kernel<T><<<grid_16, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, aq, ad, n, out)
+        switch (w.type) {
+            case GGML_TYPE_Q4_0: KVRT_MV16(GGML_TYPE_Q4_0); break;
+            case GGML_TYPE_Q4_1: KVRT_MV16(GGML_TYPE_Q4_1); break;
+            case GGML_TYPE_Q5_0: KVRT_MV16(GGML_TYPE_Q5_0); break;
+            case GGML_TYPE_Q5_1: KVRT_MV16(GGML_TYPE_Q5_1); break;
+            default: KVRT_MV16(GGML_TYPE_Q8_0); break;
+        }
+#undef KVRT_MV16
+        KVRT_CUDA_CHECK(cudaGetLastError());
+        return;
+    }
 #define KVRT_MV(T, K, G) K<T><<<G, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out)
     switch (w.type) {
         case GGML_TYPE_F32: KVRT_MV(GGML_TYPE_F32, matvec_float_kernel, grid); break;

@@ -54,7 +54,7 @@ std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, 
     dev_copy dwb(w, dw.row_bytes * rows), dx(x, sizeof(float) * n * cols), dout(nullptr, sizeof(float) * n * rows);
     dw.d = dwb.as<uint8_t>();
 #if defined(KVRT_CUBLAS)
-    if (prefill) {
+    if (prefill == 1 || prefill == 2) {
         const gemm_precision gemm = prefill == 2 ? GEMM_F16 : GEMM_F32;
         dev_copy wb(nullptr, sizeof(float) * rows * cols), xb(nullptr, sizeof(__half) * n * cols);
         cublasHandle_t h;
@@ -65,7 +65,13 @@ std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, 
         return out;
     }
 #endif
-    cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0);
+    if (prefill == 3 || !cuda_matvec_takes_q16(t)) {
+        cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0);
+        return to_host<float>(dout, (size_t)n * rows);
+    }
+    dev_copy act(nullptr, cuda_q16_bytes(n, cols));
+    cuda_quantize_q16(dx.as<float>(), n, cols, act.p, 0);
+    cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0, act.p);
     return to_host<float>(dout, (size_t)n * rows);
 }
 

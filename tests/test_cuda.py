@@ -54,10 +54,18 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 # ---- per op ----
 
 
+BLOCK_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+# CPU: activations as q16 codes per block (16-bit integers, a scale per 32). CUDA: the matvec
+# of the block types takes the same codes (integer sums equal to the CPU's, only the float
+# sum over blocks in another order); f32 activations in the float matvec
+# (KVRT_CUDA_MATVEC=f32) and the cuBLAS f32 path; f16 on the tensor cores.
+MATMUL_TOL = {0: 1e-5, 1: 1e-4, 2: 3e-3, 3: 1e-4}
+
+
 @cuda_test
 @pytest.mark.parametrize("n", [1, 31, 32, 33])
 @pytest.mark.parametrize("tname", list(TYPES))
-@pytest.mark.parametrize("prefill", [0, 1, 2])  # matvec, cuBLAS f32, cuBLAS f16
+@pytest.mark.parametrize("prefill", [0, 1, 2, 3])  # matvec q16, cuBLAS f32, cuBLAS f16, matvec f32
 def test_matmul(tname, n, prefill):
     rng = np.random.default_rng(n)
     rows, cols = 33, 256 if tname not in ("F32", "F16", "BF16") else 100
@@ -66,8 +74,32 @@ def test_matmul(tname, n, prefill):
     x = rng.standard_normal((n, cols)).astype(np.float32)
     ref = np.asarray(_core.backend_matmul("cpu", TYPES[tname], wb, rows, cols, x)).reshape(n, rows)
     got = np.asarray(_core.backend_matmul("cuda", TYPES[tname], wb, rows, cols, x, prefill))
-    # CPU: activations as 16-bit codes per block; CUDA: f32, or f16 on the tensor cores.
-    assert rel_err(got.reshape(n, rows), ref) < (3e-3 if prefill == 2 else 1e-4)
+    tol = MATMUL_TOL[prefill] if tname in BLOCK_TYPES else MATMUL_TOL[1]
+    assert rel_err(got.reshape(n, rows), ref) < (3e-3 if prefill == 2 else tol)
+
+
+@cuda_test
+@pytest.mark.parametrize("tname", BLOCK_TYPES)
+@pytest.mark.parametrize(
+    "rows,cols",
+    # one row; rows odd (the q16 kernel takes two per block); columns of 1 and 3 blocks, not
+    # a multiple of 256, a row whose blocks leave some warps idle or wrap the warps' stride
+    [(1, 32), (7, 96), (33, 288), (130, 2080), (5, 4128)],
+)
+@pytest.mark.parametrize("n", [1, 3, 9])  # 9: two launch chunks of tokens
+@pytest.mark.parametrize("prefill", [0, 3])
+def test_matmul_matvec_shapes(tname, rows, cols, n, prefill):
+    rng = np.random.default_rng(rows * cols + n)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w[0, :32] *= 50  # a block with a large scale
+    wb = np.asarray(_core.quantize_rows(TYPES[tname], w), dtype=np.uint8).ravel()
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    x[0, :32] = 0.0  # a block of zeros (scale 0)
+    x[-1, -32:] *= 1e4  # an outlier block
+    ref = np.asarray(_core.backend_matmul("cpu", TYPES[tname], wb, rows, cols, x)).reshape(n, rows)
+    got = np.asarray(_core.backend_matmul("cuda", TYPES[tname], wb, rows, cols, x, prefill))
+    # f32 activations differ from the CPU's codes by their rounding (1/65534 of a block's max).
+    assert rel_err(got.reshape(n, rows), ref) < (MATMUL_TOL[0] if prefill == 0 else 1e-3)
 
 
 @cuda_test
