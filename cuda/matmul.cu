@@ -103,6 +103,61 @@ __device__ inline uint32_t ld_u16(const uint8_t* p) { return *reinterpret_cast<c
 __device__ inline uint32_t ld_u32_2a(const uint8_t* p) { return ld_u16(p) | (ld_u16(p + 2) << 16); }
 __device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
 
+// Bit i of the 4-bit group g becomes bit 4 of byte i (the 5th bit of q5 codes).
+__device__ inline uint32_t spread_hi_bits(uint32_t g) {
+    return ((g & 1) << 4) | ((g & 2) << 11) | ((g & 4) << 18) | ((g & 8) << 25);
+}
+
+// Quarter `part` of weight block b as integer codes: bytes lo (elements
+// 4p..4p+3) and hi (16+4p..16+4p+3), the scale d and minimum m (0 for the
+// _0 types, whose offset is the template's kQ16Offset).
+template <int T>
+__device__ inline void codes_part(const uint8_t* row, int64_t b, int part, int& lo, int& hi,
+                                  float& d, float& m) {
+    m = 0.0f;
+    uint32_t qs = 0, qh = 0;
+    if constexpr (T == GGML_TYPE_Q8_0) {
+        const uint8_t* blk = row + b * sizeof(block_q8_0);
+        d = h2f_bits(ld_u16(blk));
+        lo = (int)ld_u32_2a(blk + 2 + 4 * part);
+        hi = (int)ld_u32_2a(blk + 18 + 4 * part);
+        return;
+    } else if constexpr (T == GGML_TYPE_Q4_0) {
+        const uint8_t* blk = row + b * sizeof(block_q4_0);
+        d = h2f_bits(ld_u16(blk));
+        qs = ld_u32_2a(blk + 2 + 4 * part);
+    } else if constexpr (T == GGML_TYPE_Q4_1) {
+        const uint8_t* blk = row + b * sizeof(block_q4_1);
+        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
+        d = h2f_bits(dm & 0xFFFF);
+        m = h2f_bits(dm >> 16);
+        qs = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * part);
+    } else if constexpr (T == GGML_TYPE_Q5_0) {
+        const uint8_t* blk = row + b * sizeof(block_q5_0);
+        d = h2f_bits(ld_u16(blk));
+        qh = ld_u32_2a(blk + 2);
+        qs = ld_u32_2a(blk + 6 + 4 * part);
+    } else {  // Q5_1
+        const uint8_t* blk = row + b * sizeof(block_q5_1);
+        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
+        d = h2f_bits(dm & 0xFFFF);
+        m = h2f_bits(dm >> 16);
+        qh = *reinterpret_cast<const uint32_t*>(blk + 4);
+        qs = *reinterpret_cast<const uint32_t*>(blk + 8 + 4 * part);
+    }
+    uint32_t l = qs & 0x0F0F0F0Fu, h = (qs >> 4) & 0x0F0F0F0Fu;
+    if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
+        l |= spread_hi_bits((qh >> (4 * part)) & 0xF);
+        h |= spread_hi_bits((qh >> (16 + 4 * part)) & 0xF);
+    }
+    lo = (int)l;
+    hi = (int)h;
+}
+
+// What the _0 types subtract from their unsigned codes (q8_0's are signed).
+template <int T>
+constexpr int kQ16Offset = T == GGML_TYPE_Q4_0 ? 8 : T == GGML_TYPE_Q5_0 ? 16 : 0;
+
 // Quarter `part` (0..3) of block b of a row: 8 values and where they sit in
 // the block. 4/5-bit types: elements 4p..4p+3 and 16+4p..16+4p+3 (one
 // 4-byte run of nibbles); q8_0: elements 8p..8p+7. Each warp thus reads 8
@@ -120,44 +175,13 @@ __device__ inline void dequant_part(const uint8_t* row, int64_t b, int part, flo
             v[2 * k + 1] = (float)(int8_t)(w >> 8) * d;
         }
     } else {
-        float d, m = 0.0f;
-        uint32_t qs, qh = 0;
-        int off = 0;
-        if constexpr (T == GGML_TYPE_Q4_0) {
-            const uint8_t* blk = row + b * sizeof(block_q4_0);
-            d = h2f_bits(ld_u16(blk));
-            qs = ld_u32_2a(blk + 2 + 4 * part);
-            off = 8;
-        } else if constexpr (T == GGML_TYPE_Q4_1) {
-            const uint8_t* blk = row + b * sizeof(block_q4_1);
-            const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
-            d = h2f_bits(dm & 0xFFFF);
-            m = h2f_bits(dm >> 16);
-            qs = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * part);
-        } else if constexpr (T == GGML_TYPE_Q5_0) {
-            const uint8_t* blk = row + b * sizeof(block_q5_0);
-            d = h2f_bits(ld_u16(blk));
-            qh = ld_u32_2a(blk + 2);
-            qs = ld_u32_2a(blk + 6 + 4 * part);
-            off = 16;
-        } else {  // Q5_1
-            const uint8_t* blk = row + b * sizeof(block_q5_1);
-            const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
-            d = h2f_bits(dm & 0xFFFF);
-            m = h2f_bits(dm >> 16);
-            qh = *reinterpret_cast<const uint32_t*>(blk + 4);
-            qs = *reinterpret_cast<const uint32_t*>(blk + 8 + 4 * part);
-        }
+        int lo, hi;
+        float d, m;
+        codes_part<T>(row, b, part, lo, hi, d, m);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const int j = 4 * part + i;
-            int lo = (qs >> (8 * i)) & 0x0F, hi = (qs >> (8 * i + 4)) & 0x0F;
-            if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
-                lo |= ((qh >> j) & 1) << 4;
-                hi |= ((qh >> (j + 16)) & 1) << 4;
-            }
-            v[i] = (float)(lo - off) * d + m;
-            v[4 + i] = (float)(hi - off) * d + m;
+            v[i] = (float)((int)(((uint32_t)lo >> (8 * i)) & 0xFF) - kQ16Offset<T>) * d + m;
+            v[4 + i] = (float)((int)(((uint32_t)hi >> (8 * i)) & 0xFF) - kQ16Offset<T>) * d + m;
         }
     }
 }
@@ -259,61 +283,6 @@ __device__ inline int dot2_hi(int a, int b, int c) {
            (a >> 16) * (int)(int8_t)(b >> 24);
 #endif
 }
-
-// Bit i of the 4-bit group g becomes bit 4 of byte i (the 5th bit of q5 codes).
-__device__ inline uint32_t spread_hi_bits(uint32_t g) {
-    return ((g & 1) << 4) | ((g & 2) << 11) | ((g & 4) << 18) | ((g & 8) << 25);
-}
-
-// Quarter `part` of weight block b as integer codes: bytes lo (elements
-// 4p..4p+3) and hi (16+4p..16+4p+3), the scale d and minimum m (0 for the
-// _0 types, whose offset is the template's kQ16Offset).
-template <int T>
-__device__ inline void codes_part(const uint8_t* row, int64_t b, int part, int& lo, int& hi,
-                                  float& d, float& m) {
-    m = 0.0f;
-    uint32_t qs = 0, qh = 0;
-    if constexpr (T == GGML_TYPE_Q8_0) {
-        const uint8_t* blk = row + b * sizeof(block_q8_0);
-        d = h2f_bits(ld_u16(blk));
-        lo = (int)ld_u32_2a(blk + 2 + 4 * part);
-        hi = (int)ld_u32_2a(blk + 18 + 4 * part);
-        return;
-    } else if constexpr (T == GGML_TYPE_Q4_0) {
-        const uint8_t* blk = row + b * sizeof(block_q4_0);
-        d = h2f_bits(ld_u16(blk));
-        qs = ld_u32_2a(blk + 2 + 4 * part);
-    } else if constexpr (T == GGML_TYPE_Q4_1) {
-        const uint8_t* blk = row + b * sizeof(block_q4_1);
-        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
-        d = h2f_bits(dm & 0xFFFF);
-        m = h2f_bits(dm >> 16);
-        qs = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * part);
-    } else if constexpr (T == GGML_TYPE_Q5_0) {
-        const uint8_t* blk = row + b * sizeof(block_q5_0);
-        d = h2f_bits(ld_u16(blk));
-        qh = ld_u32_2a(blk + 2);
-        qs = ld_u32_2a(blk + 6 + 4 * part);
-    } else {  // Q5_1
-        const uint8_t* blk = row + b * sizeof(block_q5_1);
-        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
-        d = h2f_bits(dm & 0xFFFF);
-        m = h2f_bits(dm >> 16);
-        qh = *reinterpret_cast<const uint32_t*>(blk + 4);
-        qs = *reinterpret_cast<const uint32_t*>(blk + 8 + 4 * part);
-    }
-    uint32_t l = qs & 0x0F0F0F0Fu, h = (qs >> 4) & 0x0F0F0F0Fu;
-    if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
-        l |= spread_hi_bits((qh >> (4 * part)) & 0xF);
-        h |= spread_hi_bits((qh >> (16 + 4 * part)) & 0xF);
-    }
-    lo = (int)l;
-    hi = (int)h;
-}
-
-// What the _0 types subtract from their unsigned codes (q8_0's are signed).
-template <int T>
-constexpr int kQ16Offset = T == GGML_TYPE_Q4_0 ? 8 : T == GGML_TYPE_Q5_0 ? 16 : 0;
 
 // kQ16Rows weight rows per block of kRowsPerBlock warps; the warps split the
 // row's blocks as matvec_block_kernel does, each lane loads its tokens' codes
