@@ -348,27 +348,6 @@ const char* kv_kernels_simd_name() {
 // ---------------------------------------------------------------------------
 // Token-major affine groups.
 
-float kv_affine_dot(const uint8_t* grp, int bits, const float* q) {
-    const uint16_t* hdr = reinterpret_cast<const uint16_t*>(grp);
-    const float scale = fp16_to_fp32(hdr[0]), mn = fp16_to_fp32(hdr[1]);
-    alignas(32) float x[32];
-    kv_unpack32_f32(grp + 4, bits, x);
-    float dot = 0.0f, qs = 0.0f;
-    for (int i = 0; i < 32; ++i) {
-        dot += q[i] * x[i];
-        qs += q[i];
-    }
-    return scale * dot + mn * qs;
-}
-
-void kv_affine_axpy(const uint8_t* grp, int bits, float a, float* out) {
-    const uint16_t* hdr = reinterpret_cast<const uint16_t*>(grp);
-    const float as = a * fp16_to_fp32(hdr[0]), am = a * fp16_to_fp32(hdr[1]);
-    alignas(32) float x[32];
-    kv_unpack32_f32(grp + 4, bits, x);
-    for (int i = 0; i < 32; ++i) out[i] += as * x[i] + am;
-}
-
 void kv_affine_quantize32(const float* x, int stride, int bits, uint16_t* scale, uint16_t* min,
                           uint8_t* g) {
     float lo = x[0], hi = x[0];

@@ -27,11 +27,6 @@ void kv_cmajor_accumulate(const uint8_t* blk, const uint8_t* bits, int n_ch, con
 void kv_cmajor_accumulate_ref(const uint8_t* blk, const uint8_t* bits, int n_ch,
                               const float* p, int n_rep, float* acc, int ld);
 
-// Token-major affine group (half scale, half min, 32 codes) against 32
-// floats: sum_i q_i * x_i and out_i += a * x_i, x_i = min + scale*code_i.
-float kv_affine_dot(const uint8_t* grp, int bits, const float* q);
-void kv_affine_axpy(const uint8_t* grp, int bits, float a, float* out);
-
 // Quantizes 32 floats (x[i*stride]) to an affine group: min, scale =
 // (max-min)/(2^bits-1) stored as halves, codes rounded against the stored
 // halves. scale/min are written to *scale, *min; codes packed into g.
@@ -45,7 +40,6 @@ void kv_affine_quantize32(const float* x, int stride, int bits, uint16_t* scale,
 float kv_max(const float* x, int n);
 float kv_softmax_exp(float* x, int n, float m);
 float kv_softmax_exp_ref(float* x, int n, float m);
-
 
 // A run of 32 positions against k per-position tables: s[r*32 + j] =
 // sum_i w[r*k + i] * tab[i*32 + j] (overwrites s). The pca keys' turning
