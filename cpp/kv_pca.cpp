@@ -1,7 +1,7 @@
 // The pca KV format: y = P(x - mu) in a calibrated basis; per token one
-// scale a_t (the largest |y_c| / sigma_c, rounded up to its byte code), and each kept channel quantized as
-// y_c / a_t ~ lo_c + step_c * code with its own bits and static quantizer;
-// channel-major blocks (kv_layout.h).
+// scale a_t (the largest |y_c| / sigma_c, rounded up to its byte code), and
+// each kept channel quantized as y_c / a_t ~ lo_c + step_c * code with its
+// own bits and static quantizer; channel-major blocks (kv_layout.h).
 //
 // Attention never leaves the rotated domain:
 //  - keys: q.k = (Pq).y + q.mu; q.mu is the same for every position and is
@@ -222,7 +222,7 @@ public:
     const uint8_t* packed_bytes(int part, size_t* n) const override {
         const size_t nh = heads_.size();
         switch (part) {
-            case 0: *n = bytes_ - nh * n_ctx_ - nh * kSinks * hd_ * 2; return data_.get();
+            case 0: *n = heads_.back().offset + heads_.back().blk * n_blocks_; return data_.get();
             case 1: *n = nh * n_ctx_; return scale_.get();
             case 2: *n = nh * kSinks * hd_ * sizeof(uint16_t); return reinterpret_cast<const uint8_t*>(sinks_.get());
             default: return nullptr;
