@@ -87,9 +87,9 @@ KV_INLINE void kv_code_set(uint8_t* g, int bits, int i, unsigned code) {
 }
 
 /* A pca token scale in one byte: code = 16 * (e + 8) + k stands for
- * (1 + k/16) * 2^e, e in -8..7, k in 0..15, so [2^-8, 496] in steps of 1/16
- * of an octave and above. Both directions are exact integer arithmetic on
- * the float's bits, so host and device agree to the bit. */
+ * (1 + k/16) * 2^e, e in -8..7, k in 0..15: [2^-8, 496], each octave in 16
+ * equal steps. Both directions are exact integer arithmetic on the float's
+ * bits, so host and device agree to the bit. */
 KV_INLINE float kv_pca_scale_value(uint8_t code) {
     const uint32_t bits = ((uint32_t)(code >> 4) + 119u) << 23 | (uint32_t)(code & 15) << 19;
     float a;
