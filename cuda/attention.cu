@@ -1,8 +1,10 @@
 // Causal attention over the device KV cache, flash-decoding style: each
-// block takes one (query token, head, span of positions), keeps a running
-// softmax (max m, normaliser l, unnormalised output) over tiles of the span,
-// and a second kernel merges the spans of each (token, head). Decode at long
-// context thus spreads one token over many blocks; prefill rows take one span.
+// block takes one (query token, kv head, up to kRows of the query heads that
+// share it, span of positions), so each cached row is read once for all of
+// them; its warps keep running softmaxes (max m, normaliser l, unnormalised
+// output) over 32-position chunks and merge at the end, and a second kernel
+// merges the spans of each (token, head). Decode at long context thus spreads
+// one token over many blocks; prefill rows take one span.
 // Mirrors cpp/cpu/attention.cpp; keys and values are read in their stream
 // format (f32, f16, q8_0, q4_0; kv_layout.h), never dequantized to a copy.
 // q8_0 / q4_0 streams hold Hadamard-rotated vectors (64-channel blocks):
@@ -18,9 +20,11 @@ namespace kvrt {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int kTile = 128;      // positions scored per step
 constexpr int kMinSpan = 256;   // positions below which a span is not split
 constexpr int kMaxHeadDim = 256;
+constexpr int kRows = 4;        // query heads of one kv head per block
+constexpr int kMergeThreads = 256;
+constexpr int kSplitTarget = 4;  // span blocks per multiprocessor that splitting aims at
 
 __device__ inline float h2f_at(const uint8_t* p) {
     return __half2float(__ushort_as_half((uint16_t)(p[0] | (p[1] << 8))));
@@ -60,62 +64,30 @@ __device__ inline void load8(const uint8_t* rec, int e0, float* v) {
     }
 }
 
-// Element e of a record.
-template <int K>
-__device__ inline float load1(const uint8_t* rec, int e) {
-    if constexpr (K == KV_KIND_F32) return reinterpret_cast<const float*>(rec)[e];
-    else if constexpr (K == KV_KIND_F16) return __half2float(reinterpret_cast<const __half*>(rec)[e]);
-    else if constexpr (K == KV_KIND_Q8_0) {
-        const uint8_t* blk = rec + (size_t)(e / 32) * sizeof(block_q8_0);
-        return (float)reinterpret_cast<const int8_t*>(blk + 2)[e % 32] * h2f_at(blk);
-    } else {
-        const uint8_t* blk = rec + (size_t)(e / 32) * sizeof(block_q4_0);
-        const int j = e % 32;
-        const uint8_t q = blk[2 + (j & 15)];
-        return (float)(((j < 16 ? q : q >> 4) & 0x0F) - 8) * h2f_at(blk);
+// In-place Walsh-Hadamard transform (scaled by 1/8) of the 64-blocks of
+// `rows` vectors of hd floats, `stride` apart in shared memory: each stage a
+// butterfly per thread, the same operations as one thread per block would
+// do. Every thread of the block calls it; it syncs after each stage.
+__device__ void fwht64_shared(float* x, int rows, int stride, int hd) {
+    const int half = hd / 2;
+    for (int len = 1; len < 64; len <<= 1) {
+        for (int i = threadIdx.x; i < rows * half; i += blockDim.x) {
+            const int k = i % half, j = k % 32;  // pair j of 64-block k / 32
+            float* y = x + (i / half) * stride + (k / 32) * 64 + (j / len) * 2 * len + j % len;
+            const float a = y[0], c = y[len];
+            y[0] = a + c;
+            y[len] = a - c;
+        }
+        __syncthreads();
     }
+    for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) x[(i / hd) * stride + i % hd] *= 0.125f;
+    __syncthreads();
 }
 
-// In-place Walsh-Hadamard transform of 64-blocks in shared memory, one
-// thread per block (the vectors are short; this runs once per block).
-__device__ void fwht64_shared(float* x, int n) {
-    for (int b = threadIdx.x * 64; b < n; b += blockDim.x * 64) {
-        float* y = x + b;
-        for (int len = 1; len < 64; len <<= 1)
-            for (int i = 0; i < 64; i += 2 * len)
-                for (int j = i; j < i + len; ++j) {
-                    const float a = y[j], c = y[j + len];
-                    y[j] = a + c;
-                    y[j + len] = a - c;
-                }
-        for (int i = 0; i < 64; ++i) y[i] *= 0.125f;
-    }
-}
-
-static_assert(kTile == kThreads, "one tile position per thread");
-
-// Block-wide max / sum of one value per thread; every thread gets the result.
-// red[2][warps] alternates so back-to-back calls need one barrier each.
-__device__ inline float block_max(float v, float (*red)[kThreads / 32]) {
+__device__ inline float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (threadIdx.x % 32 == 0) red[0][threadIdx.x / 32] = v;
-    __syncthreads();
-    float r = red[0][0];
-#pragma unroll
-    for (int i = 1; i < kThreads / 32; ++i) r = fmaxf(r, red[0][i]);
-    return r;
-}
-
-__device__ inline float block_sum(float v, float (*red)[kThreads / 32]) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (threadIdx.x % 32 == 0) red[1][threadIdx.x / 32] = v;
-    __syncthreads();
-    float r = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kThreads / 32; ++i) r += red[1][i];
-    return r;
+    return v;
 }
 
 struct span_args {
@@ -124,111 +96,149 @@ struct span_args {
     size_t krec, vrec;
     int krot;
     const float* q;
-    int n_head, n_head_kv, hd, sw, pos0, n_split;
+    int n_head, n_head_kv, n_rg, hd, sw, pos0, n_split;
     const int* pos_dev;  // added to pos0 when set
     float scale;
     float* partial;  // [(t*n_head + h)*n_split + split] of {m, l, acc[hd]}
 };
 
+// One block: split blockIdx.x of (token blockIdx.z, kv head and group of
+// kRows query heads blockIdx.y), so each key and value row is read once for
+// all the query heads that share it. Each warp takes 32-position chunks of
+// the split with its own running softmax; a row is read by hd/8 lanes, 8
+// elements each, 256/hd rows at a time. The warps' results are merged at
+// the end into the split's partial entry of each query head.
 template <int KK, int VK>
 __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
-    const int split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
-    const int hd = a.hd, kvh = h / (a.n_head / a.n_head_kv);
-    __shared__ float qs[kMaxHeadDim];
-    __shared__ float ps[kTile];
-    __shared__ float red[kMaxHeadDim * 2];
-    __shared__ float red4[2][kThreads / 32];
-    const float* qrow = a.q + ((size_t)t * a.n_head + h) * hd;
-    for (int d = threadIdx.x; d < hd; d += kThreads) qs[d] = qrow[d] * a.scale;
+    constexpr int kWarps = kThreads / 32;
+    const int split = blockIdx.x, t = blockIdx.z;
+    const int n_rep = a.n_head / a.n_head_kv;
+    const int kvh = blockIdx.y / a.n_rg, rg = blockIdx.y % a.n_rg;
+    const int nr = min(kRows, n_rep - rg * kRows);
+    const int h0 = kvh * n_rep + rg * kRows;  // query head of row 0
+    const int hd = a.hd, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int lpr = hd / 8, rpw = 32 / lpr, sub = lane / lpr, e0 = (lane % lpr) * 8;
+    __shared__ float qs[kRows][kMaxHeadDim];
+    __shared__ float sc[kWarps][32][kRows];  // a warp's scores, then weights
+    __shared__ float ow[kWarps][kRows][kMaxHeadDim];
+    __shared__ float mw[kWarps][kRows], lw[kWarps][kRows];
+    for (int i = threadIdx.x; i < kRows * hd; i += kThreads) {
+        const int r = i / hd, d = i % hd;
+        qs[r][d] = r < nr ? a.q[((size_t)t * a.n_head + h0 + r) * hd + d] * a.scale : 0.0f;
+    }
     __syncthreads();
-    if (a.krot) {
-        fwht64_shared(qs, hd);
-        __syncthreads();
+    if (a.krot) fwht64_shared(&qs[0][0], kRows, kMaxHeadDim, hd);
+    float qv[kRows][8], acc[kRows][8], m[kRows], l[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            qv[r][i] = qs[r][e0 + i];
+            acc[r][i] = 0.0f;
+        }
     }
     const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
     const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
     const int len = own + 1 - lo;
     const int t0 = lo + (int)((int64_t)len * split / a.n_split);
     const int t1 = lo + (int)((int64_t)len * (split + 1) / a.n_split);
-
-    // Score layout: lpr lanes per key row (8 elements each), rpw rows per warp.
-    const int lpr = hd / 8, rpw = 32 / lpr;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int sub = lane / lpr, e0 = (lane % lpr) * 8;
-    float qv[8];
-#pragma unroll
-    for (int i = 0; i < 8; ++i) qv[i] = qs[e0 + i];
-    // Value layout: dims d = tid % hd (+128 when hd > 128), G groups of positions.
-    const int G = max(1, kThreads / hd);
-    const int grp = threadIdx.x / hd;
-    const bool vact = grp < G;
-    const int dv = threadIdx.x % hd;
-    const int nd = hd > kThreads ? 2 : 1;
-    float acc[2] = {0.0f, 0.0f};
-    float m = -INFINITY, l = 0.0f;
     const size_t kstride = (size_t)a.n_head_kv * a.krec, vstride = (size_t)a.n_head_kv * a.vrec;
     const uint8_t* kbase = a.k + (size_t)kvh * a.krec;
     const uint8_t* vbase = a.v + (size_t)kvh * a.vrec;
+    float (*scw)[kRows] = sc[warp];
 
-    for (int p0 = t0; p0 < t1; p0 += kTile) {
-        const int nt = min(kTile, t1 - p0);
-        for (int j = warp * rpw + sub; j < kTile; j += (kThreads / 32) * rpw) {
-            float s = 0.0f;
-            if (j < nt) {
-                float kv8[8];
-                load8<KK>(kbase + (size_t)(p0 + j) * kstride, e0, kv8);
-#pragma unroll
-                for (int i = 0; i < 8; ++i) s += qv[i] * kv8[i];
-            }
-            for (int o = lpr / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane % lpr == 0) ps[j] = j < nt ? s : -INFINITY;
-        }
-        __syncthreads();
-        // kTile == kThreads: thread j owns position p0 + j of the tile.
-        const float sj = ps[threadIdx.x];
-        const float mnew = fmaxf(m, block_max(sj, red4));
-        const float corr = expf(m - mnew);  // exp(-inf) = 0 on the first tile
-        const float pj = threadIdx.x < nt ? expf(sj - mnew) : 0.0f;
-        ps[threadIdx.x] = pj;
-        l = l * corr + block_sum(pj, red4);  // its barrier also publishes ps
-        m = mnew;
-        acc[0] *= corr;
-        acc[1] *= corr;
-        if (vact)
+    for (int c0 = t0 + warp * 32; c0 < t1; c0 += kWarps * 32) {
+        const int nt = min(32, t1 - c0);
 #pragma unroll 4
-            for (int j = grp; j < nt; j += G) {
-                const uint8_t* vr = vbase + (size_t)(p0 + j) * vstride;
-                const float p = ps[j];
-                acc[0] += p * load1<VK>(vr, dv);
-                if (nd == 2) acc[1] += p * load1<VK>(vr, dv + kThreads);
+        for (int j0 = 0; j0 < 32; j0 += rpw) {
+            const int j = j0 + sub;
+            float s[kRows];
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) s[r] = 0.0f;
+            if (j < nt) {
+                float k8[8];
+                load8<KK>(kbase + (size_t)(c0 + j) * kstride, e0, k8);
+#pragma unroll
+                for (int r = 0; r < kRows; ++r)
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) s[r] = fmaf(qv[r][i], k8[i], s[r]);
             }
-        __syncthreads();
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                for (int o = lpr / 2; o > 0; o >>= 1) s[r] += __shfl_xor_sync(0xffffffffu, s[r], o);
+                if (lane % lpr == 0) scw[j][r] = s[r];
+            }
+        }
+        __syncwarp();
+        // Lane j: position c0 + j.
+        const bool valid = lane < nt;
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) {
+            const float sv = valid ? scw[lane][r] : -INFINITY;
+            const float mnew = fmaxf(m[r], warp_max(sv));  // finite: the chunk has a position
+            const float corr = expf(m[r] - mnew);         // 0 on the first chunk
+            const float p = valid ? expf(sv - mnew) : 0.0f;
+            m[r] = mnew;
+            l[r] = l[r] * corr + p;
+            scw[lane][r] = p;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[r][i] *= corr;
+        }
+        __syncwarp();
+#pragma unroll 4
+        for (int j0 = 0; j0 < 32; j0 += rpw) {
+            const int j = j0 + sub;
+            if (j < nt) {
+                float v8[8];
+                load8<VK>(vbase + (size_t)(c0 + j) * vstride, e0, v8);
+#pragma unroll
+                for (int r = 0; r < kRows; ++r) {
+                    const float p = scw[j][r];
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) acc[r][i] = fmaf(p, v8[i], acc[r][i]);
+                }
+            }
+        }
+        __syncwarp();
     }
-    // Sum the position groups.
-    if (vact) {
-        red[grp * hd + dv] = acc[0];
-        if (nd == 2) red[hd + dv] = acc[1];  // hd > 128: G == 1
+    // The warp's rows summed over its lane groups, then the warps merged.
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) l[r] += __shfl_xor_sync(0xffffffffu, l[r], o);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            for (int o = lpr; o < 32; o <<= 1) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], o);
+            if (lane < lpr) ow[warp][r][e0 + i] = acc[r][i];
+        }
+        if (lane == 0) {
+            mw[warp][r] = m[r];
+            lw[warp][r] = l[r];
+        }
     }
     __syncthreads();
-    float* out = a.partial + (((size_t)t * a.n_head + h) * a.n_split + split) * (hd + 2);
-    if (threadIdx.x == 0) {
-        out[0] = m;
-        out[1] = t1 > t0 ? l : 0.0f;
-    }
-    for (int d = threadIdx.x; d < hd; d += kThreads) {
-        float s = 0.0f;
-        if (hd > kThreads) s = red[d];
-        else for (int g = 0; g < G; ++g) s += red[g * hd + d];
-        out[2 + d] = s;
+    for (int i = threadIdx.x; i < nr * (hd + 2); i += kThreads) {
+        const int r = i / (hd + 2), d = i % (hd + 2);
+        float M = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w][r]);
+        float x = M;
+        if (d > 0) {
+            x = 0.0f;
+            for (int w = 0; w < kWarps; ++w)
+                if (mw[w][r] != -INFINITY) x += expf(mw[w][r] - M) * (d == 1 ? lw[w][r] : ow[w][r][d - 2]);
+        }
+        a.partial[(((size_t)t * a.n_head + h0 + r) * a.n_split + split) * (hd + 2) + d] = x;
     }
 }
 
 __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot,
-                                  const float* basis, const float* mean, int n_head, int n_rep,
+                                  const float* basis_t, const float* mean, int n_head, int n_rep,
                                   float* out) {
     const size_t row = blockIdx.x;  // t * n_head + h
     const float* first = partial + row * n_split * (hd + 2);
-    __shared__ float o[kMaxHeadDim];
+    __shared__ float o[kMaxHeadDim], part[kMergeThreads];
     __shared__ float red[32];
     extern __shared__ float wsp[];  // [n_split] weight of each span
     // The spans' maximum and weights exp(m - max) by all threads at once (the
@@ -253,26 +263,28 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
     __syncthreads();
     float l = 0.0f;
     for (int i = 0; i < (int)(blockDim.x + 31) / 32; ++i) l += red[i];
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    // Groups of hd threads take every G-th span; their sums are added.
+    const int G = max(1, (int)blockDim.x / hd), g = threadIdx.x / hd, dg = threadIdx.x % hd;
+    if (g < G) {
         float s = 0.0f;
 #pragma unroll 4
-        for (int sp = 0; sp < n_split; ++sp) s += wsp[sp] * first[sp * (hd + 2) + 2 + d];
+        for (int sp = g; sp < n_split; sp += G) s += wsp[sp] * first[sp * (hd + 2) + 2 + dg];
+        part[threadIdx.x] = s;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float s = 0.0f;
+        for (int i = 0; i < G; ++i) s += part[i * hd + d];
         o[d] = s / l;
     }
     __syncthreads();
-    if (vrot) {
-        fwht64_shared(o, hd);
-        __syncthreads();
-    }
-    if (basis) {
-        // x = mean + P^T o with the value stream's basis of this row's kv head.
+    if (vrot) fwht64_shared(o, 1, hd, hd);
+    if (basis_t) {
+        // x = mean + P^T o with the value stream's basis of this row's kv
+        // head; row d of P^T is column d of P.
         const size_t kvh = (row % n_head) / n_rep;
-        const float* P = basis + kvh * hd * hd;
-        for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-            float x = mean[kvh * hd + d];
-            for (int c = 0; c < hd; ++c) x += P[(size_t)c * hd + d] * o[c];
-            out[row * hd + d] = x;
-        }
+        for (int d = threadIdx.x; d < hd; d += blockDim.x)
+            out[row * hd + d] = row_dot<false>(basis_t + (kvh * hd + d) * hd, o, hd, mean[kvh * hd + d]);
         return;
     }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) out[row * hd + d] = o[d];
@@ -291,24 +303,36 @@ void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
 
 }  // namespace
 
-int cuda_attention_splits(int rows, int max_len, int n_sm) {
-    const int target = 4 * n_sm;
-    if (rows >= target) return 1;
-    return std::max(1, std::min((target + rows - 1) / rows, max_len / kMinSpan));
+int cuda_attention_splits(int blocks, int max_len, int n_sm) {
+    const int target = kSplitTarget * n_sm;
+    if (blocks >= target) return 1;
+    return std::max(1, std::min((target + blocks - 1) / blocks, max_len / kMinSpan));
 }
+
+namespace {
+
+// Blocks of the span kernel before splitting: tokens x kv heads x groups.
+int span_blocks(const cuda_attn_params& p, int n_tok) {
+    const int n_rep = p.n_head / p.n_head_kv;
+    return n_tok * p.n_head_kv * ((n_rep + kRows - 1) / kRows);
+}
+
+}  // namespace
 
 size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int max_len, int n_sm,
                                      bool pca) {
     if (pca) return cuda_attention_pca_partial_floats(p, n_tok, max_len, n_sm);
-    // rows * ceil(target / rows) < rows + target.
-    return ((size_t)n_tok * p.n_head + 4 * (size_t)n_sm + 1) * (p.head_dim + 2);
+    // n tokens take n * splits <= n * ceil(target / (n b)) <= n + ceil(target / b) entries.
+    (void)max_len;
+    const int b = span_blocks(p, 1);
+    return (size_t)p.n_head * ((size_t)n_tok + (kSplitTarget * n_sm + b - 1) / b) * (p.head_dim + 2);
 }
 
 void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
-                          const float* basis, const float* mean, int n_head, int n_rep,
+                          const float* basis_t, const float* mean, int n_head, int n_rep,
                           float* out, cudaStream_t s) {
-    attn_merge_kernel<<<n_rows, std::min(hd, 256), n_entries * sizeof(float), s>>>(
-        partial, n_entries, hd, vrot, basis, mean, n_head, n_rep, out);
+    attn_merge_kernel<<<n_rows, kMergeThreads, n_entries * sizeof(float), s>>>(
+        partial, n_entries, hd, vrot, basis_t, mean, n_head, n_rep, out);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -331,10 +355,12 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     a.sw = p.sliding_window;
     a.pos0 = pos0;
     a.pos_dev = pos_dev;
-    a.n_split = cuda_attention_splits(n_tok * p.n_head, split_len > 0 ? split_len : pos0 + n_tok, n_sm);
+    const int n_rep = p.n_head / p.n_head_kv;
+    a.n_rg = (n_rep + kRows - 1) / kRows;
+    a.n_split = cuda_attention_splits(span_blocks(p, n_tok), split_len > 0 ? split_len : pos0 + n_tok, n_sm);
     a.scale = 1.0f / std::sqrt((float)p.head_dim);
     a.partial = partial;
-    const dim3 grid(a.n_split, p.n_head, n_tok);
+    const dim3 grid(a.n_split, p.n_head_kv * a.n_rg, n_tok);
     switch (k.kind) {
         case KV_KIND_F32: launch_span<KV_KIND_F32>(v.kind, grid, s, a); break;
         case KV_KIND_F16: launch_span<KV_KIND_F16>(v.kind, grid, s, a); break;

@@ -97,11 +97,39 @@ void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream
 // quantizers, kv_pca.cpp) and where its packed data lives (kv_layout.h):
 // plain device pointers, passed to kernels by value. Arrays run over the
 // kv heads h; "kept" channels are those with bits > 0, in channel order.
+// acc + sum_i row[i] v[i], i = 0 .. n-1 in order (n a multiple of 4, row
+// 16-byte aligned). The row's loads are issued 64 floats at a time, so a
+// thread waits on memory once per 64 rather than once per element.
+// kRounded: every product and sum rounded apart (no FMA), as the CPU
+// encoder sums.
+template <bool kRounded>
+__device__ inline float row_dot(const float* row, const float* v, int n, float acc) {
+    const float4* r4 = reinterpret_cast<const float4*>(row);
+    const int n4 = n / 4;
+    for (int j0 = 0; j0 < n4; j0 += 16) {
+        float4 w[16];
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+            if (j0 + i < n4) w[i] = __ldg(r4 + j0 + i);
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            if (j0 + i >= n4) break;
+            const float* x = v + 4 * (j0 + i);
+            const float wi[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                acc = kRounded ? __fadd_rn(acc, __fmul_rn(x[k], wi[k])) : fmaf(wi[k], x[k], acc);
+        }
+    }
+    return acc;
+}
+
 struct cuda_pca {
     int n_head_kv = 0, head_dim = 0, n_ctx = 0;
     int n_freq = 0, pair_stride = 2, pair_gap = 1;  // rotary pairs of rope_mean
+    int max_block = 0;                 // the largest head's bytes per 32-token block
     const float* basis = nullptr;      // [h][dim][dim], row c: direction c
-    const float* basis_t = nullptr;    // [h][dim][dim] transposed: a thread per c reads rows d
+    const float* basis_t = nullptr;    // [h][dim][dim] transposed: row d is column d of basis
     const float* mean = nullptr;       // [h][dim]
     const float* sigma = nullptr;      // [h][dim]
     const float* lo = nullptr;         // [h][dim]
@@ -197,14 +225,14 @@ struct cuda_attn_params {
 // max_len positions deep (flash-decoding splits); pca streams need more.
 size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int max_len,
                                      int n_sm, bool pca = false);
-// Splits over the sequence for `rows` blocks of work at most max_len deep.
-int cuda_attention_splits(int rows, int max_len, int n_sm);
+// Splits over the sequence for `blocks` blocks of work at most max_len deep.
+int cuda_attention_splits(int blocks, int max_len, int n_sm);
 // Merges n_entries partial results {m, l, acc[hd]} per row (t * n_head + h)
 // into out; vrot: the inverse Walsh-Hadamard turn of q8_0/q4_0 values;
-// basis/mean: a pca value stream's un-rotation x = mean + P^T o, per kv head
-// (n_rep query heads each).
+// basis_t/mean: a pca value stream's un-rotation x = mean + P^T o, per kv
+// head (n_rep query heads each), from its transposed basis.
 void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
-                          const float* basis, const float* mean, int n_head, int n_rep,
+                          const float* basis_t, const float* mean, int n_head, int n_rep,
                           float* out, cudaStream_t s);
 // Causal attention of n_tok queries q [n_tok][n_head*head_dim] at
 // positions pos0.. over streams that already hold them; out likewise.

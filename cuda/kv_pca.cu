@@ -15,17 +15,20 @@
 // Attention (decode and prefill): a first kernel turns each query into the
 // key basis once (qy = P q, the per-code weights w_c = qy_c step_c, the
 // constant K = sum qy_c lo_c, and the rope-mean coefficients). The span
-// kernel gives each warp 32-token blocks of its split: a lane per token
-// scores s = a_t (sum_kept w_c code_c + K) + q.R_t m, a lane per value
-// channel sums p_t a_t code_c (an online softmax per warp), and each warp
-// adds its share into the block's partial result; the sink positions make
-// one more. The merge
-// (attention.cu) un-rotates once per head: x = mu + P^T o.
+// kernel gives each warp 32-token blocks of its split (splits hold whole
+// blocks), their key and value codes copied into shared memory one block
+// ahead: a lane per token scores s = a_t (sum_kept w_c code_c + K) + q.R_t m,
+// a lane per value channel sums p_t a_t code_c (an online softmax per warp),
+// and each warp adds its share into the block's partial result; the sink
+// positions make one more. The merge (attention.cu) un-rotates once per
+// head: x = mu + P^T o.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include <cuda_pipeline.h>
 
 #include "common.cuh"
 #include "kv_layout.h"
@@ -37,7 +40,7 @@ namespace {
 constexpr int kMaxDim = 256;
 constexpr int kWarps = 4;          // warps of a span block
 constexpr int kQStride = 4;        // qprep floats per row: 3*hd + kQStride
-constexpr int kCodePad = 16;       // bytes past the last group a reader may touch
+constexpr int kCodePad = 32;       // bytes past the last group a reader may touch
 constexpr int kMinSpan = 128;      // positions below which a span is not split
 
 __device__ inline float half_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
@@ -58,7 +61,7 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
     __shared__ double red[kMaxDim / 32];
     const int* info = p.head + 4 * h;
     const int nk = info[0], n_pairs = info[2];
-    const float* Pt = p.basis_t + (size_t)h * hd * hd;
+    const float* P = p.basis + ((size_t)h * hd + c) * hd;  // row c
     const float* mean = p.mean + (size_t)h * hd;
     const float* rm = p.rope_mean + (size_t)h * hd;
     const int bits = p.cbits[(size_t)h * hd + c];
@@ -79,12 +82,10 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
             __syncthreads();
             xv = __fsub_rn(xv, ms[c]);
         }
-        xs[c] = xv;
+        xs[c] = __fsub_rn(xv, mean[c]);
         __syncthreads();
         // kv_pca_project: products rounded, summed in channel order.
-        float y = 0.0f;
-        for (int d = 0; d < hd; ++d)
-            y = __fadd_rn(y, __fmul_rn(__fsub_rn(xs[d], mean[d]), Pt[(size_t)d * hd + c]));
+        const float y = row_dot<true>(P, xs, hd, 0.0f);
         if (pos < KV_PCA_SINKS) {
             p.sinks[((size_t)h * KV_PCA_SINKS + pos) * hd + c] = __half_as_ushort(__float2half_rn(y));
         } else {
@@ -128,9 +129,7 @@ __global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const fl
     __shared__ float qs[kMaxDim], ys[kMaxDim], red[kMaxDim / 32];
     qs[c] = q[(size_t)row * hd + c] * scale;
     __syncthreads();
-    const float* Pt = k.basis_t + (size_t)kvh * hd * hd + c;
-    float y = 0.0f;
-    for (int d = 0; d < hd; ++d) y = fmaf(Pt[(size_t)d * hd], qs[d], y);
+    const float y = row_dot<false>(k.basis + ((size_t)kvh * hd + c) * hd, qs, hd, 0.0f);
     ys[c] = y;
     float* out = qprep + (size_t)row * (3 * hd + kQStride);
     out[c] = y;
@@ -184,13 +183,25 @@ __device__ inline float code_float(uint32_t code) {
     return __uint_as_float(code | 0x4B000000u) - 8388608.0f;
 }
 
-// Code `lane` of a group of 32 b-bit codes (4-byte aligned; the word after
-// it may be read).
-__device__ inline uint32_t group_code(const uint8_t* g, int bits, int lane) {
-    const uint32_t* w = reinterpret_cast<const uint32_t*>(g);
+// Code `lane` of a group of 32 b-bit codes in shared memory (the word after
+// the group may be read).
+__device__ inline uint32_t group_code(const uint32_t* w, int bits, int lane) {
     const int bit = lane * bits;
-    const uint32_t lo = __ldg(w + (bit >> 5)), hi = __ldg(w + (bit >> 5) + 1);
-    return __funnelshift_r(lo, hi, bit & 31) & ((1u << bits) - 1u);
+    return __funnelshift_r(w[bit >> 5], w[(bit >> 5) + 1], bit & 31) & ((1u << bits) - 1u);
+}
+
+// Bytes a warp stages for one block of n code bytes: whole 16-byte pieces
+// from the 16-byte boundary below the start, and the word past the end.
+__host__ __device__ inline int stage_bytes(int n) { return (12 + n + 4 + 15) / 16 * 16; }
+
+// The asynchronous copy of n code bytes at src (4-byte aligned) into dst, a
+// lane per 16 bytes; returns where src's first byte lands in dst.
+__device__ inline int stage_async(uint8_t* dst, const uint8_t* src, int n, int lane) {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(src), base = at & ~(uintptr_t)15;
+    const int off = (int)(at - base), n16 = (off + n + 4 + 15) / 16;
+    for (int i = lane; i < n16; i += 32)
+        __pipeline_memcpy_async(dst + 16 * i, reinterpret_cast<const uint8_t*>(base) + 16 * i, 16);
+    return off;
 }
 
 // Dynamic shared memory of the span kernel, in floats.
@@ -202,6 +213,11 @@ __host__ __device__ inline int span_smem_floats(int R, int hd) {
            + kWarps * R * hd           // W: each warp's coefficients of its block
            + kWarps * 32 * R           // pw: each warp's p'_j, [j][R]
            + 4 * hd;                   // key and value kept channels' (offset, bits)
+}
+
+// Each warp's two staging slots of key and value codes, in bytes.
+__host__ __device__ inline int span_stage_bytes(const cuda_pca& k, const cuda_pca& v) {
+    return kWarps * 2 * (stage_bytes(k.max_block) + stage_bytes(v.max_block));
 }
 
 // One block: split blockIdx.x of (token blockIdx.z, kv head and row group
@@ -221,9 +237,10 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
     const int knk = kinfo[0], knp = kinfo[2], vnk = vinfo[0];
     const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
     const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
-    const int len = own + 1 - lo;
-    const int t0 = lo + (int)((int64_t)len * split / a.n_split);
-    const int t1 = lo + (int)((int64_t)len * (split + 1) / a.n_split);
+    // Splits take whole 32-token blocks, so no block is read by two.
+    const int b_lo = lo / KV_BLOCK_TOKENS, nbk = own / KV_BLOCK_TOKENS + 1 - b_lo;
+    const int t0 = max(lo, (b_lo + (int)((int64_t)nbk * split / a.n_split)) * KV_BLOCK_TOKENS);
+    const int t1 = min(own + 1, (b_lo + (int)((int64_t)nbk * (split + 1) / a.n_split)) * KV_BLOCK_TOKENS);
     const int first = max(t0, KV_PCA_SINKS);
     const int n_entries = a.n_split + 1;
     if (first >= t1 && split != 0) {
@@ -259,7 +276,7 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
         const int r = threadIdx.x;
         Kr[r] = r < nr ? a.qprep[((size_t)t * a.n_head + h0 + r) * (3 * hd + kQStride) + 3 * hd] : 0.0f;
     }
-    if (first < t1)
+    if (first < t1 || split == 0)
         for (int i = threadIdx.x; i < knp * 64; i += blockDim.x)
             tab[i] = a.k.run_tab[(size_t)kvh * (hd / 2) * 64 + i];
     __syncthreads();
@@ -282,21 +299,44 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
     const uint8_t* vscale = a.v.scale + (size_t)kvh * n_ctx;
     const float* kpairs = a.k.pairs + (size_t)kvh * (hd / 2) * 5;
 
+    // Each warp stages its next block's key and value codes in shared memory
+    // (asynchronous copies) while it works on the current one.
+    const int kst = stage_bytes(a.k.max_block), vst = stage_bytes(a.v.max_block);
+    uint8_t* slots = reinterpret_cast<uint8_t*>(voffb + 2 * hd) + (size_t)warp * 2 * (kst + vst);
+    auto stage = [&](int blk, int slot) {
+        uint8_t* dst = slots + (size_t)slot * (kst + vst);
+        stage_async(dst, kcodes + (size_t)blk * kblk, (int)kblk, lane);
+        stage_async(dst + kst, vcodes + (size_t)blk * vblk, (int)vblk, lane);
+    };
+    int slot = 0;
+    const int b_first = first / KV_BLOCK_TOKENS + warp;
+    if (first < t1 && b_first * KV_BLOCK_TOKENS < t1) stage(b_first, 0);
+    __pipeline_commit();
     if (first < t1)
-        for (int b = first / KV_BLOCK_TOKENS + warp; b * KV_BLOCK_TOKENS < t1; b += kWarps) {
+        for (int b = b_first; b * KV_BLOCK_TOKENS < t1; b += kWarps, slot ^= 1) {
+            if ((b + kWarps) * KV_BLOCK_TOKENS < t1) stage(b + kWarps, slot ^ 1);
+            __pipeline_commit();
             const int pos = b * KV_BLOCK_TOKENS + lane;
             const bool valid = pos >= first && pos < t1;
+            const float ak = valid ? kv_pca_scale_value(kscale[pos]) : 0.0f;
+            const float av = valid ? kv_pca_scale_value(vscale[pos]) : 0.0f;
+            __pipeline_wait_prior(1);  // this block's copies
+            __syncwarp();
+            const uint8_t* kb = slots + (size_t)slot * (kst + vst);
+            const uint8_t* vb = kb + kst;
+            kb += (reinterpret_cast<uintptr_t>(kcodes + (size_t)b * kblk) & 15);
+            vb += (reinterpret_cast<uintptr_t>(vcodes + (size_t)b * vblk) & 15);
             float s[R];
 #pragma unroll
             for (int r = 0; r < R; ++r) s[r] = 0.0f;
-            const uint8_t* kb = kcodes + (size_t)b * kblk;
+#pragma unroll 4
             for (int i = 0; i < knk; ++i) {
                 const int2 ob = reinterpret_cast<const int2*>(koffb)[i];
-                const float code = code_float(group_code(kb + ob.x, ob.y, lane));
+                const float code =
+                    code_float(group_code(reinterpret_cast<const uint32_t*>(kb + ob.x), ob.y, lane));
 #pragma unroll
                 for (int r = 0; r < R; ++r) s[r] = fmaf(wt[i * R + r], code, s[r]);
             }
-            const float ak = valid ? kv_pca_scale_value(kscale[pos]) : 0.0f;
 #pragma unroll
             for (int r = 0; r < R; ++r) s[r] = ak * (s[r] + Kr[r]);
             if (knp > 0) {
@@ -321,7 +361,6 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                         s[r] += W[r * hd + 2 * i] * ct + W[r * hd + 2 * i + 1] * st;
                 }
             }
-            const float av = valid ? kv_pca_scale_value(vscale[pos]) : 0.0f;
 #pragma unroll
             for (int r = 0; r < R; ++r) {
                 const float sv = valid ? s[r] : -INFINITY;
@@ -338,7 +377,6 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
             }
             __syncwarp();
             // Values: a lane per kept channel reads its group as a bit stream.
-            const uint8_t* vb = vcodes + (size_t)b * vblk;
 #pragma unroll
             for (int ci = 0; ci < CPC; ++ci) {
                 const int i = ci * 32 + lane;
@@ -347,7 +385,7 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                 const uint32_t* g = reinterpret_cast<const uint32_t*>(vb + ob.x);
                 const int bits = ob.y;
                 const uint32_t mask = (1u << bits) - 1u;
-                uint64_t buf = (uint64_t)__ldg(g) | ((uint64_t)__ldg(g + 1) << 32);
+                uint64_t buf = (uint64_t)g[0] | ((uint64_t)g[1] << 32);
                 int have = 64, next = 2;
 #pragma unroll 8
                 for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {
@@ -355,7 +393,7 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                     buf >>= bits;
                     have -= bits;
                     if (have <= 32 && next < bits) {
-                        buf |= (uint64_t)__ldg(g + next) << have;
+                        buf |= (uint64_t)g[next] << have;
                         ++next;
                         have += 32;
                     }
@@ -363,8 +401,9 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                     for (int r = 0; r < R; ++r) acc[r][ci] = fmaf(pw[j * R + r], code, acc[r][ci]);
                 }
             }
-            __syncwarp();
+            __syncwarp();  // pw and this slot are free again
         }
+    __pipeline_wait_prior(0);
 
     // The warps' partial results merged into the block's, per row, in the
     // value basis: o_c = step_c acc_c + lo_c psum for kept channels.
@@ -415,9 +454,10 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
     }
 
     // The sink positions (half y, every channel) make the last entry.
-    if (split != 0 || warp != 0) return;
+    // A warp per row; the angles of the first positions are the run tables'.
+    if (split != 0) return;
     const int s0 = max(lo, 0), s1 = min(KV_PCA_SINKS, own + 1);
-    for (int r = 0; r < nr; ++r) {
+    for (int r = warp; r < nr; r += kWarps) {
         const float* qy = a.qprep + ((size_t)t * a.n_head + h0 + r) * (3 * hd + kQStride);
         float sc[KV_PCA_SINKS];
         float mx = -INFINITY;
@@ -425,11 +465,8 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
             const uint16_t* ky = a.k.sinks + ((size_t)kvh * KV_PCA_SINKS + sp) * hd;
             float d = 0.0f;
             for (int c = lane; c < hd; c += 32) d += qy[c] * half_bits_to_float(ky[c]);
-            for (int i = lane; i < knp; i += 32) {
-                double sn, cs;
-                sincos((double)sp * (double)kpairs[i * 5 + 4], &sn, &cs);
-                d += ab[r * hd + 2 * i] * (float)cs + ab[r * hd + 2 * i + 1] * (float)sn;
-            }
+            for (int i = lane; i < knp; i += 32)
+                d += ab[r * hd + 2 * i] * tab[i * 64 + sp] + ab[r * hd + 2 * i + 1] * tab[i * 64 + 32 + sp];
             sc[sp] = warp_sum(d);
             mx = fmaxf(mx, sc[sp]);
         }
@@ -454,13 +491,12 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
 
 template <int R, int CPC>
 void launch_span_pca(dim3 grid, int hd, cudaStream_t s, const pca_span_args& a) {
-    const size_t smem = (size_t)span_smem_floats(R, hd) * sizeof(float);
-    static bool raised = false;  // once per instantiation: allow more than 48 KiB
-    if (smem > 48 * 1024 && !raised) {
+    const size_t smem = (size_t)span_smem_floats(R, hd) * sizeof(float) + span_stage_bytes(a.k, a.v);
+    static size_t raised = 48 * 1024;  // per instantiation: what it may take beyond 48 KiB
+    if (smem > raised) {
         KVRT_CUDA_CHECK(cudaFuncSetAttribute(attn_span_pca_kernel<R, CPC>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             span_smem_floats(R, kMaxDim) * (int)sizeof(float)));
-        raised = true;
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        raised = smem;
     }
     attn_span_pca_kernel<R, CPC><<<grid, kWarps * 32, smem, s>>>(a);
 }
@@ -479,9 +515,10 @@ void launch_span_pca_r(dim3 grid, int hd, cudaStream_t s, const pca_span_args& a
 int rows_per_block(int n_rep) { return n_rep >= 8 ? 8 : n_rep >= 4 ? 4 : n_rep >= 2 ? 2 : 1; }
 
 int pca_splits(int blocks, int max_len, int n_sm) {
-    // Blocks of four warps, each warp its own 32-token blocks: aim at eight
-    // blocks per multiprocessor (a warp's loop is a chain of dependent loads).
-    const int target = 8 * n_sm;
+    // Blocks of four warps, each warp its own 32-token blocks (their codes
+    // staged ahead): four blocks per multiprocessor, so that a split holds
+    // enough blocks to pay for its setup (measured best of 1, 2, 4 and 8).
+    const int target = 4 * n_sm;
     if (blocks >= target) return 1;
     return std::max(1, std::min((target + blocks - 1) / blocks, max_len / kMinSpan));
 }
@@ -552,6 +589,7 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
                 ++np;
             }
         }
+        dev_.max_block = std::max(dev_.max_block, blk);
         info[(size_t)h * 4] = nk;
         info[(size_t)h * 4 + 1] = blk;
         info[(size_t)h * 4 + 2] = np;
@@ -692,7 +730,7 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
         default: launch_span_pca_r<8>(grid, hd, s, a); break;
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
-    cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1, hd, 0, v.pca.basis,
+    cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1, hd, 0, v.pca.basis_t,
                          v.pca.mean, n_head, n_rep, out, s);
 }
 

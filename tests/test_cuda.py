@@ -168,15 +168,20 @@ ATTN_CASES = [
 ]
 
 
+# (n_head, n_head_kv, head_dim): 4, 5 (two head groups, the second partial), 1 and 4 query
+# heads per kv head, every head_dim the kernel reads.
+ATTN_SHAPES = [(8, 2, 64), (8, 2, 128), (10, 2, 64), (3, 3, 128), (8, 2, 32), (4, 1, 256)]
+
+
 @cuda_test
 @pytest.mark.parametrize(
     "kv", [("f16", "f16"), ("f32", "f32"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16")]
 )
-@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "h{}_kv{}_d{}".format(*s))
 @pytest.mark.parametrize("case", ATTN_CASES)
-def test_attention(kv, head_dim, case):
+def test_attention(kv, shape, case):
     n_tok, length, sw = case
-    n_head, n_head_kv = 8, 2
+    n_head, n_head_kv, head_dim = shape
     rng = np.random.default_rng(length + n_tok)
     q = rng.standard_normal((n_tok, n_head * head_dim)).astype(np.float32) * 2
     k = rng.standard_normal((length, n_head_kv * head_dim)).astype(np.float32)
