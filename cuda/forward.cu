@@ -220,13 +220,15 @@ private:
             if (L.k_norm) cuda_rms_norm_rows(k_, L.k_norm, k_, (int64_t)n * hp.n_head_kv, HD, hp.rms_eps, s);
             cuda_rope_apply(q_, n, hp.n_head, rope_, pos0 + rope_offset_, s, pos_dev);
             cuda_rope_apply(k_, n, hp.n_head_kv, rope_, pos0 + rope_offset_, s, pos_dev);
-            cuda_kv_store(L.k, pos0, n, k_, s, pos_dev);
-            cuda_kv_store(L.v, pos0, n, v_, s, pos_dev);
-            if (pca_)
+            if (pca_) {
+                // Keys and values stored in the launch that turns the queries.
                 cuda_attention_pca(L.k, L.v, q_, n, pos0, hp.n_head, hp.sliding_window, att_,
-                                   partial_, qprep_, n_sm_, s, pos_dev, split_len);
-            else
+                                   partial_, qprep_, n_sm_, s, pos_dev, split_len, k_, v_);
+            } else {
+                cuda_kv_store(L.k, pos0, n, k_, s, pos_dev);
+                cuda_kv_store(L.v, pos0, n, v_, s, pos_dev);
                 cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s, pos_dev, split_len);
+            }
             mul(L.wo, att_, n, out_);
             cuda_add(x_, out_, (int64_t)n * E, s);
             cuda_rms_norm_rows(x_, L.ffn_norm, xn_, n, E, hp.rms_eps, s);

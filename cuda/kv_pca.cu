@@ -47,12 +47,13 @@ __device__ inline float half_bits_to_float(uint16_t h) { return __half2float(__u
 
 // ---- encoder ----
 
-__global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int pos0,
-                                                              const int* pos_dev, int n,
-                                                              const float* x) {
-    const int h = blockIdx.y, hd = p.head_dim, c = threadIdx.x;
+// Block bx of the 32-token blocks that positions base .. base+n-1 touch, kv
+// head h; a thread per channel.
+__device__ void store_pca_block(const cuda_pca& p, int pos0, const int* pos_dev, int n,
+                                const float* x, int bx, int h) {
+    const int hd = p.head_dim, c = threadIdx.x;
     const int base = pos0 + (pos_dev ? *pos_dev : 0);
-    const int blk = base / KV_BLOCK_TOKENS + blockIdx.x;
+    const int blk = base / KV_BLOCK_TOKENS + bx;
     const int p0 = max(base, blk * KV_BLOCK_TOKENS);
     const int p1 = min(base + n, (blk + 1) * KV_BLOCK_TOKENS);
     if (p0 >= p1) return;
@@ -117,14 +118,20 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
     }
 }
 
+__global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int pos0,
+                                                              const int* pos_dev, int n,
+                                                              const float* x) {
+    store_pca_block(p, pos0, pos_dev, n, x, blockIdx.x, blockIdx.y);
+}
+
 // ---- attention ----
 
 // Per query row (t * n_head + h): qy = P_k (q * scale) [hd], the kept key
 // channels' weights w_i = qy_c step_c [hd], the rope-mean coefficients
 // A_i, B_i of the scaled query [hd], K = sum_kept qy_c lo_c.
-__global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_head,
-                                                           int n_rep, float scale, float* qprep) {
-    const int row = blockIdx.x, h = row % n_head, kvh = h / n_rep;
+__device__ void pca_query_row(const cuda_pca& k, const float* q, int n_head, int n_rep, float scale,
+                              float* qprep, int row) {
+    const int h = row % n_head, kvh = h / n_rep;
     const int hd = k.head_dim, c = threadIdx.x;
     __shared__ float qs[kMaxDim], ys[kMaxDim], red[kMaxDim / 32];
     qs[c] = q[(size_t)row * hd + c] * scale;
@@ -157,6 +164,26 @@ __global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const fl
     }
 }
 
+__global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_head,
+                                                           int n_rep, float scale, float* qprep) {
+    pca_query_row(k, q, n_head, n_rep, scale, qprep, blockIdx.x);
+}
+
+// One launch for a layer's keys and values stored and its queries turned:
+// blocks [0, nb * h) key blocks, then as many value blocks, then a block per
+// query row. Their chains of loads wait on memory side by side.
+__global__ void __launch_bounds__(kMaxDim)
+    pca_store_query_kernel(cuda_pca k, cuda_pca v, int pos0, const int* pos_dev, int n,
+                           const float* xk, const float* xv, int nb, const float* q, int n_head,
+                           int n_rep, float scale, float* qprep) {
+    const int n_store = nb * k.n_head_kv;
+    int b = blockIdx.x;
+    if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb);
+    b -= n_store;
+    if (b < n_store) return store_pca_block(v, pos0, pos_dev, n, xv, b % nb, b / nb);
+    pca_query_row(k, q, n_head, n_rep, scale, qprep, b - n_store);
+}
+
 struct pca_span_args {
     cuda_pca k, v;
     const float* qprep;
@@ -164,6 +191,31 @@ struct pca_span_args {
     const int* pos_dev;
     float* partial;  // [(t*n_head + h) * n_entries + e] of {m, l, o[hd]}
 };
+
+// R consecutive floats of shared memory (16-byte aligned when R % 4 == 0).
+template <int R>
+__device__ inline void load_rows(const float* p, float* out) {
+    if constexpr (R % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < R / 4; ++i) {
+            const float4 v = reinterpret_cast<const float4*>(p)[i];
+            out[4 * i] = v.x;
+            out[4 * i + 1] = v.y;
+            out[4 * i + 2] = v.z;
+            out[4 * i + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < R; ++i) out[i] = p[i];
+    }
+}
+
+// sin and cos of an angle a (radians, |a| < 2^40): reduced by 2 pi in double,
+// then taken in float.
+__device__ inline void angle_sincos(double a, float* s, float* c) {
+    const double r = fma(-rint(a * 0.15915494309189535), 6.283185307179586, a);
+    sincosf((float)r, s, c);
+}
 
 __device__ inline float warp_max(float v) {
 #pragma unroll
@@ -222,9 +274,9 @@ __host__ __device__ inline int span_stage_bytes(const cuda_pca& k, const cuda_pc
 
 // One block: split blockIdx.x of (token blockIdx.z, kv head and row group
 // blockIdx.y), R query rows, CPC value channels per lane (hd / 32).
-// Eight blocks per multiprocessor (64 registers) where the accumulators fit.
+// Six blocks per multiprocessor (80 registers) where the accumulators fit.
 template <int R, int CPC>
-__global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
+__global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
     attn_span_pca_kernel(pca_span_args a) {
     extern __shared__ float sm[];
     const int hd = a.k.head_dim, split = blockIdx.x, t = blockIdx.z;
@@ -334,8 +386,10 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                 const int2 ob = reinterpret_cast<const int2*>(koffb)[i];
                 const float code =
                     code_float(group_code(reinterpret_cast<const uint32_t*>(kb + ob.x), ob.y, lane));
+                float w[R];
+                load_rows<R>(wt + i * R, w);
 #pragma unroll
-                for (int r = 0; r < R; ++r) s[r] = fmaf(wt[i * R + r], code, s[r]);
+                for (int r = 0; r < R; ++r) s[r] = fmaf(w[r], code, s[r]);
             }
 #pragma unroll
             for (int r = 0; r < R; ++r) s[r] = ak * (s[r] + Kr[r]);
@@ -343,9 +397,8 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                 // q.R_t m over the block: the run's coefficients (angles at the
                 // block's start, in double) against the per-offset tables.
                 for (int i = lane; i < knp; i += 32) {
-                    double sn, cs;
-                    sincos((double)(b * KV_BLOCK_TOKENS) * (double)kpairs[i * 5 + 4], &sn, &cs);
-                    const float c0 = (float)cs, s0 = (float)sn;
+                    float s0, c0;
+                    angle_sincos((double)(b * KV_BLOCK_TOKENS) * (double)kpairs[i * 5 + 4], &s0, &c0);
 #pragma unroll
                     for (int r = 0; r < R; ++r) {
                         const float A = ab[r * hd + 2 * i], B = ab[r * hd + 2 * i + 1];
@@ -397,8 +450,10 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 8)
                         ++next;
                         have += 32;
                     }
+                    float pr[R];
+                    load_rows<R>(pw + j * R, pr);
 #pragma unroll
-                    for (int r = 0; r < R; ++r) acc[r][ci] = fmaf(pw[j * R + r], code, acc[r][ci]);
+                    for (int r = 0; r < R; ++r) acc[r][ci] = fmaf(pr[r], code, acc[r][ci]);
                 }
             }
             __syncwarp();  // pw and this slot are free again
@@ -513,6 +568,14 @@ void launch_span_pca_r(dim3 grid, int hd, cudaStream_t s, const pca_span_args& a
 
 // Rows per block for n_rep query heads per kv head.
 int rows_per_block(int n_rep) { return n_rep >= 8 ? 8 : n_rep >= 4 ? 4 : n_rep >= 2 ? 2 : 1; }
+
+// Blocks of 32 positions that n positions from pos0 touch; with pos_dev the
+// start is known only on the device, so one more (it finds nothing to do
+// when aligned).
+int store_blocks(int pos0, int n, const int* pos_dev) {
+    return pos_dev ? (n + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS + 1
+                   : (pos0 + n - 1) / KV_BLOCK_TOKENS - pos0 / KV_BLOCK_TOKENS + 1;
+}
 
 int pca_splits(int blocks, int max_len, int n_sm) {
     // Blocks of four warps, each warp its own 32-token blocks (their codes
@@ -679,11 +742,8 @@ cuda_kv_stream cuda_pca_stream::view() const {
 void cuda_kv_store_pca(const cuda_pca& p, int pos0, int n, const float* x, cudaStream_t s,
                        const int* pos_dev) {
     if (n <= 0) return;
-    // Blocks of 32 positions touched; with pos_dev the start is known only
-    // on the device, so one more (it finds nothing to do when aligned).
-    const int nb = pos_dev ? (n + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS + 1
-                           : (pos0 + n - 1) / KV_BLOCK_TOKENS - pos0 / KV_BLOCK_TOKENS + 1;
-    kv_store_pca_kernel<<<dim3(nb, p.n_head_kv), p.head_dim, 0, s>>>(p, pos0, pos_dev, n, x);
+    kv_store_pca_kernel<<<dim3(store_blocks(pos0, n, pos_dev), p.n_head_kv), p.head_dim, 0, s>>>(
+        p, pos0, pos_dev, n, x);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -702,12 +762,18 @@ size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, i
 void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q,
                         int n_tok, int pos0, int n_head, int sliding_window, float* out,
                         float* partial, float* qprep, int n_sm, cudaStream_t s,
-                        const int* pos_dev, int split_len) {
+                        const int* pos_dev, int split_len, const float* xk, const float* xv) {
     if (k.kind != KV_KIND_PCA || v.kind != KV_KIND_PCA)
         throw error("CUDA: KV format pca needs pca for both keys and values on CUDA");
     const int hd = k.head_dim, n_head_kv = k.n_head_kv, n_rep = n_head / n_head_kv;
-    pca_query_kernel<<<n_tok * n_head, hd, 0, s>>>(k.pca, q, n_head, n_rep,
-                                                   1.0f / std::sqrt((float)hd), qprep);
+    const float scale = 1.0f / std::sqrt((float)hd);
+    if (xk) {
+        const int nb = store_blocks(pos0, n_tok, pos_dev);
+        pca_store_query_kernel<<<2 * nb * n_head_kv + n_tok * n_head, hd, 0, s>>>(
+            k.pca, v.pca, pos0, pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep);
+    } else {
+        pca_query_kernel<<<n_tok * n_head, hd, 0, s>>>(k.pca, q, n_head, n_rep, scale, qprep);
+    }
     KVRT_CUDA_CHECK(cudaGetLastError());
     pca_span_args a;
     a.k = k.pca;
