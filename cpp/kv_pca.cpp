@@ -15,6 +15,8 @@
 //    head.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 
 #include "common.h"
 #include "cpu/kv_kernels.h"
@@ -74,9 +76,9 @@ public:
             heads_.push_back(std::move(g));
         }
         const size_t nh = src_.size();
-        data_.reset(new uint8_t[off]());
-        scale_.reset(new uint8_t[nh * n_ctx]());
-        sinks_.reset(new uint16_t[nh * kSinks * hd_]());
+        data_ = zeroed<uint8_t>(off);
+        scale_ = zeroed<uint8_t>(nh * n_ctx);
+        sinks_ = zeroed<uint16_t>(nh * kSinks * hd_);
         bytes_ = off + nh * n_ctx + nh * kSinks * hd_ * sizeof(uint16_t);
     }
 
@@ -339,9 +341,23 @@ private:
     int n_ctx_, n_blocks_, hd_ = 0;
     std::vector<kv_pca_head> src_;  // the calibrated quantizers; heads_ point into it
     std::vector<head> heads_;
-    std::unique_ptr<uint8_t[]> data_;
-    std::unique_ptr<uint8_t[]> scale_;   // [head][pos] the token's scale code (kv_pca_scale_code)
-    std::unique_ptr<uint16_t[]> sinks_;  // [head][kSinks][dim] half y of the first positions
+    // Zeroed by calloc, whose large blocks the system maps lazily: a cache
+    // is resident only where it has been written (a CUDA context's CPU
+    // twin, or a long context barely used, costs no memory).
+    struct free_deleter {
+        void operator()(void* p) const { std::free(p); }
+    };
+    template <class T>
+    using zeroed_array = std::unique_ptr<T[], free_deleter>;
+    template <class T>
+    static zeroed_array<T> zeroed(size_t n) {
+        void* p = std::calloc(std::max<size_t>(n, 1), sizeof(T));
+        if (!p) throw std::bad_alloc();
+        return zeroed_array<T>(static_cast<T*>(p));
+    }
+    zeroed_array<uint8_t> data_;
+    zeroed_array<uint8_t> scale_;   // [head][pos] the token's scale code (kv_pca_scale_code)
+    zeroed_array<uint16_t> sinks_;  // [head][kSinks][dim] half y of the first positions
     size_t bytes_ = 0;
 };
 
