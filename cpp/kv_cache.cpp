@@ -16,7 +16,34 @@
 
 namespace kvrt {
 
-kv_type kv_type_from_name(const std::string& name) {
+static kv_type kv_type_from_base(const std::string& name);
+
+kv_type kv_type_from_name(const std::string& full) {
+    // pca's recent window: a ":wN" suffix.
+    std::string name = full;
+    int window = 0;
+    const size_t wpos = full.rfind(":w");
+    if (wpos != std::string::npos && full.compare(0, 3, "pca") != 0)
+        throw error("KV format '" + full + "': only pca takes a window (pca:B:wN)");
+    if (wpos != std::string::npos) {
+        const std::string num = full.substr(wpos + 2);
+        char* end = nullptr;
+        const long w = std::strtol(num.c_str(), &end, 10);
+        if (num.empty() || *end != '\0' || w < 1 || w > 1024)
+            throw error("KV format '" + full + "': the window must be 1..1024 positions");
+        window = (int)w;
+        name = full.substr(0, wpos);
+    }
+    kv_type t = kv_type_from_base(name);
+    if (window > 0) {
+        if (t.kind != KV_KIND_PCA || t.budget < 0)
+            throw error("KV format '" + full + "': only pca takes a window (pca:B:wN)");
+        t.window = window;
+    }
+    return t;
+}
+
+static kv_type kv_type_from_base(const std::string& name) {
     auto bits_of = [&](size_t colon) -> float {
         const std::string num = name.substr(colon + 1);
         char* end = nullptr;
@@ -46,7 +73,8 @@ kv_type kv_type_from_name(const std::string& name) {
         }
     }
     throw error("unknown KV cache format '" + name +
-                "' (known: f32, f16, q8_0, q4_0, affine:B, rot:B with B in 2,3,4,8, pca, pca:B, auto)");
+                "' (known: f32, f16, q8_0, q4_0, affine:B, rot:B with B in 2,3,4,8, pca, pca:B, "
+                "pca:B:wN, auto)");
 }
 
 std::string kv_type_name(const kv_type& t) {
@@ -60,8 +88,9 @@ std::string kv_type_name(const kv_type& t) {
         case KV_KIND_ROT: return "rot:" + std::to_string(t.bits);
         case KV_KIND_PCA:
             if (t.budget < 0) return "auto";
-            if (t.budget == 0) return "pca";
-            std::snprintf(buf, sizeof buf, "pca:%g", t.budget);
+            if (t.budget == 0) std::snprintf(buf, sizeof buf, "pca");
+            else std::snprintf(buf, sizeof buf, "pca:%g", t.budget);
+            if (t.window > 0) return buf + std::string(":w") + std::to_string(t.window);
             return buf;
     }
     return "?";
@@ -204,7 +233,7 @@ std::unique_ptr<kv_stream> kv_stream_create(const kv_type& t, bool is_key, int n
         case KV_KIND_PCA:
             if (!pca || (int)pca->size() != n_head_kv)
                 throw error("KV format pca needs a calibration for every kv head");
-            return kv_stream_create_pca(n_ctx, *pca);
+            return kv_stream_create_pca(n_ctx, *pca, t.window);
         default: return kv_stream_create_quantized(t, is_key, n_ctx, n_head_kv, head_dim, seed);
     }
 }
@@ -217,15 +246,15 @@ kv_cache::kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type 
     kv_calibration::plan plan;
     if (pk || pv) {
         if (!calib) throw error("KV format pca needs a calibration file");
-        if (pk && pv && type_k.budget == type_v.budget) {
+        if (pk && pv && type_k.budget == type_v.budget && type_k.window == type_v.window) {
             plan = calib->solve(type_k.budget > 0 ? type_k.budget : calib->default_bits, true, true,
-                                n_ctx);
+                                n_ctx, type_k.window);
         } else {
             // Different budgets for keys and values: two separate knapsacks.
             if (pk) plan.k = calib->solve(type_k.budget > 0 ? type_k.budget : calib->default_bits,
-                                          true, false, n_ctx).k;
+                                          true, false, n_ctx, type_k.window).k;
             if (pv) plan.v = calib->solve(type_v.budget > 0 ? type_v.budget : calib->default_bits,
-                                          false, true, n_ctx).v;
+                                          false, true, n_ctx, type_v.window).v;
         }
     }
     for (int i = 0; i < n_layer; ++i) {

@@ -29,14 +29,16 @@ struct kv_type {
     int bits = 16;      // code bits of affine / rot
     float budget = 0;   // pca: average bits per element (0: the calibration's default;
                         // -1: "auto", pca when a calibration is found, else f16)
+    int window = 0;     // pca: the newest positions each query sees exact (half y)
 };
 
 inline constexpr kv_type KV_TYPE_F32{KV_KIND_F32, 32, 0};
 inline constexpr kv_type KV_TYPE_F16{KV_KIND_F16, 16, 0};
 
 // Parses "f32", "f16", "q8_0", "q4_0", "affine:B" (B in 2,3,4,8), "rot:B",
-// "pca", "pca:B" (B average bits, 0.5..8), "auto"; throws kvrt::error naming the
-// known formats.
+// "pca", "pca:B" (B average bits, 0.5..8), "pca:B:wN" / "pca:wN" (with a recent
+// window of N positions, 1..1024), "auto"; throws kvrt::error naming the known
+// formats.
 kv_type kv_type_from_name(const std::string& name);
 std::string kv_type_name(const kv_type& t);
 
@@ -74,6 +76,17 @@ public:
     // the value in the stream's own domain (finish() maps it back).
     virtual void accumulate(int h, const float* p, int n_rep, int t0, int t1, int ld,
                             float* out) const = 0;
+    // scores() and accumulate() for query rows whose positions are known: row
+    // r is the token at own0 + r / per_token. Formats whose cached values
+    // depend on the reader's position (pca's recent window) override them.
+    virtual void scores_at(int h, const float* q, int n_rep, int t0, int t1, float* s, int ld,
+                           int /*own0*/, int /*per_token*/) const {
+        scores(h, q, n_rep, t0, t1, s, ld);
+    }
+    virtual void accumulate_at(int h, const float* p, int n_rep, int t0, int t1, int ld, float* out,
+                               int /*own0*/, int /*per_token*/) const {
+        accumulate(h, p, n_rep, t0, t1, ld, out);
+    }
     // Maps a normalised (probabilities summing to 1) accumulation of head h
     // from the stream's domain to values, in place: o[head_dim].
     virtual void finish(int /*h*/, float* /*o*/) const {}

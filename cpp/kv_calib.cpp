@@ -109,8 +109,8 @@ std::unique_ptr<kv_calibration> kv_calibration::load(const std::string& path, co
     return cal;
 }
 
-kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values,
-                                           int n_ctx) const {
+kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values, int n_ctx,
+                                           int window) const {
     if (!(budget > 0.0f && budget <= 8.0f))
         throw error("pca budget must be in (0, 8] bits per element");
     const int d = head_dim, L = KV_CALIB_LEVELS;
@@ -153,9 +153,9 @@ kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values,
     std::stable_sort(steps.begin(), steps.end(),
                      [](const step& a, const step& b) { return a.ratio > b.ratio; });
     std::vector<uint8_t> bits(chan_c.size(), 0);
-    // Each token's scale costs 8 bits per head; the sinks 16 bits per
-    // element over n_ctx positions.
-    const double overhead = 8.0 / d + 16.0 * KV_PCA_SINKS / std::max(n_ctx, 1);
+    // Each token's scale costs 8 bits per head; the sinks and the recent
+    // window 16 bits per element over n_ctx positions.
+    const double overhead = 8.0 / d + 16.0 * (KV_PCA_SINKS + window) / std::max(n_ctx, 1);
     double left = ((double)budget - overhead) * (double)chan_c.size();
     if (left < 0)
         throw error("pca budget below the format's fixed cost (" + std::to_string(overhead) +

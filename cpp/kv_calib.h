@@ -70,8 +70,9 @@ public:
         double bits_k = 0, bits_v = 0;  // average bits per element achieved
     };
     // The budget covers everything a stream of n_ctx positions allocates:
-    // codes, the per-token scales and the sink positions.
-    plan solve(float budget, bool keys, bool values, int n_ctx) const;
+    // codes, the per-token scales, the sink positions and `window` recent
+    // positions (pca:B:wN).
+    plan solve(float budget, bool keys, bool values, int n_ctx, int window = 0) const;
 
     // Reads and checks a sidecar against the model; throws kvrt::error
     // naming the file and the problem.

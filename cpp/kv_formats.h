@@ -12,7 +12,8 @@ namespace kvrt {
 std::unique_ptr<kv_stream> kv_stream_create_quantized(const kv_type& t, bool is_key, int n_ctx,
                                                       int n_head_kv, int head_dim, uint32_t seed);
 // pca with one quantizer per kv head. kv_pca.cpp
-std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads);
+std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads,
+                                                int window = 0);
 
 // y = P(x - mu), all channels.
 void kv_pca_project(const kv_pca_head& p, const float* x, float* y);

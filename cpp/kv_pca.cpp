@@ -35,9 +35,10 @@ class kv_stream_pca final : public kv_stream {
     static constexpr int kSinks = KV_PCA_SINKS;
 
 public:
-    kv_stream_pca(int n_ctx, const std::vector<kv_pca_head>& heads)
+    kv_stream_pca(int n_ctx, const std::vector<kv_pca_head>& heads, int window)
         : n_ctx_(n_ctx), n_blocks_((n_ctx + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS), src_(heads) {
         if (src_.empty()) throw error("pca KV stream: no heads");
+        window_ = std::max(window, 0);
         hd_ = (int)src_[0].mean.size();
         size_t off = 0;
         for (const kv_pca_head& h : src_) {
@@ -79,11 +80,14 @@ public:
         data_ = zeroed<uint8_t>(off);
         scale_ = zeroed<uint8_t>(nh * n_ctx);
         sinks_ = zeroed<uint16_t>(nh * kSinks * hd_);
-        bytes_ = off + nh * n_ctx + nh * kSinks * hd_ * sizeof(uint16_t);
+        ring_ = zeroed<uint16_t>((size_t)window_ * nh * hd_);
+        ring_pos_.assign(window_, -1);
+        bytes_ = off + nh * n_ctx + (nh * kSinks + (size_t)window_ * nh) * hd_ * sizeof(uint16_t);
     }
 
     void store(int pos0, int n, const float* x) override {
         const int nh = (int)heads_.size();
+        if (window_ > 0) begin_batch(pos0, n);
         std::vector<float> y(hd_), xr(hd_);
         for (int t = 0; t < n; ++t) {
             const int pos = pos0 + t;
@@ -97,6 +101,10 @@ public:
                     xh = xr.data();
                 }
                 kv_pca_project(p, xh, y.data());
+                if (window_ > 0) {
+                    uint16_t* dst = &batch_y_[((size_t)t * nh + h) * hd_];
+                    for (int c = 0; c < hd_; ++c) dst[c] = fp32_to_fp16(y[c]);
+                }
                 if (pos < kSinks) {  // every channel, as halves
                     uint16_t* dst = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
                     for (int c = 0; c < hd_; ++c) dst[c] = fp32_to_fp16(y[c]);
@@ -121,6 +129,13 @@ public:
     // K_r = sum_kept (Pq)_c lo_c; q.mu, the same for every position, is dropped.
     void scores(int h, const float* q, int n_rep, int t0, int t1, float* s,
                 int ld) const override {
+        scores_at(h, q, n_rep, t0, t1, s, ld, -1, 1);
+    }
+
+    // own0 >= 0: each row's recent window (positions own - window + 1 ..
+    // own, past the sinks) is scored from its exact y instead of the codes.
+    void scores_at(int h, const float* q, int n_rep, int t0, int t1, float* s, int ld, int own0,
+                   int per_token) const override {
         const head& g = heads_[h];
         const kv_pca_head& p = *g.src;
         const int nk = (int)g.keep.size();
@@ -159,6 +174,17 @@ public:
                 for (int j = 0; j < hi - lo; ++j) sr[j] = af[j] * (sbr[j] + K[r]);
             }
         }
+        if (window_ > 0 && own0 >= 0)
+            for (int r = 0; r < n_rep; ++r) {
+                const int own = own0 + r / per_token;
+                for (int t = std::max({t0, own - window_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
+                    if (const uint16_t* y = exact_y(h, t)) {
+                        const float* qy = qr.data() + (size_t)r * hd_;
+                        float acc = 0.0f;
+                        for (int c = 0; c < hd_; ++c) acc += qy[c] * fp16_to_fp32(y[c]);
+                        s[(size_t)r * ld + (t - t0)] = acc;
+                    }
+            }
         if (!g.pairs.empty()) add_rope_mean_scores(g, q, n_rep, t0, t1, s, ld);
     }
 
@@ -166,6 +192,12 @@ public:
     // sum_t p_t y_tc = step_c sum_t p'_t code_tc + lo_c sum_t p'_t.
     void accumulate(int h, const float* p, int n_rep, int t0, int t1, int ld,
                     float* out) const override {
+        accumulate_at(h, p, n_rep, t0, t1, ld, out, -1, 1);
+    }
+
+    // own0 >= 0: each row's recent window takes its exact y (and no codes).
+    void accumulate_at(int h, const float* p, int n_rep, int t0, int t1, int ld, float* out,
+                       int own0, int per_token) const override {
         const head& g = heads_[h];
         const kv_pca_head& ph = *g.src;
         const int nk = (int)g.keep.size();
@@ -175,6 +207,22 @@ public:
                 const float pt = p[(size_t)r * ld + (t - t0)];
                 for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * y[c];
             }
+        }
+        // The window's positions: exact y, and probability 0 for the codes.
+        std::vector<float> pwin;
+        const bool win = window_ > 0 && own0 >= 0;
+        if (win) {
+            pwin.assign(p, p + (size_t)(n_rep - 1) * ld + (t1 - t0));
+            for (int r = 0; r < n_rep; ++r) {
+                const int own = own0 + r / per_token;
+                for (int t = std::max({t0, own - window_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
+                    if (const uint16_t* y = exact_y(h, t)) {
+                        float& pt = pwin[(size_t)r * ld + (t - t0)];
+                        for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * fp16_to_fp32(y[c]);
+                        pt = 0.0f;
+                    }
+            }
+            p = pwin.data();
         }
         if (nk == 0) return;
         std::vector<float> pb((size_t)n_rep * KV_BLOCK_TOKENS), acc((size_t)n_rep * nk, 0.0f);
@@ -327,6 +375,34 @@ private:
         const uint8_t* sc = &scale_[(size_t)h * n_ctx_];
         for (int t = lo; t < hi; ++t) a[t - lo] = kv_pca_scale_value(sc[t]);
     }
+    // The recent window. The newest batch's y (half-rounded) stays in
+    // batch_y_ until the next store() folds its last `window_` positions into
+    // the ring; positions being stored again leave the ring.
+    void begin_batch(int pos0, int n) {
+        const int nh = (int)heads_.size();
+        for (int t = std::max(batch_pos0_, batch_pos0_ + batch_n_ - window_);
+             t < std::min(batch_pos0_ + batch_n_, pos0); ++t) {
+            const int slot = t % window_;
+            std::copy_n(&batch_y_[(size_t)(t - batch_pos0_) * nh * hd_], (size_t)nh * hd_,
+                        ring_.get() + (size_t)slot * nh * hd_);
+            ring_pos_[slot] = t;
+        }
+        for (int& rp : ring_pos_)
+            if (rp >= pos0) rp = -1;
+        batch_pos0_ = pos0;
+        batch_n_ = n;
+        batch_y_.resize((size_t)n * nh * hd_);
+    }
+    // Half y of position t of head h where the window holds it, else null.
+    const uint16_t* exact_y(int h, int t) const {
+        const size_t nh = heads_.size();
+        if (t >= batch_pos0_ && t < batch_pos0_ + batch_n_)
+            return &batch_y_[((size_t)(t - batch_pos0_) * nh + h) * hd_];
+        const int slot = t % window_;
+        if (ring_pos_[slot] == t) return ring_.get() + ((size_t)slot * nh + h) * hd_;
+        return nullptr;
+    }
+
     // y of sink position pos of head h, as floats.
     std::vector<float> sink(int h, int pos) const {
         const uint16_t* src = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
@@ -358,6 +434,14 @@ private:
     zeroed_array<uint8_t> data_;
     zeroed_array<uint8_t> scale_;   // [head][pos] the token's scale code (kv_pca_scale_code)
     zeroed_array<uint16_t> sinks_;  // [head][kSinks][dim] half y of the first positions
+    // pca:B:wN: [slot][head][dim] half y of the newest positions (slot = pos %
+    // window_), ring_pos_[slot] the position it holds (-1: none); batch_y_
+    // [t][head][dim] the last store()'s, scratch not counted in bytes().
+    int window_ = 0;
+    zeroed_array<uint16_t> ring_;
+    std::vector<int> ring_pos_;
+    std::vector<uint16_t> batch_y_;
+    int batch_pos0_ = 0, batch_n_ = 0;
     size_t bytes_ = 0;
 };
 
@@ -397,8 +481,9 @@ void kv_pca_rope_mean_at(const kv_pca_head& p, int pos, float* m) {
     }
 }
 
-std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads) {
-    return std::make_unique<kv_stream_pca>(n_ctx, heads);
+std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads,
+                                                int window) {
+    return std::make_unique<kv_stream_pca>(n_ctx, heads, window);
 }
 
 }  // namespace kvrt

@@ -82,7 +82,7 @@ void attention_forward(const kv_stream& keys, const kv_stream& values, const flo
                 float* qb = qbuf + (size_t)ti * n_rep * hd;
                 for (int i = 0; i < n_rep * hd; ++i) qb[i] = qh[i] * scale;
             }
-            keys.scores(kvh, qbuf, nr, t0, t1, s, n);
+            keys.scores_at(kvh, qbuf, nr, t0, t1, s, n, pos0 + ta, n_rep);
             for (int r = 0; r < nr; ++r) {
                 float* sr = s + (size_t)r * n;
                 // Positions after this row's own token are not its to see.
@@ -99,7 +99,7 @@ void attention_forward(const kv_stream& keys, const kv_stream& values, const flo
                 part[2 * r] = m;
                 part[2 * r + 1] = l;
             }
-            values.accumulate(kvh, s, nr, t0, t1, n, acc);
+            values.accumulate_at(kvh, s, nr, t0, t1, n, acc, pos0 + ta, n_rep);
         }
     });
 
