@@ -319,6 +319,13 @@ def test_pca_with_another_format_is_refused(pca_calibrations):
                     kv_calib=pca_calibrations[MODELS[0]], device="cuda")
 
 
+@cuda_test
+def test_pca_window_is_refused(pca_calibrations):
+    with pytest.raises(RuntimeError, match="recent window runs on the CPU only"):
+        kvrt.Model(MODELS[0], n_ctx=1024, kv="pca:3:w16", kv_calib=pca_calibrations[MODELS[0]],
+                   device="cuda")
+
+
 # ---- end to end ----
 
 
