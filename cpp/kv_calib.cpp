@@ -1,6 +1,7 @@
 #include "kv_calib.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <cstring>
 
@@ -157,9 +158,16 @@ kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values,
     // window 16 bits per element over n_ctx positions.
     const double overhead = 8.0 / d + 16.0 * (KV_PCA_SINKS + window) / std::max(n_ctx, 1);
     double left = ((double)budget - overhead) * (double)chan_c.size();
-    if (left < 0)
-        throw error("pca budget below the format's fixed cost (" + std::to_string(overhead) +
-                    " bits per element at this context)");
+    if (left < 0) {
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "pca budget %g is below the format's fixed cost at n_ctx %d: %.3f bits per "
+                      "element for token scales, %d sinks%s%s",
+                      budget, n_ctx, overhead, KV_PCA_SINKS,
+                      window > 0 ? " and a window of " : "",
+                      window > 0 ? std::to_string(window).c_str() : "");
+        throw error(buf);
+    }
     for (const step& st : steps) {
         if (bits[st.chan] != st.b0) continue;  // an earlier step of this channel was skipped
         if (st.b1 - st.b0 > left) continue;
