@@ -16,33 +16,6 @@
 
 namespace kvrt {
 
-static kv_type kv_type_from_base(const std::string& name);
-
-kv_type kv_type_from_name(const std::string& full) {
-    // pca's recent window: a ":wN" suffix.
-    std::string name = full;
-    int window = 0;
-    const size_t wpos = full.rfind(":w");
-    if (wpos != std::string::npos && full.compare(0, 3, "pca") != 0)
-        throw error("KV format '" + full + "': only pca takes a window (pca:B:wN)");
-    if (wpos != std::string::npos) {
-        const std::string num = full.substr(wpos + 2);
-        char* end = nullptr;
-        const long w = std::strtol(num.c_str(), &end, 10);
-        if (num.empty() || *end != '\0' || w < 1 || w > 1024)
-            throw error("KV format '" + full + "': the window must be 1..1024 positions");
-        window = (int)w;
-        name = full.substr(0, wpos);
-    }
-    kv_type t = kv_type_from_base(name);
-    if (window > 0) {
-        if (t.kind != KV_KIND_PCA || t.budget < 0)
-            throw error("KV format '" + full + "': only pca takes a window (pca:B:wN)");
-        t.window = window;
-    }
-    return t;
-}
-
 static kv_type kv_type_from_base(const std::string& name) {
     auto bits_of = [&](size_t colon) -> float {
         const std::string num = name.substr(colon + 1);
@@ -77,6 +50,22 @@ static kv_type kv_type_from_base(const std::string& name) {
                 "pca:B:wN, auto)");
 }
 
+kv_type kv_type_from_name(const std::string& full) {
+    // pca's recent window: a ":wN" suffix.
+    const size_t wpos = full.rfind(":w");
+    if (wpos == std::string::npos) return kv_type_from_base(full);
+    const std::string num = full.substr(wpos + 2);
+    char* end = nullptr;
+    const long w = std::strtol(num.c_str(), &end, 10);
+    kv_type t = kv_type_from_base(full.substr(0, wpos));
+    if (t.kind != KV_KIND_PCA || t.budget < 0)
+        throw error("KV format '" + full + "': only pca takes a window (pca:B:wN)");
+    if (num.empty() || *end != '\0' || w < 1 || w > 1024)
+        throw error("KV format '" + full + "': the window must be 1..1024 positions");
+    t.window = (int)w;
+    return t;
+}
+
 std::string kv_type_name(const kv_type& t) {
     char buf[32];
     switch (t.kind) {
@@ -88,10 +77,9 @@ std::string kv_type_name(const kv_type& t) {
         case KV_KIND_ROT: return "rot:" + std::to_string(t.bits);
         case KV_KIND_PCA:
             if (t.budget < 0) return "auto";
-            if (t.budget == 0) std::snprintf(buf, sizeof buf, "pca");
-            else std::snprintf(buf, sizeof buf, "pca:%g", t.budget);
-            if (t.window > 0) return buf + std::string(":w") + std::to_string(t.window);
-            return buf;
+            std::snprintf(buf, sizeof buf, "pca:%g", t.budget);
+            return std::string(t.budget > 0 ? buf : "pca") +
+                   (t.window > 0 ? ":w" + std::to_string(t.window) : "");
     }
     return "?";
 }

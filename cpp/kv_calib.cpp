@@ -1,8 +1,8 @@
 #include "kv_calib.h"
 
 #include <algorithm>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "common.h"

@@ -174,17 +174,12 @@ public:
                 for (int j = 0; j < hi - lo; ++j) sr[j] = af[j] * (sbr[j] + K[r]);
             }
         }
-        if (window_ > 0 && own0 >= 0)
-            for (int r = 0; r < n_rep; ++r) {
-                const int own = own0 + r / per_token;
-                for (int t = std::max({t0, own - window_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
-                    if (const uint16_t* y = exact_y(h, t)) {
-                        const float* qy = qr.data() + (size_t)r * hd_;
-                        float acc = 0.0f;
-                        for (int c = 0; c < hd_; ++c) acc += qy[c] * fp16_to_fp32(y[c]);
-                        s[(size_t)r * ld + (t - t0)] = acc;
-                    }
-            }
+        each_window_y(h, n_rep, t0, t1, own0, per_token, [&](int r, int t, const uint16_t* y) {
+            const float* qy = qr.data() + (size_t)r * hd_;
+            float acc = 0.0f;
+            for (int c = 0; c < hd_; ++c) acc += qy[c] * fp16_to_fp32(y[c]);
+            s[(size_t)r * ld + (t - t0)] = acc;
+        });
         if (!g.pairs.empty()) add_rope_mean_scores(g, q, n_rep, t0, t1, s, ld);
     }
 
@@ -208,22 +203,12 @@ public:
                 for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * y[c];
             }
         }
-        // The window's positions: exact y, and probability 0 for the codes.
-        std::vector<float> pwin;
-        const bool win = window_ > 0 && own0 >= 0;
-        if (win) {
-            pwin.assign(p, p + (size_t)(n_rep - 1) * ld + (t1 - t0));
-            for (int r = 0; r < n_rep; ++r) {
-                const int own = own0 + r / per_token;
-                for (int t = std::max({t0, own - window_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
-                    if (const uint16_t* y = exact_y(h, t)) {
-                        float& pt = pwin[(size_t)r * ld + (t - t0)];
-                        for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * fp16_to_fp32(y[c]);
-                        pt = 0.0f;
-                    }
-            }
-            p = pwin.data();
-        }
+        // The window's positions take their exact y here, and probability 0
+        // in the codes' sum below.
+        each_window_y(h, n_rep, t0, t1, own0, per_token, [&](int r, int t, const uint16_t* y) {
+            const float pt = p[(size_t)r * ld + (t - t0)];
+            for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * fp16_to_fp32(y[c]);
+        });
         if (nk == 0) return;
         std::vector<float> pb((size_t)n_rep * KV_BLOCK_TOKENS), acc((size_t)n_rep * nk, 0.0f);
         std::vector<float> psum(n_rep, 0.0f);
@@ -238,11 +223,15 @@ public:
             for (int r = 0; r < n_rep; ++r) {
                 const float* pr = p + (size_t)r * ld + (lo - t0);
                 float* pbr = &pb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
+                for (int j = 0; j < hi - lo; ++j) pbr[j] = pr[j] * af[j];
+            }
+            each_window_y(h, n_rep, lo, hi, own0, per_token, [&](int r, int t, const uint16_t*) {
+                pb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] = 0.0f;
+            });
+            for (int r = 0; r < n_rep; ++r) {
+                const float* pbr = &pb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
                 float sum = 0.0f;
-                for (int j = 0; j < hi - lo; ++j) {
-                    pbr[j] = pr[j] * af[j];
-                    sum += pbr[j];
-                }
+                for (int j = 0; j < hi - lo; ++j) sum += pbr[j];
                 psum[r] += sum;
             }
             kv_cmajor_accumulate(block(h, b0 / KV_BLOCK_TOKENS), g.bits.data(), nk, pb.data(),
@@ -392,6 +381,17 @@ private:
         batch_pos0_ = pos0;
         batch_n_ = n;
         batch_y_.resize((size_t)n * nh * hd_);
+    }
+    // f(r, t, y) for each position t in [t0, t1) of row r's window (own0 >=
+    // 0; row r is the token at own0 + r / per_token) whose half y is held.
+    template <class F>
+    void each_window_y(int h, int n_rep, int t0, int t1, int own0, int per_token, F&& f) const {
+        if (window_ <= 0 || own0 < 0) return;
+        for (int r = 0; r < n_rep; ++r) {
+            const int own = own0 + r / per_token;
+            for (int t = std::max({t0, own - window_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
+                if (const uint16_t* y = exact_y(h, t)) f(r, t, y);
+        }
     }
     // Half y of position t of head h where the window holds it, else null.
     const uint16_t* exact_y(int h, int t) const {
