@@ -84,12 +84,6 @@ __device__ void fwht64_shared(float* x, int rows, int stride, int hd) {
     __syncthreads();
 }
 
-__device__ inline float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
 struct span_args {
     const uint8_t* k;
     const uint8_t* v;
@@ -206,8 +200,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
     // The warp's rows summed over its lane groups, then the warps merged.
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) l[r] += __shfl_xor_sync(0xffffffffu, l[r], o);
+        l[r] = warp_sum(l[r]);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
             for (int o = lpr; o < 32; o <<= 1) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], o);
@@ -245,7 +238,7 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
     // loads are independent, so they overlap); then a thread per dimension.
     float m = -INFINITY;
     for (int sp = threadIdx.x; sp < n_split; sp += blockDim.x) m = fmaxf(m, first[sp * (hd + 2)]);
-    for (int o2 = 16; o2 > 0; o2 >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o2));
+    m = warp_max(m);
     if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = m;
     __syncthreads();
     m = red[0];
@@ -257,7 +250,7 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
         wsp[sp] = w;
         lp += w * p[1];
     }
-    for (int o2 = 16; o2 > 0; o2 >>= 1) lp += __shfl_xor_sync(0xffffffffu, lp, o2);
+    lp = warp_sum(lp);
     __syncthreads();  // red read above; wsp written
     if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = lp;
     __syncthreads();

@@ -92,11 +92,21 @@ void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int p
 // ---- swiglu.cu ----
 void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s);
 
-// ---- kv_pca.cu ----
-// A pca stream's calibration on the device (the CPU stream's per-head
-// quantizers, kv_pca.cpp) and where its packed data lives (kv_layout.h):
-// plain device pointers, passed to kernels by value. Arrays run over the
-// kv heads h; "kept" channels are those with bits > 0, in channel order.
+// ---- device helpers of the kernels ----
+// Sum and maximum over a warp; every lane gets the result.
+template <class T>
+__device__ inline T warp_sum(T v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ inline float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
 // acc + sum_i row[i] v[i], i = 0 .. n-1 in order (n a multiple of 4, row
 // 16-byte aligned). The row's loads are issued 64 floats at a time, so a
 // thread waits on memory once per 64 rather than once per element.
@@ -124,6 +134,11 @@ __device__ inline float row_dot(const float* row, const float* v, int n, float a
     return acc;
 }
 
+// ---- kv_pca.cu ----
+// A pca stream's calibration on the device (the CPU stream's per-head
+// quantizers, kv_pca.cpp) and where its packed data lives (kv_layout.h):
+// plain device pointers, passed to kernels by value. Arrays run over the
+// kv heads h; "kept" channels are those with bits > 0, in channel order.
 struct cuda_pca {
     int n_head_kv = 0, head_dim = 0, n_ctx = 0;
     int n_freq = 0, pair_stride = 2, pair_gap = 1;  // rotary pairs of rope_mean

@@ -154,7 +154,7 @@ __device__ void pca_query_row(const cuda_pca& k, const float* q, int n_head, int
         out[2 * hd + 2 * c] = qs[a] * pr[2] + qs[b] * pr[3];      // with cos
         out[2 * hd + 2 * c + 1] = qs[b] * pr[2] - qs[a] * pr[3];  // with sin
     }
-    for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+    part = warp_sum(part);
     if (c % 32 == 0) red[c / 32] = part;
     __syncthreads();
     if (c == 0) {
@@ -215,18 +215,6 @@ __device__ inline void load_rows(const float* p, float* out) {
 __device__ inline void angle_sincos(double a, float* s, float* c) {
     const double r = fma(-rint(a * 0.15915494309189535), 6.283185307179586, a);
     sincosf((float)r, s, c);
-}
-
-__device__ inline float warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 // An exact float of a code < 2^23: its bits under 2^23's exponent, minus 2^23

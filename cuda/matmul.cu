@@ -92,12 +92,6 @@ __device__ inline float dequant_one(ggml_type t, const uint8_t* row, int64_t i) 
     }
 }
 
-__device__ inline float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
 __device__ inline uint32_t ld_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
 // 4 bytes at a 2-byte aligned address.
 __device__ inline uint32_t ld_u32_2a(const uint8_t* p) { return ld_u16(p) | (ld_u16(p + 2) << 16); }
@@ -252,15 +246,11 @@ __global__ void quantize_q16_kernel(const float* x, int64_t n_blocks, int16_t* q
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= n_blocks) return;
     const float v = x[blk * 32 + lane];
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float amax = warp_max(fabsf(v));
     const float d = amax / 32767.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const int q = (int)roundf(v * id);
-    int sum = q;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const int sum = warp_sum(q);
     qs[blk * 32 + q16_slot(lane)] = (int16_t)q;
     if (lane == 0) ds[blk] = make_int2(__float_as_int(d), sum);
 }

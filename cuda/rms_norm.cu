@@ -14,8 +14,7 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_
     double ss = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads) ss += (double)xr[i] * xr[i];
     __shared__ double part[kThreads / 32];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    ss = warp_sum(ss);
     if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
     __syncthreads();
     double tot = 0.0;
