@@ -55,9 +55,16 @@ bool gpu_available(std::string* why);
 // out[t][r] = w_row(r) . x_t for w (rows, cols) of type t in file bytes,
 // x [n][cols]. prefill: 0 the matvec kernel (activations as q16 codes for
 // the block types), 1 the path of batches (dequantize + cuBLAS GEMM in f32),
-// 2 the same in f16 (tensor cores), 3 the matvec kernel in f32.
+// 2 the same in f16 (tensor cores), 3 the matvec kernel in f32; plus 8: the
+// product added to an out of ones (the residual's path).
 std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, int64_t cols,
                                    const float* x, int n, int prefill);
+// The q16 codes made in the launch of op 0 (RMSNorm of rows of a [rows][n]
+// with weight b [n]) or op 1 (swiglu of a and b, [rows][n]), then those of
+// cuda_quantize_q16 over the op's output made without them (each
+// cuda_q16_bytes(rows, n) bytes); then both outputs' floats as bytes.
+std::vector<uint8_t> gpu_test_q16_fused(int op, const float* a, const float* b, int64_t rows,
+                                        int64_t n, float eps);
 // y = rms_norm(x) * w over rows of n.
 std::vector<float> gpu_test_rms_norm(const float* x, const float* w, int64_t n_rows, int64_t n,
                                      float eps);

@@ -28,6 +28,10 @@ std::vector<float> gpu_test_matmul(ggml_type, const uint8_t*, int64_t, int64_t, 
     no_cuda();
 }
 
+std::vector<uint8_t> gpu_test_q16_fused(int, const float*, const float*, int64_t, int64_t, float) {
+    no_cuda();
+}
+
 std::vector<float> gpu_test_rms_norm(const float*, const float*, int64_t, int64_t, float) {
     no_cuda();
 }

@@ -47,8 +47,14 @@ const char* cuda_weight_types_supported();
 // into q16 codes by cuda_quantize_q16) the block types take integer dot
 // products with those codes, as the CPU does; without it, or for the float
 // types, they multiply x in f32.
+// add: out[t][r] += the product instead (a residual added in the same pass).
 void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s,
-                 const void* act = nullptr);
+                 const void* act = nullptr, bool add = false);
+// ws[k] times x into outs[k], k < count <= 3, in one launch, from q16 codes;
+// false (nothing launched) where the weights differ in type or width or do
+// not read q16 codes.
+bool cuda_matvec_multi(const dev_weight* const* ws, float* const* outs, int count, int n,
+                       cudaStream_t s, const void* act);
 // Whether cuda_matvec of weight type t reads q16 codes when given them.
 bool cuda_matvec_takes_q16(ggml_type t);
 // Bytes of the q16 codes of n rows of cols (a multiple of 32) activations;
@@ -64,18 +70,18 @@ void cuda_quantize_q16(const float* x, int n, int64_t cols, void* act, cudaStrea
 enum gemm_precision { GEMM_F32, GEMM_F16 };
 #if defined(KVRT_CUBLAS)
 void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, gemm_precision prec,
-                      void* wbuf, void* xbuf, cublasHandle_t h, cudaStream_t s);
+                      void* wbuf, void* xbuf, cublasHandle_t h, cudaStream_t s, bool add = false);
 #endif
 // out[t] = row ids[t] of w as floats (embedding lookup).
 void cuda_get_rows(const dev_weight& w, const int32_t* ids, int n, float* out, cudaStream_t s);
 // x[t][i] += b[i]
 void cuda_add_bias_rows(float* x, const float* b, int n_rows, int64_t n, cudaStream_t s);
-// x[i] += y[i]
-void cuda_add(float* x, const float* y, int64_t n, cudaStream_t s);
 
 // ---- rms_norm.cu ----
+// With act (n a multiple of 32), y's q16 codes are written there too, as
+// cuda_quantize_q16 would write them: the next matvec needs no pass of its own.
 void cuda_rms_norm_rows(const float* x, const float* w, float* y, int64_t n_rows, int64_t n,
-                        float eps, cudaStream_t s);
+                        float eps, cudaStream_t s, void* act = nullptr);
 
 // ---- rope.cu ----
 struct cuda_rope {
@@ -86,11 +92,15 @@ struct cuda_rope {
 // x [n_tok][n_heads*head_dim], token t at position pos0 + t. Where pos_dev
 // is given, *pos_dev (device memory, read by the kernel) is added to pos0:
 // a captured CUDA graph replays with the position of each decode step.
+// x2 (n_tok x n_heads2 heads), where given, is turned in the same launch.
 void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int pos0,
-                     cudaStream_t s, const int* pos_dev = nullptr);
+                     cudaStream_t s, const int* pos_dev = nullptr, float* x2 = nullptr,
+                     int n_heads2 = 0);
 
 // ---- swiglu.cu ----
-void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s);
+// With act (n a multiple of 32), y's q16 codes too, as for cuda_rms_norm_rows.
+void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s,
+                 void* act = nullptr);
 
 // ---- device helpers of the kernels ----
 // Sum and maximum over a warp; every lane gets the result.
@@ -105,6 +115,34 @@ __device__ inline float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+// ---- q16 activation codes (matmul.cu's matvec reads them) ----
+// A lane of the q16 matvec works on quarter p of a block: elements 4p..4p+3
+// and 16+4p..16+4p+3 (the 4/5-bit types keep them in one 4-byte run of
+// nibbles; q8_0 takes the same elements). The codes are stored in that order,
+// [p][lo 4, hi 4] per block, so a lane's eight codes are one 16-byte load.
+// Per token: cols int16 codes, then nb = cols/32 int2 {d as float bits, sum
+// of the block's codes}; blk counts blocks over all tokens.
+__device__ inline int q16_slot(int j) { return 8 * ((j % 16) / 4) + 4 * (j / 16) + j % 4; }
+
+// Block blk of the codes from a warp holding its 32 values (lane j holds
+// element j), as the CPU's quant_q16 (quants_ref.cpp): d = amax / 32767,
+// codes round(x / d) half away from zero.
+__device__ inline void q16_block(float v, int lane, int64_t blk, int16_t* qs, int2* ds) {
+    const float amax = warp_max(fabsf(v));
+    const float d = amax / 32767.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = (int)roundf(v * id);
+    const int sum = warp_sum(q);
+    qs[blk * 32 + q16_slot(lane)] = (int16_t)q;
+    if (lane == 0) ds[blk] = make_int2(__float_as_int(d), sum);
+}
+
+// The code and scale arrays of n_tok tokens of cols activations in act.
+inline int16_t* q16_codes(void* act) { return static_cast<int16_t*>(act); }
+inline int2* q16_scales(void* act, int64_t n_tok, int64_t cols) {
+    return reinterpret_cast<int2*>(static_cast<int16_t*>(act) + (size_t)n_tok * cols);
 }
 
 // acc + sum_i row[i] v[i], i = 0 .. n-1 in order (n a multiple of 4, row

@@ -121,7 +121,6 @@ public:
         att_ = scratch(B * QD);
         gate_ = scratch(B * hp.n_ff);
         up_ = scratch(B * hp.n_ff);
-        out_ = scratch(B * hp.n_embd);
         logits_ = scratch(B * hp.n_vocab);
         partial_ = scratch(cuda_attention_partial_floats(ap_, n_batch, n_ctx, n_sm_, pca_));
         if (pca_) qprep_ = scratch(cuda_attention_pca_qprep_floats(n_batch, hp.n_head, hd));
@@ -141,8 +140,8 @@ public:
         }
 #if defined(KVRT_CUBLAS)
         if (const char* e = std::getenv("KVRT_CUDA_GEMM")) {
-            if (std::string(e) == "f16") gemm_ = GEMM_F16;
-            else if (std::string(e) != "f32")
+            if (std::string(e) == "f32") gemm_ = GEMM_F32;
+            else if (std::string(e) != "f16")
                 throw error("KVRT_CUDA_GEMM must be f32 or f16, not '" + std::string(e) + "'");
         }
         if (n_batch >= kGemmMinTokens) {
@@ -212,17 +211,16 @@ private:
         cuda_get_rows(tok_embd_, tokens_, n, x_, s);
         for (int il = 0; il < hp.n_layer; ++il) {
             const dev_layer& L = layers_[il];
-            cuda_rms_norm_rows(x_, L.attn_norm, xn_, n, E, hp.rms_eps, s);
-            mul(L.wq, xn_, n, q_);
-            mul(L.wk, xn_, n, k_, true);
-            mul(L.wv, xn_, n, v_, true);
+            norm(x_, L.attn_norm, n, L.wq);
+            const dev_weight* qkv[3] = {&L.wq, &L.wk, &L.wv};
+            float* const qkv_out[3] = {q_, k_, v_};
+            mul_xn(qkv, qkv_out, 3, n);
             if (L.bq) cuda_add_bias_rows(q_, L.bq, n, QD, s);
             if (L.bk) cuda_add_bias_rows(k_, L.bk, n, KVD, s);
             if (L.bv) cuda_add_bias_rows(v_, L.bv, n, KVD, s);
             if (L.q_norm) cuda_rms_norm_rows(q_, L.q_norm, q_, (int64_t)n * hp.n_head, HD, hp.rms_eps, s);
             if (L.k_norm) cuda_rms_norm_rows(k_, L.k_norm, k_, (int64_t)n * hp.n_head_kv, HD, hp.rms_eps, s);
-            cuda_rope_apply(q_, n, hp.n_head, rope_, pos0 + rope_offset_, s, pos_dev);
-            cuda_rope_apply(k_, n, hp.n_head_kv, rope_, pos0 + rope_offset_, s, pos_dev);
+            cuda_rope_apply(q_, n, hp.n_head, rope_, pos0 + rope_offset_, s, pos_dev, k_, hp.n_head_kv);
             if (pca_) {
                 // Keys and values stored in the launch that turns the queries.
                 cuda_attention_pca(L.k, L.v, q_, n, pos0, hp.n_head, hp.sliding_window, att_,
@@ -232,19 +230,20 @@ private:
                 cuda_kv_store(L.v, pos0, n, v_, s, pos_dev);
                 cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s, pos_dev, split_len);
             }
-            mul(L.wo, att_, n, out_);
-            cuda_add(x_, out_, (int64_t)n * E, s);
-            cuda_rms_norm_rows(x_, L.ffn_norm, xn_, n, E, hp.rms_eps, s);
-            mul(L.w_gate, xn_, n, gate_);
-            mul(L.w_up, xn_, n, up_, true);
-            cuda_swiglu(gate_, up_, gate_, (int64_t)n * hp.n_ff, s);
-            mul(L.w_down, gate_, n, out_);
-            cuda_add(x_, out_, (int64_t)n * E, s);
+            mul(L.wo, att_, n, x_, false, true);  // the residual added in the product
+            norm(x_, L.ffn_norm, n, L.w_gate);
+            const dev_weight* gu[2] = {&L.w_gate, &L.w_up};
+            float* const gu_out[2] = {gate_, up_};
+            mul_xn(gu, gu_out, 2, n);
+            const bool q16 = q16_for(L.w_down, n, hp.n_ff);
+            cuda_swiglu(gate_, up_, gate_, (int64_t)n * hp.n_ff, s, q16 ? q16_ : nullptr);
+            q16_of_ = q16 ? gate_ : nullptr;
+            mul(L.w_down, gate_, n, x_, true, true);
         }
         if (n_logits > 0) {
             const int first = n - n_logits;
-            cuda_rms_norm_rows(x_ + (size_t)first * E, output_norm_, xn_, n_logits, E, hp.rms_eps, s);
-            mul(output_, xn_, n_logits, logits_);
+            norm(x_ + (size_t)first * E, output_norm_, n_logits, output_);
+            mul(output_, xn_, n_logits, logits_, true);
         }
     }
 
@@ -266,13 +265,32 @@ private:
         KVRT_CUDA_CHECK(e);
     }
 
-    // same_x: x is the input of the previous mul, unchanged since, so q16
-    // codes made from it then still hold (q, k, v; gate, up).
-    void mul(const dev_weight& w, const float* x, int n, float* out, bool same_x = false) {
+    // Whether mul(w, ...) of n tokens reads q16 codes of its input (cols wide).
+    bool q16_for(const dev_weight& w, int n, int64_t cols) const {
+#if defined(KVRT_CUBLAS)
+        if (n >= kGemmMinTokens && wbuf_) return false;
+#endif
+        return q16_ && cuda_matvec_takes_q16(w.type) && cols % 32 == 0;
+    }
+
+    // xn_ = RMSNorm of n rows of x with weight w; where `next` (the weight
+    // multiplied next) reads q16 codes, they are made in the same launch.
+    void norm(const float* x, const float* w, int n, const dev_weight& next) {
+        const int E = m_.hp().n_embd;
+        const bool q16 = q16_for(next, n, E);
+        cuda_rms_norm_rows(x, w, xn_, n, E, m_.hp().rms_eps, stream_, q16 ? q16_ : nullptr);
+        q16_of_ = q16 ? xn_ : nullptr;
+    }
+
+    // out = w x (add: out += w x). same_x: x is the input of the previous
+    // mul (or of norm or swiglu, which made its codes), unchanged since, so
+    // q16 codes made from it then still hold.
+    void mul(const dev_weight& w, const float* x, int n, float* out, bool same_x = false,
+             bool add = false) {
         if (!same_x) q16_of_ = nullptr;
 #if defined(KVRT_CUBLAS)
         if (n >= kGemmMinTokens && wbuf_) {
-            cuda_matmul_gemm(w, x, n, out, gemm_, wbuf_, xbuf_, cublas_, stream_);
+            cuda_matmul_gemm(w, x, n, out, gemm_, wbuf_, xbuf_, cublas_, stream_, add);
             return;
         }
 #endif
@@ -281,7 +299,14 @@ private:
             cuda_quantize_q16(x, n, w.cols, q16_, stream_);
             q16_of_ = x;
         }
-        cuda_matvec(w, x, n, out, stream_, q16 ? q16_ : nullptr);
+        cuda_matvec(w, x, n, out, stream_, q16 ? q16_ : nullptr, add);
+    }
+
+    // ws[k] xn_ into outs[k] (xn_ just made by norm): in one launch where
+    // the weights allow.
+    void mul_xn(const dev_weight* const* ws, float* const* outs, int count, int n) {
+        if (q16_of_ == xn_ && cuda_matvec_multi(ws, outs, count, n, stream_, q16_)) return;
+        for (int k = 0; k < count; ++k) mul(*ws[k], xn_, n, outs[k], true);
     }
 
     dev_weight upload(const weight& w) {
@@ -360,7 +385,7 @@ private:
     void *wbuf_ = nullptr, *xbuf_ = nullptr;
     void* q16_ = nullptr;            // matvec inputs as q16 codes ($KVRT_CUDA_MATVEC=f32: none)
     const float* q16_of_ = nullptr;  // the x they were made from
-    gemm_precision gemm_ = GEMM_F32;  // $KVRT_CUDA_GEMM=f16: tensor cores
+    gemm_precision gemm_ = GEMM_F16;  // tensor cores; $KVRT_CUDA_GEMM=f32: f32 products
     size_t max_weight_elems_ = 0, max_cols_ = 0;
     size_t weight_bytes_ = 0, kv_bytes_ = 0;
     std::vector<std::unique_ptr<dev_buf>> bufs_;
@@ -370,7 +395,7 @@ private:
     std::vector<dev_layer> layers_;
     cuda_rope rope_;
     cuda_attn_params ap_;
-    float *x_, *xn_, *q_, *k_, *v_, *att_, *gate_, *up_, *out_, *logits_, *partial_;
+    float *x_, *xn_, *q_, *k_, *v_, *att_, *gate_, *up_, *logits_, *partial_;
     float* qprep_ = nullptr;  // pca: queries turned into the key basis
     int32_t* tokens_ = nullptr;  // n_batch + 1: a decode step's token and position
     int32_t* h_step_ = nullptr;  // pinned staging of those two

@@ -187,7 +187,7 @@ __device__ inline void dequant_part(const uint8_t* row, int64_t b, int part, flo
 template <int T>
 __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_block_kernel(
         const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols, const float* x, int n,
-        float* out) {
+        float* out, int add) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = lane % 4;
     const int64_t r = blockIdx.x;
     const int t0 = blockIdx.y * kTokChunk;
@@ -226,33 +226,19 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_block_kernel(
         float s = 0.0f;
 #pragma unroll
         for (int k = 0; k < kRowsPerBlock; ++k) s += part_sum[k][threadIdx.x];
-        out[(size_t)(t0 + threadIdx.x) * rows + r] = s;
+        float* o = out + (size_t)(t0 + threadIdx.x) * rows + r;
+        *o = add ? *o + s : s;
     }
 }
 
-// ---- q16 activations ----
-// A lane of the q16 kernel works on quarter p of a block: elements 4p..4p+3
-// and 16+4p..16+4p+3 (the 4/5-bit types keep them in one 4-byte run of
-// nibbles; q8_0 takes the same elements). The codes are stored in that order,
-// [p][lo 4, hi 4] per block, so a lane's eight codes are one 16-byte load.
-// Per token: cols int16 codes, then nb = cols/32 int2 {d as float bits, sum
-// of the block's codes}.
-__device__ inline int q16_slot(int j) { return 8 * ((j % 16) / 4) + 4 * (j / 16) + j % 4; }
+// ---- q16 activations (layout and q16_block in common.cuh) ----
 
-// One warp per 32-element block, as the CPU's quant_q16 (quants_ref.cpp):
-// d = amax / 32767, codes round(x / d) half away from zero.
+// One warp per 32-element block.
 __global__ void quantize_q16_kernel(const float* x, int64_t n_blocks, int16_t* qs, int2* ds) {
     const int lane = threadIdx.x % 32;
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= n_blocks) return;
-    const float v = x[blk * 32 + lane];
-    const float amax = warp_max(fabsf(v));
-    const float d = amax / 32767.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = (int)roundf(v * id);
-    const int sum = warp_sum(q);
-    qs[blk * 32 + q16_slot(lane)] = (int16_t)q;
-    if (lane == 0) ds[blk] = make_int2(__float_as_int(d), sum);
+    q16_block(x[blk * 32 + lane], lane, blk, qs, ds);
 }
 
 // c + the products of the two 16-bit halves of a with bytes 0, 1 (lo) or
@@ -278,12 +264,42 @@ __device__ inline int dot2_hi(int a, int b, int c) {
 // row's blocks as matvec_block_kernel does, each lane loads its tokens' codes
 // once for both rows. Per block the CPU's sum d_w * d_a * dot(q_w, q_a) +
 // m_w * d_a * sum(q_a), the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127).
+// Up to three weights of one type and width in one launch (q, k, v; gate,
+// up): their blocks follow each other along blockIdx.x.
+struct mv_target {
+    const uint8_t* w;
+    size_t row_bytes;
+    int64_t rows;
+    float* out;
+};
+struct mv_set {
+    mv_target t[3];
+    int count;
+};
+
 template <int T>
 __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
-        const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols, const int16_t* aq,
-        const int2* ad, int n, float* out) {
+        mv_set set, int64_t cols, const int16_t* aq, const int2* ad, int n, int add) {
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = lane % 4;
-    const int64_t r0 = (int64_t)blockIdx.x * kQ16Rows;
+    // The target by constant indices (a computed index would copy the set
+    // to local memory).
+    int64_t bx = blockIdx.x;
+    mv_target tg = set.t[0];
+    const int64_t b0 = (set.t[0].rows + kQ16Rows - 1) / kQ16Rows;
+    const int64_t b1 = (set.t[1].rows + kQ16Rows - 1) / kQ16Rows;
+    if (set.count > 1 && bx >= b0) {
+        bx -= b0;
+        tg = set.t[1];
+        if (set.count > 2 && bx >= b1) {
+            bx -= b1;
+            tg = set.t[2];
+        }
+    }
+    const uint8_t* w = tg.w;
+    const size_t row_bytes = tg.row_bytes;
+    const int64_t rows = tg.rows;
+    float* out = tg.out;
+    const int64_t r0 = bx * kQ16Rows;
     const int t0 = blockIdx.y * kTokChunk;
     const int nt = min(kTokChunk, n - t0);
     const int64_t nb = cols / 32;
@@ -342,7 +358,8 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
             float s = 0.0f;
 #pragma unroll
             for (int k = 0; k < kRowsPerBlock; ++k) s += part_sum[k][threadIdx.x];
-            out[(size_t)(t0 + t) * rows + r0 + i] = s;
+            float* o = out + (size_t)(t0 + t) * rows + r0 + i;
+            *o = add ? *o + s : s;
         }
     }
 }
@@ -350,7 +367,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
 // Float weights (any column count): lanes stride over the elements.
 template <int T>
 __global__ void matvec_float_kernel(const uint8_t* w, size_t row_bytes, int64_t rows,
-                                    int64_t cols, const float* x, int n, float* out) {
+                                    int64_t cols, const float* x, int n, float* out, int add) {
     const int lane = threadIdx.x % 32;
     const int64_t r = (int64_t)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
     if (r >= rows) return;
@@ -376,7 +393,8 @@ __global__ void matvec_float_kernel(const uint8_t* w, size_t row_bytes, int64_t 
     for (int t = 0; t < kTokChunk; ++t) {
         if (t >= nt) break;
         const float s = warp_sum(acc[t]);
-        if (lane == 0) out[(size_t)(t0 + t) * rows + r] = s;
+        float* o = out + (size_t)(t0 + t) * rows + r;
+        if (lane == 0) *o = add ? *o + s : s;
     }
 }
 
@@ -418,12 +436,6 @@ __global__ void add_bias_kernel(float* x, const float* b, int64_t n, int64_t tot
         x[i] += b[i % n];
 }
 
-__global__ void add_kernel(float* x, const float* y, int64_t n) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        x[i] += y[i];
-}
-
 int grid_for(int64_t n, int threads) {
     return (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
 }
@@ -446,39 +458,62 @@ size_t cuda_q16_bytes(int n, int64_t cols) {
 void cuda_quantize_q16(const float* x, int n, int64_t cols, void* act, cudaStream_t s) {
     if (cols % 32) throw error("CUDA: q16 activations need a multiple of 32 columns");
     const int64_t n_blocks = (int64_t)n * (cols / 32);
-    int16_t* qs = static_cast<int16_t*>(act);
-    int2* ds = reinterpret_cast<int2*>(qs + (size_t)n * cols);
     constexpr int kWarps = 8;
     quantize_q16_kernel<<<(unsigned)((n_blocks + kWarps - 1) / kWarps), 32 * kWarps, 0, s>>>(
-            x, n_blocks, qs, ds);
+            x, n_blocks, q16_codes(act), q16_scales(act, n, cols));
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
+namespace {
+
+void launch_matvec_q16(ggml_type type, const mv_set& set, int64_t cols, int n, const void* act,
+                       bool add, cudaStream_t s) {
+    int64_t blocks = 0;
+    for (int k = 0; k < set.count; ++k) blocks += (set.t[k].rows + kQ16Rows - 1) / kQ16Rows;
+    const dim3 grid((unsigned)blocks, (unsigned)((n + kTokChunk - 1) / kTokChunk));
+    const int16_t* aq = static_cast<const int16_t*>(act);
+    const int2* ad = reinterpret_cast<const int2*>(aq + (size_t)n * cols);
+#define KVRT_MV16(T) matvec_q16_kernel<T><<<grid, 32 * kRowsPerBlock, 0, s>>>(set, cols, aq, ad, n, add)
+    switch (type) {
+        case GGML_TYPE_Q4_0: KVRT_MV16(GGML_TYPE_Q4_0); break;
+        case GGML_TYPE_Q4_1: KVRT_MV16(GGML_TYPE_Q4_1); break;
+        case GGML_TYPE_Q5_0: KVRT_MV16(GGML_TYPE_Q5_0); break;
+        case GGML_TYPE_Q5_1: KVRT_MV16(GGML_TYPE_Q5_1); break;
+        default: KVRT_MV16(GGML_TYPE_Q8_0); break;
+    }
+#undef KVRT_MV16
+    KVRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+bool cuda_matvec_multi(const dev_weight* const* ws, float* const* outs, int count, int n,
+                       cudaStream_t s, const void* act) {
+    if (!act || count < 1 || count > 3 || !cuda_matvec_takes_q16(ws[0]->type)) return false;
+    mv_set set{};
+    set.count = count;
+    for (int k = 0; k < count; ++k) {
+        if (ws[k]->type != ws[0]->type || ws[k]->cols != ws[0]->cols) return false;
+        set.t[k] = mv_target{ws[k]->d, ws[k]->row_bytes, ws[k]->rows, outs[k]};
+    }
+    launch_matvec_q16(ws[0]->type, set, ws[0]->cols, n, act, false, s);
+    return true;
+}
+
 void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s,
-                 const void* act) {
+                 const void* act, bool add) {
     const dim3 grid((unsigned)((w.rows + kRowsPerBlock - 1) / kRowsPerBlock),
                     (unsigned)((n + kTokChunk - 1) / kTokChunk));
     const dim3 grid_q((unsigned)w.rows, (unsigned)((n + kTokChunk - 1) / kTokChunk));
     const dim3 block(32 * kRowsPerBlock);
     if (act && cuda_matvec_takes_q16(w.type)) {
-        const dim3 grid_16((unsigned)((w.rows + kQ16Rows - 1) / kQ16Rows),
-                           (unsigned)((n + kTokChunk - 1) / kTokChunk));
-        const int16_t* aq = static_cast<const int16_t*>(act);
-        const int2* ad = reinterpret_cast<const int2*>(aq + (size_t)n * w.cols);
-#define KVRT_MV16(T) \
-    matvec_q16_kernel<T><<<grid_16, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, aq, ad, n, out)
-        switch (w.type) {
-            case GGML_TYPE_Q4_0: KVRT_MV16(GGML_TYPE_Q4_0); break;
-            case GGML_TYPE_Q4_1: KVRT_MV16(GGML_TYPE_Q4_1); break;
-            case GGML_TYPE_Q5_0: KVRT_MV16(GGML_TYPE_Q5_0); break;
-            case GGML_TYPE_Q5_1: KVRT_MV16(GGML_TYPE_Q5_1); break;
-            default: KVRT_MV16(GGML_TYPE_Q8_0); break;
-        }
-#undef KVRT_MV16
-        KVRT_CUDA_CHECK(cudaGetLastError());
+        mv_set set{};
+        set.count = 1;
+        set.t[0] = mv_target{w.d, w.row_bytes, w.rows, out};
+        launch_matvec_q16(w.type, set, w.cols, n, act, add, s);
         return;
     }
-#define KVRT_MV(T, K, G) K<T><<<G, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out)
+#define KVRT_MV(T, K, G) K<T><<<G, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out, add)
     switch (w.type) {
         case GGML_TYPE_F32: KVRT_MV(GGML_TYPE_F32, matvec_float_kernel, grid); break;
         case GGML_TYPE_F16: KVRT_MV(GGML_TYPE_F16, matvec_float_kernel, grid); break;
@@ -498,7 +533,7 @@ void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStr
 
 #if defined(KVRT_CUBLAS)
 void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, gemm_precision prec,
-                      void* wbuf, void* xbuf, cublasHandle_t h, cudaStream_t s) {
+                      void* wbuf, void* xbuf, cublasHandle_t h, cudaStream_t s, bool add) {
     const dim3 dg((unsigned)std::min<int64_t>((w.cols + 255) / 256, 64), (unsigned)w.rows);
     const bool f16 = prec == GEMM_F16;
     if (f16) {
@@ -509,13 +544,13 @@ void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, ge
         dequant_kernel<float><<<dg, 256, 0, s>>>(w.type, w.d, w.row_bytes, w.cols, (float*)wbuf);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
-    const float one = 1.0f, zero = 0.0f;
+    const float one = 1.0f, beta = add ? 1.0f : 0.0f;
     const cudaDataType_t in_t = f16 ? CUDA_R_16F : CUDA_R_32F;
     // Column-major view: out (rows x n) = W' (rows x cols) . X (cols x n).
     KVRT_CUBLAS_CHECK(cublasSetStream(h, s));
     KVRT_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)w.rows, n, (int)w.cols, &one,
                                    wbuf, in_t, (int)w.cols, f16 ? xbuf : (const void*)x, in_t,
-                                   (int)w.cols, &zero, out, CUDA_R_32F, (int)w.rows,
+                                   (int)w.cols, &beta, out, CUDA_R_32F, (int)w.rows,
                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 #endif
@@ -527,11 +562,6 @@ void cuda_get_rows(const dev_weight& w, const int32_t* ids, int n, float* out, c
 
 void cuda_add_bias_rows(float* x, const float* b, int n_rows, int64_t n, cudaStream_t s) {
     add_bias_kernel<<<grid_for((int64_t)n_rows * n, 256), 256, 0, s>>>(x, b, n, (int64_t)n_rows * n);
-    KVRT_CUDA_CHECK(cudaGetLastError());
-}
-
-void cuda_add(float* x, const float* y, int64_t n, cudaStream_t s) {
-    add_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, y, n);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -8,11 +8,24 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_t n, float eps) {
+// With qs/ds (n a multiple of 32), y's q16 codes too: the row and the
+// weights are staged in shared memory (xs, 2n floats) while the sum of
+// squares is taken, so the pass of a warp per 32-element block that follows
+// waits on no global load.
+__global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_t n, float eps,
+                                int16_t* qs, int2* ds) {
+    extern __shared__ float xs[];
     const float* xr = x + (int64_t)blockIdx.x * n;
     float* yr = y + (int64_t)blockIdx.x * n;
     double ss = 0.0;
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) ss += (double)xr[i] * xr[i];
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+        const float v = xr[i];
+        if (qs) {
+            xs[i] = v;
+            xs[n + i] = w[i];
+        }
+        ss += (double)v * v;
+    }
     __shared__ double part[kThreads / 32];
     ss = warp_sum(ss);
     if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = ss;
@@ -21,15 +34,32 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_
     for (int i = 0; i < kThreads / 32; ++i) tot += part[i];
     const float scale = (float)(1.0 / sqrt(tot / (double)n + (double)eps));
     // y may alias x: every read of the row happened before the barrier.
-    for (int64_t i = threadIdx.x; i < n; i += kThreads) yr[i] = __fmul_rn(xr[i] * scale, w[i]);
+    if (!qs) {
+        for (int64_t i = threadIdx.x; i < n; i += kThreads) yr[i] = __fmul_rn(xr[i] * scale, w[i]);
+        return;
+    }
+    // A warp's 32 consecutive elements are one block of codes (n and kThreads
+    // multiples of 32, so the loop is the same for all its lanes).
+    for (int64_t i = threadIdx.x; i < n; i += kThreads) {
+        const float v = __fmul_rn(xs[i] * scale, xs[n + i]);
+        yr[i] = v;
+        q16_block(v, threadIdx.x % 32, (int64_t)blockIdx.x * (n / 32) + i / 32, qs, ds);
+    }
 }
 
 }  // namespace
 
 void cuda_rms_norm_rows(const float* x, const float* w, float* y, int64_t n_rows, int64_t n,
-                        float eps, cudaStream_t s) {
+                        float eps, cudaStream_t s, void* act) {
     if (n_rows <= 0) return;
-    rms_norm_kernel<<<(unsigned)n_rows, kThreads, 0, s>>>(x, w, y, n, eps);
+    if (act && n % 32) throw error("CUDA: q16 activations need a multiple of 32 columns");
+    // Rows too long to stage (over 6144 floats) take the codes in a pass of their own.
+    const size_t smem = 2 * (size_t)n * sizeof(float);
+    const bool fused = act && smem <= 48 * 1024;
+    rms_norm_kernel<<<(unsigned)n_rows, kThreads, fused ? smem : 0, s>>>(
+            x, w, y, n, eps, fused ? q16_codes(act) : nullptr,
+            fused ? q16_scales(act, n_rows, n) : nullptr);
+    if (act && !fused) cuda_quantize_q16(y, (int)n_rows, n, act, s);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -7,18 +7,39 @@ namespace kvrt {
 
 namespace {
 
+__device__ inline float swiglu_one(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 __global__ void swiglu_kernel(const float* g, const float* u, float* y, int64_t n) {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        y[i] = swiglu_one(g[i], u[i]);
+}
+
+// With the q16 codes of y: a warp per 32-element block.
+__global__ void swiglu_q16_kernel(const float* g, const float* u, float* y, int64_t n_blocks,
+                                  int16_t* qs, int2* ds) {
+    const int lane = threadIdx.x % 32;
+    for (int64_t b = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; b < n_blocks;
+         b += (int64_t)gridDim.x * blockDim.x / 32) {
+        const int64_t i = b * 32 + lane;
+        const float v = swiglu_one(g[i], u[i]);
+        y[i] = v;
+        q16_block(v, lane, b, qs, ds);
+    }
 }
 
 }  // namespace
 
-void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s) {
+void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s, void* act) {
     if (n <= 0) return;
     const int blocks = (int)std::min<int64_t>((n + 255) / 256, 4096);
-    swiglu_kernel<<<blocks, 256, 0, s>>>(g, u, y, n);
+    if (act) {
+        if (n % 32) throw error("CUDA: q16 activations need a multiple of 32 columns");
+        // The codes' scales follow all n codes, whatever the row length.
+        swiglu_q16_kernel<<<blocks, 256, 0, s>>>(g, u, y, n / 32, q16_codes(act), q16_scales(act, 1, n));
+    } else {
+        swiglu_kernel<<<blocks, 256, 0, s>>>(g, u, y, n);
+    }
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

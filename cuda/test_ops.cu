@@ -51,7 +51,11 @@ std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, 
     dw.rows = rows;
     dw.cols = cols;
     dw.row_bytes = (size_t)cols / g.block_size * g.type_size;
-    dev_copy dwb(w, dw.row_bytes * rows), dx(x, sizeof(float) * n * cols), dout(nullptr, sizeof(float) * n * rows);
+    const bool add = prefill & 8;
+    prefill &= 7;
+    const std::vector<float> ones(add ? (size_t)n * rows : 0, 1.0f);
+    dev_copy dwb(w, dw.row_bytes * rows), dx(x, sizeof(float) * n * cols),
+            dout(add ? ones.data() : nullptr, sizeof(float) * n * rows);
     dw.d = dwb.as<uint8_t>();
 #if defined(KVRT_CUBLAS)
     if (prefill == 1 || prefill == 2) {
@@ -59,20 +63,47 @@ std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, 
         dev_copy wb(nullptr, sizeof(float) * rows * cols), xb(nullptr, sizeof(__half) * n * cols);
         cublasHandle_t h;
         KVRT_CUBLAS_CHECK(cublasCreate(&h));
-        cuda_matmul_gemm(dw, dx.as<float>(), n, dout.as<float>(), gemm, wb.p, xb.p, h, 0);
+        cuda_matmul_gemm(dw, dx.as<float>(), n, dout.as<float>(), gemm, wb.p, xb.p, h, 0, add);
         auto out = to_host<float>(dout, (size_t)n * rows);
         cublasDestroy(h);
         return out;
     }
 #endif
     if (prefill == 3 || !cuda_matvec_takes_q16(t)) {
-        cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0);
+        cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0, nullptr, add);
         return to_host<float>(dout, (size_t)n * rows);
     }
     dev_copy act(nullptr, cuda_q16_bytes(n, cols));
     cuda_quantize_q16(dx.as<float>(), n, cols, act.p, 0);
-    cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0, act.p);
+    cuda_matvec(dw, dx.as<float>(), n, dout.as<float>(), 0, act.p, add);
     return to_host<float>(dout, (size_t)n * rows);
+}
+
+std::vector<uint8_t> gpu_test_q16_fused(int op, const float* a, const float* b, int64_t rows,
+                                        int64_t n, float eps) {
+    need_gpu();
+    const size_t ny = (size_t)rows * n, qb = cuda_q16_bytes((int)rows, n);
+    dev_copy da(a, sizeof(float) * ny), db(b, sizeof(float) * (op == 0 ? n : ny));
+    dev_copy y1(nullptr, sizeof(float) * ny), y2(nullptr, sizeof(float) * ny);
+    dev_copy fused(nullptr, qb), apart(nullptr, qb);
+    if (op == 0) {
+        cuda_rms_norm_rows(da.as<float>(), db.as<float>(), y1.as<float>(), rows, n, eps, 0, fused.p);
+        cuda_rms_norm_rows(da.as<float>(), db.as<float>(), y2.as<float>(), rows, n, eps, 0);
+    } else {
+        cuda_swiglu(da.as<float>(), db.as<float>(), y1.as<float>(), (int64_t)ny, 0, fused.p);
+        cuda_swiglu(da.as<float>(), db.as<float>(), y2.as<float>(), (int64_t)ny, 0);
+    }
+    cuda_quantize_q16(y2.as<float>(), (int)rows, n, apart.p, 0);
+    std::vector<uint8_t> out;
+    for (const dev_copy* d : {&fused, &apart}) {
+        const auto h = to_host<uint8_t>(*d, qb);
+        out.insert(out.end(), h.begin(), h.end());
+    }
+    for (const dev_copy* d : {&y1, &y2}) {
+        const auto h = to_host<uint8_t>(*d, sizeof(float) * ny);
+        out.insert(out.end(), h.begin(), h.end());
+    }
+    return out;
 }
 
 std::vector<float> gpu_test_rms_norm(const float* x, const float* w, int64_t n_rows, int64_t n,

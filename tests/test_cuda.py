@@ -65,7 +65,8 @@ MATMUL_TOL = {0: 1e-5, 1: 1e-4, 2: 3e-3, 3: 1e-4}
 @cuda_test
 @pytest.mark.parametrize("n", [1, 31, 32, 33])
 @pytest.mark.parametrize("tname", list(TYPES))
-@pytest.mark.parametrize("prefill", [0, 1, 2, 3])  # matvec q16, cuBLAS f32, cuBLAS f16, matvec f32
+# matvec q16, cuBLAS f32, cuBLAS f16, matvec f32; +8: added to an output of ones
+@pytest.mark.parametrize("prefill", [0, 1, 2, 3, 8, 10])
 def test_matmul(tname, n, prefill):
     rng = np.random.default_rng(n)
     rows, cols = 33, 256 if tname not in ("F32", "F16", "BF16") else 100
@@ -74,8 +75,9 @@ def test_matmul(tname, n, prefill):
     x = rng.standard_normal((n, cols)).astype(np.float32)
     ref = np.asarray(_core.backend_matmul("cpu", TYPES[tname], wb, rows, cols, x)).reshape(n, rows)
     got = np.asarray(_core.backend_matmul("cuda", TYPES[tname], wb, rows, cols, x, prefill))
-    tol = MATMUL_TOL[prefill] if tname in BLOCK_TYPES else MATMUL_TOL[1]
-    assert rel_err(got.reshape(n, rows), ref) < (3e-3 if prefill == 2 else tol)
+    got = got - 1.0 if prefill & 8 else got
+    tol = MATMUL_TOL[prefill & 7] if tname in BLOCK_TYPES else MATMUL_TOL[1]
+    assert rel_err(got.reshape(n, rows), ref) < (3e-3 if prefill & 7 == 2 else tol)
 
 
 @cuda_test
@@ -87,7 +89,7 @@ def test_matmul(tname, n, prefill):
     [(1, 32), (7, 96), (33, 288), (130, 2080), (5, 4128)],
 )
 @pytest.mark.parametrize("n", [1, 3, 9])  # 9: two launch chunks of tokens
-@pytest.mark.parametrize("prefill", [0, 3])
+@pytest.mark.parametrize("prefill", [0, 3, 8])
 def test_matmul_matvec_shapes(tname, rows, cols, n, prefill):
     rng = np.random.default_rng(rows * cols + n)
     w = rng.standard_normal((rows, cols)).astype(np.float32)
@@ -98,6 +100,9 @@ def test_matmul_matvec_shapes(tname, rows, cols, n, prefill):
     x[-1, -32:] *= 1e4  # an outlier block
     ref = np.asarray(_core.backend_matmul("cpu", TYPES[tname], wb, rows, cols, x)).reshape(n, rows)
     got = np.asarray(_core.backend_matmul("cuda", TYPES[tname], wb, rows, cols, x, prefill))
+    if prefill & 8:  # added to ones: the sum keeps 1/2^24 of its own size
+        assert np.max(np.abs(got.reshape(n, rows) - 1.0 - ref)) < 1e-5 * max(1.0, np.max(np.abs(ref)))
+        return
     # f32 activations differ from the CPU's codes by their rounding (1/65534 of a block's max).
     assert rel_err(got.reshape(n, rows), ref) < (MATMUL_TOL[0] if prefill == 0 else 1e-3)
 
@@ -128,6 +133,28 @@ def test_rope(pos0):
         ref = np.asarray(_core.backend_rope("cpu", str(path), x, n_head, pos0))
         got = np.asarray(_core.backend_rope("cuda", str(path), x, n_head, pos0))
         assert np.max(np.abs(got - ref)) < 1e-5, path.name
+
+
+@cuda_test
+@pytest.mark.parametrize("op", [0, 1])  # RMSNorm, swiglu
+@pytest.mark.parametrize("rows", [1, 3, 33])
+def test_q16_codes_made_with_the_op(op, rows):
+    # The codes made in the norm's or swiglu's own launch are those of the separate pass.
+    rng = np.random.default_rng(rows + op)
+    n = 576
+    a = rng.standard_normal((rows, n)).astype(np.float32) * 3
+    a[0, :32] = 0.0  # a block of zeros (scale 0)
+    a[-1, -32:] *= 1e3  # an outlier block
+    b = (rng.random(n) + 0.5 if op == 0 else rng.standard_normal((rows, n))).astype(np.float32)
+    raw = _core.cuda_q16_fused(op, a, b, n, 1e-5)
+    qb = (len(raw) - 8 * rows * n) // 2
+    fused, apart = raw[:qb], raw[qb : 2 * qb]
+    y1 = np.frombuffer(raw[2 * qb : 2 * qb + 4 * rows * n], np.float32)
+    y2 = np.frombuffer(raw[2 * qb + 4 * rows * n :], np.float32)
+    assert np.array_equal(y1, y2)
+    assert fused == apart
+    codes = np.frombuffer(fused[: 2 * rows * n], np.int16)
+    assert np.count_nonzero(codes) > rows * n // 2  # real codes, not an empty buffer
 
 
 @cuda_test
@@ -284,17 +311,25 @@ def pca_calibrations(tmp_path_factory):
     return out
 
 
+# Prefill products: "f32" the exact path (KVRT_CUDA_GEMM=f32), held to 0.1 %; "f16" the default,
+# on the tensor cores, whose 11-bit weights and activations move these random models' perplexity
+# (around 1e15, so a flipped KV code shows) by up to 0.34 % where the cache is quantized.
+GEMM_TOL = {"f32": 1e-3, "f16": 1e-2}
+
+
 @cuda_test
+@pytest.mark.parametrize("gemm", list(GEMM_TOL))
 @pytest.mark.parametrize("kv", ["pca:3", "pca:4.5"])
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
-def test_perplexity_pca_within_0_1_percent(path, kv, pca_calibrations):
+def test_perplexity_pca_within_0_1_percent(path, kv, gemm, pca_calibrations, monkeypatch):
+    monkeypatch.setenv("KVRT_CUDA_GEMM", gemm)
     calib = pca_calibrations[path]
     cpu = kvrt.Model(path, n_ctx=512, kv=kv, kv_calib=calib)
     cuda = kvrt.Model(path, n_ctx=512, kv=kv, kv_calib=calib, device="cuda")
     ids = text_tokens(cpu, 2048)
     a = cpu.perplexity(ids)["ppl"]
     b = cuda.perplexity(ids)["ppl"]
-    assert abs(b / a - 1) < 1e-3, (a, b)
+    assert abs(b / a - 1) < GEMM_TOL[gemm], (a, b)
 
 
 @cuda_test
@@ -370,15 +405,17 @@ def test_decode_graph_matches_kernel_by_kernel(path, monkeypatch):
 
 
 @cuda_test
+@pytest.mark.parametrize("gemm", list(GEMM_TOL))
 @pytest.mark.parametrize("kv", CUDA_KV)
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
-def test_perplexity_within_0_1_percent(path, kv):
+def test_perplexity_within_0_1_percent(path, kv, gemm, monkeypatch):
+    monkeypatch.setenv("KVRT_CUDA_GEMM", gemm)
     cpu = kvrt.Model(path, n_ctx=512, kv=kv)
     cuda = kvrt.Model(path, n_ctx=512, kv=kv, device="cuda")
     ids = text_tokens(cpu, 2048)
     a = cpu.perplexity(ids)["ppl"]
     b = cuda.perplexity(ids)["ppl"]
-    assert abs(b / a - 1) < 1e-3, (a, b)
+    assert abs(b / a - 1) < GEMM_TOL[gemm], (a, b)
 
 
 @cuda_test

