@@ -481,7 +481,8 @@ calibrate_result kv_calibrate(const model& m, const std::vector<int32_t>& tokens
                 for (int h = 0; h < nh; ++h)
                     for (int c = 0; c < hd; ++c)
                         predicted += cal.at(il, s, h).damage[(size_t)c * L + heads[h].bits[c]];
-                pc.kv_mutable().set_stream(il, s == 1, kv_stream_create_pca(np, heads));
+                pc.kv_mutable().set_stream(il, s == 1,
+                                           kv_stream_create_pca(np, heads, p.probe_window));
                 pc.reset();
                 pc.eval(tokens.data(), np, out.data(), np);
                 pc.kv_mutable().set_stream(il, s == 1,

@@ -36,6 +36,7 @@ struct calibrate_params {
     int max_samples = 2048;   // sample vectors kept per (layer, K|V, head)
     int probe_tokens = 128;   // tokens per sensitivity probe (0: no probes)
     float probe_bits = 2.0f;  // average bits of a probe configuration
+    int probe_window = 0;     // recent window (pca:B:wN) of the probed layer, not charged
     float default_bits = 3.0f;
     int rope_pairs = -1;      // most rotary pairs per key head with a pre-RoPE mean
                               // (-1: all, 0: none)

@@ -51,18 +51,28 @@ static kv_type kv_type_from_base(const std::string& name) {
 }
 
 kv_type kv_type_from_name(const std::string& full) {
-    // pca's recent window: a ":wN" suffix.
-    const size_t wpos = full.rfind(":w");
-    if (wpos == std::string::npos) return kv_type_from_base(full);
-    const std::string num = full.substr(wpos + 2);
-    char* end = nullptr;
-    const long w = std::strtol(num.c_str(), &end, 10);
-    kv_type t = kv_type_from_base(full.substr(0, wpos));
-    if (t.kind != KV_KIND_PCA || t.budget < 0)
+    // pca's recent window: ":wN" (half y) and ":eN" (8-bit y, the positions
+    // just older than the half window) suffixes, in any order.
+    std::string base = full;
+    int win[2] = {0, 0};
+    for (;;) {
+        const size_t c = base.rfind(':');
+        if (c == std::string::npos || c + 1 >= base.size()) break;
+        const char tag = base[c + 1];
+        if (tag != 'w' && tag != 'e') break;
+        const std::string num = base.substr(c + 2);
+        char* end = nullptr;
+        const long w = std::strtol(num.c_str(), &end, 10);
+        if (num.empty() || *end != '\0' || w < 1 || w > 1024)
+            throw error("KV format '" + full + "': the window must be 1..1024 positions");
+        win[tag == 'e'] = (int)w;
+        base.resize(c);
+    }
+    kv_type t = kv_type_from_base(base);
+    if ((win[0] || win[1]) && (t.kind != KV_KIND_PCA || t.budget < 0))
         throw error("KV format '" + full + "': only pca takes a window (pca:B:wN)");
-    if (num.empty() || *end != '\0' || w < 1 || w > 1024)
-        throw error("KV format '" + full + "': the window must be 1..1024 positions");
-    t.window = (int)w;
+    t.window = win[0];
+    t.window8 = win[1];
     return t;
 }
 
@@ -79,7 +89,8 @@ std::string kv_type_name(const kv_type& t) {
             if (t.budget < 0) return "auto";
             std::snprintf(buf, sizeof buf, "pca:%g", t.budget);
             return std::string(t.budget > 0 ? buf : "pca") +
-                   (t.window > 0 ? ":w" + std::to_string(t.window) : "");
+                   (t.window > 0 ? ":w" + std::to_string(t.window) : "") +
+                   (t.window8 > 0 ? ":e" + std::to_string(t.window8) : "");
     }
     return "?";
 }
@@ -221,7 +232,7 @@ std::unique_ptr<kv_stream> kv_stream_create(const kv_type& t, bool is_key, int n
         case KV_KIND_PCA:
             if (!pca || (int)pca->size() != n_head_kv)
                 throw error("KV format pca needs a calibration for every kv head");
-            return kv_stream_create_pca(n_ctx, *pca, t.window);
+            return kv_stream_create_pca(n_ctx, *pca, t.window, t.window8);
         default: return kv_stream_create_quantized(t, is_key, n_ctx, n_head_kv, head_dim, seed);
     }
 }
@@ -234,15 +245,18 @@ kv_cache::kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type 
     kv_calibration::plan plan;
     if (pk || pv) {
         if (!calib) throw error("KV format pca needs a calibration file");
-        if (pk && pv && type_k.budget == type_v.budget && type_k.window == type_v.window) {
+        const double wk = kv_pca_window_bits(type_k.window, type_k.window8, head_dim);
+        const double wv = kv_pca_window_bits(type_v.window, type_v.window8, head_dim);
+        if (pk && pv && type_k.budget == type_v.budget) {
+            // One knapsack: each stream pays for its own window.
             plan = calib->solve(type_k.budget > 0 ? type_k.budget : calib->default_bits, true, true,
-                                n_ctx, type_k.window);
+                                n_ctx, wk, wv);
         } else {
             // Different budgets for keys and values: two separate knapsacks.
             if (pk) plan.k = calib->solve(type_k.budget > 0 ? type_k.budget : calib->default_bits,
-                                          true, false, n_ctx, type_k.window).k;
+                                          true, false, n_ctx, wk, 0).k;
             if (pv) plan.v = calib->solve(type_v.budget > 0 ? type_v.budget : calib->default_bits,
-                                          false, true, n_ctx, type_v.window).v;
+                                          false, true, n_ctx, 0, wv).v;
         }
     }
     for (int i = 0; i < n_layer; ++i) {

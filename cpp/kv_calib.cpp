@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 
 #include "common.h"
 #include "cpu/ops.h"
@@ -111,7 +112,7 @@ std::unique_ptr<kv_calibration> kv_calibration::load(const std::string& path, co
 }
 
 kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values, int n_ctx,
-                                           int window) const {
+                                           double window_bits_k, double window_bits_v) const {
     if (!(budget > 0.0f && budget <= 8.0f))
         throw error("pca budget must be in (0, 8] bits per element");
     const int d = head_dim, L = KV_CALIB_LEVELS;
@@ -154,18 +155,20 @@ kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values,
     std::stable_sort(steps.begin(), steps.end(),
                      [](const step& a, const step& b) { return a.ratio > b.ratio; });
     std::vector<uint8_t> bits(chan_c.size(), 0);
-    // Each token's scale costs 8 bits per head; the sinks and the recent
-    // window 16 bits per element over n_ctx positions.
-    const double overhead = 8.0 / d + 16.0 * (KV_PCA_SINKS + window) / std::max(n_ctx, 1);
+    // Each token's scale costs 8 bits per head; the sinks 16 bits per element
+    // over n_ctx positions, and each stream's recent window what it holds.
+    const bool free_window = std::getenv("KVRT_DIAG_FREE_WINDOW") != nullptr;  // diagnostic
+    const double fixed = 8.0 / d + 16.0 * KV_PCA_SINKS / std::max(n_ctx, 1);
+    const double ow_k = free_window ? 0 : window_bits_k / std::max(n_ctx, 1);
+    const double ow_v = free_window ? 0 : window_bits_v / std::max(n_ctx, 1);
+    const double overhead = fixed + (keys && values ? (ow_k + ow_v) / 2 : keys ? ow_k : ow_v);
     double left = ((double)budget - overhead) * (double)chan_c.size();
     if (left < 0) {
         char buf[256];
         std::snprintf(buf, sizeof buf,
                       "pca budget %g is below the format's fixed cost at n_ctx %d: %.3f bits per "
-                      "element for token scales, %d sinks%s%s",
-                      budget, n_ctx, overhead, KV_PCA_SINKS,
-                      window > 0 ? " and a window of " : "",
-                      window > 0 ? std::to_string(window).c_str() : "");
+                      "element for token scales, %d sinks and the recent window",
+                      budget, n_ctx, overhead, KV_PCA_SINKS);
         throw error(buf);
     }
     for (const step& st : steps) {
@@ -209,8 +212,8 @@ kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values,
             }
         }
     const double per = (double)n_layer * n_head_kv * d;
-    p.bits_k = keys ? sum_k / per + overhead : 0;
-    p.bits_v = values ? sum_v / per + overhead : 0;
+    p.bits_k = keys ? sum_k / per + fixed + ow_k : 0;
+    p.bits_v = values ? sum_v / per + fixed + ow_v : 0;
     return p;
 }
 

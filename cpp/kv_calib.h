@@ -70,9 +70,11 @@ public:
         double bits_k = 0, bits_v = 0;  // average bits per element achieved
     };
     // The budget covers everything a stream of n_ctx positions allocates:
-    // codes, the per-token scales, the sink positions and `window` recent
-    // positions (pca:B:wN).
-    plan solve(float budget, bool keys, bool values, int n_ctx, int window = 0) const;
+    // codes, the per-token scales, the sink positions and the recent window
+    // of keys and of values (bits per channel it holds for each position,
+    // kv_pca_window_bits), averaged over the streams solved together.
+    plan solve(float budget, bool keys, bool values, int n_ctx, double window_bits_k = 0,
+               double window_bits_v = 0) const;
 
     // Reads and checks a sidecar against the model; throws kvrt::error
     // naming the file and the problem.

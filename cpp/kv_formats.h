@@ -13,7 +13,10 @@ std::unique_ptr<kv_stream> kv_stream_create_quantized(const kv_type& t, bool is_
                                                       int n_head_kv, int head_dim, uint32_t seed);
 // pca with one quantizer per kv head. kv_pca.cpp
 std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads,
-                                                int window = 0);
+                                                int window = 0, int window8 = 0);
+// Bits one kv head's recent window holds per position and channel: window
+// positions of half y, window8 of 8-bit y with a half scale per position.
+double kv_pca_window_bits(int window, int window8, int head_dim);
 
 // y = P(x - mu), all channels.
 void kv_pca_project(const kv_pca_head& p, const float* x, float* y);

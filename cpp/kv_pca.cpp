@@ -28,6 +28,17 @@ namespace kvrt {
 
 namespace {
 
+// Bits of the 8-bit window's codes; KVRT_DIAG_W8_BITS (2..8) models fewer
+// (the codes stay in bytes; bytes() counts the bits).
+int window8_bits() {
+    static const int b = [] {
+        const char* e = std::getenv("KVRT_DIAG_W8_BITS");
+        return e ? std::clamp(std::atoi(e), 2, 8) : 8;
+    }();
+    return b;
+}
+int window8_levels() { return (1 << (window8_bits() - 1)) - 1; }
+
 class kv_stream_pca final : public kv_stream {
     // The first positions (BOS and its neighbours) draw much of the attention
     // and sit far outside the calibrated ranges ("attention sinks"); they are
@@ -35,10 +46,12 @@ class kv_stream_pca final : public kv_stream {
     static constexpr int kSinks = KV_PCA_SINKS;
 
 public:
-    kv_stream_pca(int n_ctx, const std::vector<kv_pca_head>& heads, int window)
+    kv_stream_pca(int n_ctx, const std::vector<kv_pca_head>& heads, int window, int window8)
         : n_ctx_(n_ctx), n_blocks_((n_ctx + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS), src_(heads) {
         if (src_.empty()) throw error("pca KV stream: no heads");
         window_ = std::max(window, 0);
+        window8_ = std::max(window8, 0);
+        ring_n_ = window_ + window8_;
         hd_ = (int)src_[0].mean.size();
         size_t off = 0;
         for (const kv_pca_head& h : src_) {
@@ -80,14 +93,16 @@ public:
         data_ = zeroed<uint8_t>(off);
         scale_ = zeroed<uint8_t>(nh * n_ctx);
         sinks_ = zeroed<uint16_t>(nh * kSinks * hd_);
-        ring_ = zeroed<uint16_t>((size_t)window_ * nh * hd_);
-        ring_pos_.assign(window_, -1);
-        bytes_ = off + nh * n_ctx + (nh * kSinks + (size_t)window_ * nh) * hd_ * sizeof(uint16_t);
+        ring_h_.assign((size_t)ring_n_ * nh * hd_, 0.0f);
+        ring_8_.assign((size_t)ring_n_ * nh * hd_, 0.0f);
+        ring_pos_.assign(ring_n_, -1);
+        bytes_ = off + nh * n_ctx + (nh * kSinks + (size_t)window_ * nh) * hd_ * sizeof(uint16_t) +
+                 (size_t)std::llround(kv_pca_window_bits(0, window8_, hd_) * nh * hd_ / 8.0);
     }
 
     void store(int pos0, int n, const float* x) override {
         const int nh = (int)heads_.size();
-        if (window_ > 0) begin_batch(pos0, n);
+        if (ring_n_ > 0) begin_batch(pos0, n);
         std::vector<float> y(hd_), xr(hd_);
         for (int t = 0; t < n; ++t) {
             const int pos = pos0 + t;
@@ -101,9 +116,10 @@ public:
                     xh = xr.data();
                 }
                 kv_pca_project(p, xh, y.data());
-                if (window_ > 0) {
-                    uint16_t* dst = &batch_y_[((size_t)t * nh + h) * hd_];
-                    for (int c = 0; c < hd_; ++c) dst[c] = fp32_to_fp16(y[c]);
+                if (ring_n_ > 0) {
+                    float* yh = &batch_h_[((size_t)t * nh + h) * hd_];
+                    for (int c = 0; c < hd_; ++c) yh[c] = fp16_to_fp32(fp32_to_fp16(y[c]));
+                    if (window8_ > 0) quantize8(p, yh, &batch_8_[((size_t)t * nh + h) * hd_]);
                 }
                 if (pos < kSinks) {  // every channel, as halves
                     uint16_t* dst = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
@@ -174,10 +190,10 @@ public:
                 for (int j = 0; j < hi - lo; ++j) sr[j] = af[j] * (sbr[j] + K[r]);
             }
         }
-        each_window_y(h, n_rep, t0, t1, own0, per_token, [&](int r, int t, const uint16_t* y) {
+        each_window_y(h, n_rep, t0, t1, own0, per_token, [&](int r, int t, const float* y) {
             const float* qy = qr.data() + (size_t)r * hd_;
             float acc = 0.0f;
-            for (int c = 0; c < hd_; ++c) acc += qy[c] * fp16_to_fp32(y[c]);
+            for (int c = 0; c < hd_; ++c) acc += qy[c] * y[c];
             s[(size_t)r * ld + (t - t0)] = acc;
         });
         if (!g.pairs.empty()) add_rope_mean_scores(g, q, n_rep, t0, t1, s, ld);
@@ -205,9 +221,9 @@ public:
         }
         // The window's positions take their exact y here, and probability 0
         // in the codes' sum below.
-        each_window_y(h, n_rep, t0, t1, own0, per_token, [&](int r, int t, const uint16_t* y) {
+        each_window_y(h, n_rep, t0, t1, own0, per_token, [&](int r, int t, const float* y) {
             const float pt = p[(size_t)r * ld + (t - t0)];
-            for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * fp16_to_fp32(y[c]);
+            for (int c = 0; c < hd_; ++c) out[(size_t)r * hd_ + c] += pt * y[c];
         });
         if (nk == 0) return;
         std::vector<float> pb((size_t)n_rep * KV_BLOCK_TOKENS), acc((size_t)n_rep * nk, 0.0f);
@@ -225,7 +241,7 @@ public:
                 float* pbr = &pb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
                 for (int j = 0; j < hi - lo; ++j) pbr[j] = pr[j] * af[j];
             }
-            each_window_y(h, n_rep, lo, hi, own0, per_token, [&](int r, int t, const uint16_t*) {
+            each_window_y(h, n_rep, lo, hi, own0, per_token, [&](int r, int t, const float*) {
                 pb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] = 0.0f;
             });
             for (int r = 0; r < n_rep; ++r) {
@@ -364,43 +380,73 @@ private:
         const uint8_t* sc = &scale_[(size_t)h * n_ctx_];
         for (int t = lo; t < hi; ++t) a[t - lo] = kv_pca_scale_value(sc[t]);
     }
-    // The recent window. The newest batch's y (half-rounded) stays in
-    // batch_y_ until the next store() folds its last `window_` positions into
-    // the ring; positions being stored again leave the ring.
+    // The recent window: the newest window_ positions of each row as half y,
+    // the window8_ before them as 8-bit y (quantize8). The newest batch's y
+    // stays in batch_h_ / batch_8_ until the next store() folds its last
+    // ring_n_ positions into the ring; positions being stored again leave
+    // the ring. The ring holds both forms of each position, decoded, for
+    // speed; bytes() counts what the format needs: window_ halves and
+    // window8_ 8-bit records per head (a position's 8-bit form is made from
+    // its half when it ages out of the half window).
     void begin_batch(int pos0, int n) {
         const int nh = (int)heads_.size();
-        for (int t = std::max(batch_pos0_, batch_pos0_ + batch_n_ - window_);
+        const size_t w = (size_t)nh * hd_;
+        for (int t = std::max(batch_pos0_, batch_pos0_ + batch_n_ - ring_n_);
              t < std::min(batch_pos0_ + batch_n_, pos0); ++t) {
-            const int slot = t % window_;
-            std::copy_n(&batch_y_[(size_t)(t - batch_pos0_) * nh * hd_], (size_t)nh * hd_,
-                        ring_.get() + (size_t)slot * nh * hd_);
+            const int slot = t % ring_n_;
+            std::copy_n(&batch_h_[(size_t)(t - batch_pos0_) * w], w, &ring_h_[(size_t)slot * w]);
+            if (window8_ > 0)
+                std::copy_n(&batch_8_[(size_t)(t - batch_pos0_) * w], w, &ring_8_[(size_t)slot * w]);
             ring_pos_[slot] = t;
         }
         for (int& rp : ring_pos_)
             if (rp >= pos0) rp = -1;
         batch_pos0_ = pos0;
         batch_n_ = n;
-        batch_y_.resize((size_t)n * nh * hd_);
+        batch_h_.resize((size_t)n * w);
+        batch_8_.resize(window8_ > 0 ? (size_t)n * w : 0);
     }
-    // f(r, t, y) for each position t in [t0, t1) of row r's window (own0 >=
-    // 0; row r is the token at own0 + r / per_token) whose half y is held.
-    template <class F>
-    void each_window_y(int h, int n_rep, int t0, int t1, int own0, int per_token, F&& f) const {
-        if (window_ <= 0 || own0 < 0) return;
-        for (int r = 0; r < n_rep; ++r) {
-            const int own = own0 + r / per_token;
-            for (int t = std::max({t0, own - window_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
-                if (const uint16_t* y = exact_y(h, t)) f(r, t, y);
+    // y in 8 bits: a per-position half scale a = max_c |y_c| / sigma_c and
+    // codes y_c / (a sigma_c) * 127 in -127..127; dec: the decoded y.
+    static void quantize8(const kv_pca_head& p, const float* y, float* dec) {
+        const int n = (int)p.mean.size();
+        const int lv = window8_levels();
+        float m = 0.0f;
+        for (int c = 0; c < n; ++c) m = std::max(m, std::fabs(y[c] / p.sigma[c]));
+        const float a = fp16_to_fp32(fp32_to_fp16(m));
+        if (!(a > 0.0f)) {
+            std::fill(dec, dec + n, 0.0f);
+            return;
+        }
+        for (int c = 0; c < n; ++c) {
+            const float u = a * p.sigma[c] / (float)lv;
+            const float code = std::clamp(std::nearbyint(y[c] / u), (float)-lv, (float)lv);
+            dec[c] = code * u;
         }
     }
-    // Half y of position t of head h where the window holds it, else null.
-    const uint16_t* exact_y(int h, int t) const {
+    // f(r, t, y) for each position t in [t0, t1) of row r's window (own0 >=
+    // 0; row r is the token at own0 + r / per_token) whose y is held.
+    template <class F>
+    void each_window_y(int h, int n_rep, int t0, int t1, int own0, int per_token, F&& f) const {
+        if (ring_n_ <= 0 || own0 < 0) return;
+        for (int r = 0; r < n_rep; ++r) {
+            const int own = own0 + r / per_token;
+            for (int t = std::max({t0, own - ring_n_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
+                if (const float* y = exact_y(h, t, own - t < window_)) f(r, t, y);
+        }
+    }
+    // y of position t of head h where the window holds it (its half form, or
+    // its 8-bit form), else null.
+    const float* exact_y(int h, int t, bool half) const {
         const size_t nh = heads_.size();
-        if (t >= batch_pos0_ && t < batch_pos0_ + batch_n_)
-            return &batch_y_[((size_t)(t - batch_pos0_) * nh + h) * hd_];
-        const int slot = t % window_;
-        if (ring_pos_[slot] == t) return ring_.get() + ((size_t)slot * nh + h) * hd_;
-        return nullptr;
+        if (t >= batch_pos0_ && t < batch_pos0_ + batch_n_) {
+            const size_t i = ((size_t)(t - batch_pos0_) * nh + h) * hd_;
+            return half ? &batch_h_[i] : &batch_8_[i];
+        }
+        const int slot = t % ring_n_;
+        if (ring_pos_[slot] != t) return nullptr;
+        const size_t i = ((size_t)slot * nh + h) * hd_;
+        return half ? &ring_h_[i] : &ring_8_[i];
     }
 
     // y of sink position pos of head h, as floats.
@@ -434,13 +480,14 @@ private:
     zeroed_array<uint8_t> data_;
     zeroed_array<uint8_t> scale_;   // [head][pos] the token's scale code (kv_pca_scale_code)
     zeroed_array<uint16_t> sinks_;  // [head][kSinks][dim] half y of the first positions
-    // pca:B:wN: [slot][head][dim] half y of the newest positions (slot = pos %
-    // window_), ring_pos_[slot] the position it holds (-1: none); batch_y_
-    // [t][head][dim] the last store()'s, scratch not counted in bytes().
-    int window_ = 0;
-    zeroed_array<uint16_t> ring_;
+    // pca:B:wN:eM: [slot][head][dim] y of the newest positions (slot = pos %
+    // ring_n_) as halves and in 8 bits, decoded; ring_pos_[slot] the
+    // position it holds (-1: none); batch_h_ / batch_8_ [t][head][dim] the
+    // last store()'s, scratch not counted in bytes().
+    int window_ = 0, window8_ = 0, ring_n_ = 0;
+    std::vector<float> ring_h_, ring_8_;
     std::vector<int> ring_pos_;
-    std::vector<uint16_t> batch_y_;
+    std::vector<float> batch_h_, batch_8_;
     int batch_pos0_ = 0, batch_n_ = 0;
     size_t bytes_ = 0;
 };
@@ -482,8 +529,13 @@ void kv_pca_rope_mean_at(const kv_pca_head& p, int pos, float* m) {
 }
 
 std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_pca_head>& heads,
-                                                int window) {
-    return std::make_unique<kv_stream_pca>(n_ctx, heads, window);
+                                                int window, int window8) {
+    return std::make_unique<kv_stream_pca>(n_ctx, heads, window, window8);
+}
+
+double kv_pca_window_bits(int window, int window8, int head_dim) {
+    const int b = window8_bits();
+    return 16.0 * window + ((double)b * head_dim + 16.0) / head_dim * window8;
 }
 
 }  // namespace kvrt

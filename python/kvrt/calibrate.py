@@ -45,6 +45,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--probe-bits", type=float, default=2.0,
                    help="average bits of the probe configuration that scales the sensitivity "
                    "table (default 2.0)")
+    p.add_argument("--probe-window", type=int, default=0,
+                   help="recent window (pca:B:wN) of the probed layer, so the sensitivity is "
+                   "that of the codes behind a window (default 0: none)")
     p.add_argument("--rope-pairs", type=int, default=-1,
                    help="most rotary pairs per key head whose pre-RoPE mean is subtracted, "
                    "largest first (default -1: all; 0: none; fewer make attention cheaper)")
@@ -83,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
                             n_threads=args.threads, max_tokens=args.tokens,
                             probe_tokens=args.probe_tokens, probe_bits=args.probe_bits,
                             default_bits=args.bits, rope_pairs=args.rope_pairs,
-                            progress=True)
+                            progress=True, probe_window=args.probe_window)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
