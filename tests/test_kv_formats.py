@@ -128,9 +128,11 @@ def test_bytes_accounting(model_path):
         assert m.kv_bits_per_element == pytest.approx(8 * m.kv_bytes / (n * L * 2 * H * D))
 
 
-@pytest.mark.parametrize("kv", ["pca:2", "pca:3", "pca:4.5", "pca:3:w16", "pca:4.5:w64"])
+@pytest.mark.parametrize("kv", ["pca:2", "pca:3", "pca:4.5", "pca:3:w16", "pca:4.5:w64",
+                                "pca:3:e32", "pca:3:w8:e24"])
 def test_pca_plan_meets_budget(model_path, calib, kv):
-    """The budget covers codes, scales, sinks and the recent window's halves."""
+    """The budget covers codes, scales, sinks and the recent window's halves
+    and 8-bit records."""
     budget = float(kv.split(":")[1])
     m = kvrt.Model(model_path, n_ctx=1024, n_threads=1, kv=kv, kv_calib=calib)
     assert m.kv_format == kv
@@ -142,6 +144,15 @@ def test_pca_keys_values_apart(model_path, calib):
                    cache_type_v="q8_0", kv_calib=calib)
     assert m.kv_format == "k=pca:2,v=q8_0"
     assert (2 + 8.5) / 2 - 0.1 <= m.kv_bits_per_element <= (2 + 8.5) / 2 + 1e-9
+
+
+def test_pca_windows_of_keys_and_values_apart(model_path, calib):
+    """Keys and values with windows of their own share one knapsack: the
+    average over both streams meets the budget."""
+    m = kvrt.Model(model_path, n_ctx=1024, n_threads=1, cache_type_k="pca:3:e16",
+                   cache_type_v="pca:3:e48", kv_calib=calib)
+    assert m.kv_format == "k=pca:3:e16,v=pca:3:e48"
+    assert 3.0 - 0.1 <= m.kv_bits_per_element <= 3.0 + 1e-9
 
 
 def test_pca_quality_on_real_text(model_path, calib):
@@ -156,13 +167,14 @@ def test_pca_quality_on_real_text(model_path, calib):
     assert ppl["pca:6"] < ppl["pca:3"], ppl
 
 
-def test_pca_window_prefill_equals_decode(model_path, calib):
+@pytest.mark.parametrize("kv", ["pca:3:w16", "pca:3:w4:e12", "pca:3:e20"])
+def test_pca_window_prefill_equals_decode(model_path, calib, kv):
     """pca:B:wN reads each query's newest N positions exact. A prefill in
     batches (the window reaching back past a batch's start into the ring)
     and token-by-token decode see the same window: equal logits. After a
     reset the ring's old positions are not read again."""
     text = (TESTDATA / "shakespeare_excerpt.txt").read_text()
-    m = kvrt.Model(model_path, n_ctx=N_CTX, n_threads=2, n_batch=24, kv="pca:3:w16", kv_calib=calib)
+    m = kvrt.Model(model_path, n_ctx=N_CTX, n_threads=2, n_batch=24, kv=kv, kv_calib=calib)
     toks = m.tokenize(text)[:80]
     other = m.tokenize(text)[200:260]
     m.eval(other)
@@ -192,7 +204,8 @@ def test_bad_formats(model_path, tmp_path, calib):
     for bad, msg in [("f8", "unknown KV cache format"), ("affine:5", "bits must be"),
                      ("pca:9", "average bits"), ("rot:x", "bad bit count"),
                      ("pca:3:w0", "window must be"), ("pca:3:w5000", "window must be"),
-                     ("pca:3:wx", "window must be"), ("q4_0:w16", "only pca takes a window")]:
+                     ("pca:3:wx", "window must be"), ("q4_0:w16", "only pca takes a window"),
+                     ("pca:3:e0", "window must be"), ("q8_0:e8", "only pca takes a window")]:
         with pytest.raises(RuntimeError, match=msg):
             kvrt.Model(model_path, n_ctx=64, kv=bad)
     # A model file is no calibration.
