@@ -51,8 +51,7 @@ static kv_type kv_type_from_base(const std::string& name) {
 }
 
 kv_type kv_type_from_name(const std::string& full) {
-    // pca's recent window: ":wN" (half y) and ":eN" (8-bit y, the positions
-    // just older than the half window) suffixes, in any order.
+    // pca's recent window: a ":wN" (half y) or ":eN" (8-bit y) suffix.
     std::string base = full;
     int win[2] = {0, 0};
     for (;;) {
@@ -70,7 +69,9 @@ kv_type kv_type_from_name(const std::string& full) {
     }
     kv_type t = kv_type_from_base(base);
     if ((win[0] || win[1]) && (t.kind != KV_KIND_PCA || t.budget < 0))
-        throw error("KV format '" + full + "': only pca takes a window (pca:B:wN)");
+        throw error("KV format '" + full + "': only pca takes a window (pca:B:wN or pca:B:eN)");
+    if (win[0] && win[1])
+        throw error("KV format '" + full + "': one window, :wN (halves) or :eN (8 bits)");
     t.window = win[0];
     t.window8 = win[1];
     return t;

@@ -30,7 +30,7 @@ struct kv_type {
     float budget = 0;   // pca: average bits per element (0: the calibration's default;
                         // -1: "auto", pca when a calibration is found, else f16)
     int window = 0;     // pca: the newest positions each query sees exact (half y)
-    int window8 = 0;    // pca: the next older positions, y in 8 bits (":eN")
+    int window8 = 0;    // pca: the same in 8 bits (":eN"; not with window)
 };
 
 inline constexpr kv_type KV_TYPE_F32{KV_KIND_F32, 32, 0};

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <cstdlib>
 
 #include "common.h"
 #include "cpu/ops.h"
@@ -157,10 +156,9 @@ kv_calibration::plan kv_calibration::solve(float budget, bool keys, bool values,
     std::vector<uint8_t> bits(chan_c.size(), 0);
     // Each token's scale costs 8 bits per head; the sinks 16 bits per element
     // over n_ctx positions, and each stream's recent window what it holds.
-    const bool free_window = std::getenv("KVRT_DIAG_FREE_WINDOW") != nullptr;  // diagnostic
     const double fixed = 8.0 / d + 16.0 * KV_PCA_SINKS / std::max(n_ctx, 1);
-    const double ow_k = free_window ? 0 : window_bits_k / std::max(n_ctx, 1);
-    const double ow_v = free_window ? 0 : window_bits_v / std::max(n_ctx, 1);
+    const double ow_k = window_bits_k / std::max(n_ctx, 1);
+    const double ow_v = window_bits_v / std::max(n_ctx, 1);
     const double overhead = fixed + (keys && values ? (ow_k + ow_v) / 2 : keys ? ow_k : ow_v);
     double left = ((double)budget - overhead) * (double)chan_c.size();
     if (left < 0) {

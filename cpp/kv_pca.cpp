@@ -15,6 +15,7 @@
 //    head.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <new>
 
@@ -28,16 +29,8 @@ namespace kvrt {
 
 namespace {
 
-// Bits of the 8-bit window's codes; KVRT_DIAG_W8_BITS (2..8) models fewer
-// (the codes stay in bytes; bytes() counts the bits).
-int window8_bits() {
-    static const int b = [] {
-        const char* e = std::getenv("KVRT_DIAG_W8_BITS");
-        return e ? std::clamp(std::atoi(e), 2, 8) : 8;
-    }();
-    return b;
-}
-int window8_levels() { return (1 << (window8_bits() - 1)) - 1; }
+// Codes of the 8-bit window: -127..127 times a / 127 sigma_c.
+constexpr int kWindow8Levels = 127;
 
 class kv_stream_pca final : public kv_stream {
     // The first positions (BOS and its neighbours) draw much of the attention
@@ -49,10 +42,12 @@ public:
     kv_stream_pca(int n_ctx, const std::vector<kv_pca_head>& heads, int window, int window8)
         : n_ctx_(n_ctx), n_blocks_((n_ctx + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS), src_(heads) {
         if (src_.empty()) throw error("pca KV stream: no heads");
-        window_ = std::max(window, 0);
-        window8_ = std::max(window8, 0);
-        ring_n_ = window_ + window8_;
+        if (window > 0 && window8 > 0)
+            throw error("pca window: a stream takes :wN or :eN, not both");
+        ring_n_ = std::max({window, window8, 0});
+        tier8_ = window8 > 0;
         hd_ = (int)src_[0].mean.size();
+        rec_ = tier8_ ? hd_ + 2 : 2 * hd_;
         size_t off = 0;
         for (const kv_pca_head& h : src_) {
             if ((int)h.mean.size() != hd_ || h.basis.size() != (size_t)hd_ * hd_ ||
@@ -93,11 +88,9 @@ public:
         data_ = zeroed<uint8_t>(off);
         scale_ = zeroed<uint8_t>(nh * n_ctx);
         sinks_ = zeroed<uint16_t>(nh * kSinks * hd_);
-        ring_h_.assign((size_t)ring_n_ * nh * hd_, 0.0f);
-        ring_8_.assign((size_t)ring_n_ * nh * hd_, 0.0f);
+        ring_ = zeroed<uint8_t>((size_t)ring_n_ * nh * rec_);
         ring_pos_.assign(ring_n_, -1);
-        bytes_ = off + nh * n_ctx + (nh * kSinks + (size_t)window_ * nh) * hd_ * sizeof(uint16_t) +
-                 (size_t)std::llround(kv_pca_window_bits(0, window8_, hd_) * nh * hd_ / 8.0);
+        bytes_ = off + nh * n_ctx + nh * kSinks * hd_ * sizeof(uint16_t) + (size_t)ring_n_ * nh * rec_;
     }
 
     void store(int pos0, int n, const float* x) override {
@@ -116,11 +109,7 @@ public:
                     xh = xr.data();
                 }
                 kv_pca_project(p, xh, y.data());
-                if (ring_n_ > 0) {
-                    float* yh = &batch_h_[((size_t)t * nh + h) * hd_];
-                    for (int c = 0; c < hd_; ++c) yh[c] = fp16_to_fp32(fp32_to_fp16(y[c]));
-                    if (window8_ > 0) quantize8(p, yh, &batch_8_[((size_t)t * nh + h) * hd_]);
-                }
+                if (ring_n_ > 0) window_record(p, y.data(), &batch_[((size_t)t * nh + h) * rec_]);
                 if (pos < kSinks) {  // every channel, as halves
                     uint16_t* dst = sinks_.get() + ((size_t)h * kSinks + pos) * hd_;
                     for (int c = 0; c < hd_; ++c) dst[c] = fp32_to_fp16(y[c]);
@@ -380,73 +369,88 @@ private:
         const uint8_t* sc = &scale_[(size_t)h * n_ctx_];
         for (int t = lo; t < hi; ++t) a[t - lo] = kv_pca_scale_value(sc[t]);
     }
-    // The recent window: the newest window_ positions of each row as half y,
-    // the window8_ before them as 8-bit y (quantize8). The newest batch's y
-    // stays in batch_h_ / batch_8_ until the next store() folds its last
-    // ring_n_ positions into the ring; positions being stored again leave
-    // the ring. The ring holds both forms of each position, decoded, for
-    // speed; bytes() counts what the format needs: window_ halves and
-    // window8_ 8-bit records per head (a position's 8-bit form is made from
-    // its half when it ages out of the half window).
+    // The recent window: the newest ring_n_ positions of each row, a record
+    // per position and head (window_record). The newest batch's records stay
+    // in batch_ until the next store() folds its last ring_n_ positions into
+    // the ring; positions being stored again leave the ring.
     void begin_batch(int pos0, int n) {
-        const int nh = (int)heads_.size();
-        const size_t w = (size_t)nh * hd_;
+        const size_t w = heads_.size() * rec_;
         for (int t = std::max(batch_pos0_, batch_pos0_ + batch_n_ - ring_n_);
              t < std::min(batch_pos0_ + batch_n_, pos0); ++t) {
             const int slot = t % ring_n_;
-            std::copy_n(&batch_h_[(size_t)(t - batch_pos0_) * w], w, &ring_h_[(size_t)slot * w]);
-            if (window8_ > 0)
-                std::copy_n(&batch_8_[(size_t)(t - batch_pos0_) * w], w, &ring_8_[(size_t)slot * w]);
+            std::copy_n(&batch_[(size_t)(t - batch_pos0_) * w], w, ring_.get() + (size_t)slot * w);
             ring_pos_[slot] = t;
         }
         for (int& rp : ring_pos_)
             if (rp >= pos0) rp = -1;
         batch_pos0_ = pos0;
         batch_n_ = n;
-        batch_h_.resize((size_t)n * w);
-        batch_8_.resize(window8_ > 0 ? (size_t)n * w : 0);
+        batch_.resize((size_t)n * w);
     }
-    // y in 8 bits: a per-position half scale a = max_c |y_c| / sigma_c and
-    // codes y_c / (a sigma_c) * 127 in -127..127; dec: the decoded y.
-    static void quantize8(const kv_pca_head& p, const float* y, float* dec) {
-        const int n = (int)p.mean.size();
-        const int lv = window8_levels();
-        float m = 0.0f;
-        for (int c = 0; c < n; ++c) m = std::max(m, std::fabs(y[c] / p.sigma[c]));
-        const float a = fp16_to_fp32(fp32_to_fp16(m));
-        if (!(a > 0.0f)) {
-            std::fill(dec, dec + n, 0.0f);
+    // A window position's record of y: hd_ halves (:wN), or (:eN) a half
+    // scale a = max_c |y_c| / sigma_c of the half-rounded y and its codes
+    // round(y_c / (a sigma_c) * 127), one signed byte each.
+    void window_record(const kv_pca_head& p, const float* y, uint8_t* rec) const {
+        if (!tier8_) {
+            uint16_t* h = reinterpret_cast<uint16_t*>(rec);
+            for (int c = 0; c < hd_; ++c) h[c] = fp32_to_fp16(y[c]);
             return;
         }
-        for (int c = 0; c < n; ++c) {
-            const float u = a * p.sigma[c] / (float)lv;
-            const float code = std::clamp(std::nearbyint(y[c] / u), (float)-lv, (float)lv);
-            dec[c] = code * u;
+        float m = 0.0f;
+        for (int c = 0; c < hd_; ++c)
+            m = std::max(m, std::fabs(fp16_to_fp32(fp32_to_fp16(y[c])) / p.sigma[c]));
+        const uint16_t ah = fp32_to_fp16(m);
+        std::memcpy(rec, &ah, 2);
+        const float a = fp16_to_fp32(ah);
+        int8_t* codes = reinterpret_cast<int8_t*>(rec + 2);
+        for (int c = 0; c < hd_; ++c) {
+            if (!(a > 0.0f)) {
+                codes[c] = 0;
+                continue;
+            }
+            const float u = a * p.sigma[c] / (float)kWindow8Levels;
+            const float yh = fp16_to_fp32(fp32_to_fp16(y[c]));
+            codes[c] = (int8_t)std::clamp(std::nearbyint(yh / u), (float)-kWindow8Levels,
+                                          (float)kWindow8Levels);
         }
+    }
+    // The y a record holds, into out.
+    void window_decode(const kv_pca_head& p, const uint8_t* rec, float* out) const {
+        if (!tier8_) {
+            const uint16_t* h = reinterpret_cast<const uint16_t*>(rec);
+            for (int c = 0; c < hd_; ++c) out[c] = fp16_to_fp32(h[c]);
+            return;
+        }
+        uint16_t ah;
+        std::memcpy(&ah, rec, 2);
+        const float a = fp16_to_fp32(ah);
+        const int8_t* codes = reinterpret_cast<const int8_t*>(rec + 2);
+        for (int c = 0; c < hd_; ++c)
+            out[c] = a > 0.0f ? (float)codes[c] * (a * p.sigma[c] / (float)kWindow8Levels) : 0.0f;
     }
     // f(r, t, y) for each position t in [t0, t1) of row r's window (own0 >=
     // 0; row r is the token at own0 + r / per_token) whose y is held.
     template <class F>
     void each_window_y(int h, int n_rep, int t0, int t1, int own0, int per_token, F&& f) const {
         if (ring_n_ <= 0 || own0 < 0) return;
+        std::vector<float> y(hd_);
         for (int r = 0; r < n_rep; ++r) {
             const int own = own0 + r / per_token;
             for (int t = std::max({t0, own - ring_n_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
-                if (const float* y = exact_y(h, t, own - t < window_)) f(r, t, y);
+                if (const uint8_t* rec = window_rec(h, t)) {
+                    window_decode(*heads_[h].src, rec, y.data());
+                    f(r, t, y.data());
+                }
         }
     }
-    // y of position t of head h where the window holds it (its half form, or
-    // its 8-bit form), else null.
-    const float* exact_y(int h, int t, bool half) const {
+    // The record of position t of head h where the window holds it, else null.
+    const uint8_t* window_rec(int h, int t) const {
         const size_t nh = heads_.size();
-        if (t >= batch_pos0_ && t < batch_pos0_ + batch_n_) {
-            const size_t i = ((size_t)(t - batch_pos0_) * nh + h) * hd_;
-            return half ? &batch_h_[i] : &batch_8_[i];
-        }
+        if (t >= batch_pos0_ && t < batch_pos0_ + batch_n_)
+            return &batch_[((size_t)(t - batch_pos0_) * nh + h) * rec_];
         const int slot = t % ring_n_;
         if (ring_pos_[slot] != t) return nullptr;
-        const size_t i = ((size_t)slot * nh + h) * hd_;
-        return half ? &ring_h_[i] : &ring_8_[i];
+        return ring_.get() + ((size_t)slot * nh + h) * rec_;
     }
 
     // y of sink position pos of head h, as floats.
@@ -480,14 +484,15 @@ private:
     zeroed_array<uint8_t> data_;
     zeroed_array<uint8_t> scale_;   // [head][pos] the token's scale code (kv_pca_scale_code)
     zeroed_array<uint16_t> sinks_;  // [head][kSinks][dim] half y of the first positions
-    // pca:B:wN:eM: [slot][head][dim] y of the newest positions (slot = pos %
-    // ring_n_) as halves and in 8 bits, decoded; ring_pos_[slot] the
-    // position it holds (-1: none); batch_h_ / batch_8_ [t][head][dim] the
-    // last store()'s, scratch not counted in bytes().
-    int window_ = 0, window8_ = 0, ring_n_ = 0;
-    std::vector<float> ring_h_, ring_8_;
+    // pca:B:wN / pca:B:eN: [slot][head] a record of y (window_record) of the
+    // newest positions (slot = pos % ring_n_), ring_pos_[slot] the position
+    // it holds (-1: none); batch_ [t][head] the last store()'s records,
+    // scratch not counted in bytes().
+    int ring_n_ = 0, rec_ = 0;
+    bool tier8_ = false;
+    zeroed_array<uint8_t> ring_;
     std::vector<int> ring_pos_;
-    std::vector<float> batch_h_, batch_8_;
+    std::vector<uint8_t> batch_;
     int batch_pos0_ = 0, batch_n_ = 0;
     size_t bytes_ = 0;
 };
@@ -534,8 +539,7 @@ std::unique_ptr<kv_stream> kv_stream_create_pca(int n_ctx, const std::vector<kv_
 }
 
 double kv_pca_window_bits(int window, int window8, int head_dim) {
-    const int b = window8_bits();
-    return 16.0 * window + ((double)b * head_dim + 16.0) / head_dim * window8;
+    return 16.0 * window + (8.0 * head_dim + 16.0) / head_dim * window8;
 }
 
 }  // namespace kvrt

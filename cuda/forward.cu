@@ -58,8 +58,9 @@ public:
         if (pca_ && (type_k.kind != KV_KIND_PCA || type_v.kind != KV_KIND_PCA))
             throw error("KV format " + kv_type_name(type_k.kind == KV_KIND_PCA ? type_k : type_v) +
                         " on CUDA needs pca for both keys and values (use --device cpu to mix)");
-        if (type_k.window > 0 || type_v.window > 0)
-            throw error("KV format " + kv_type_name(type_k.window > 0 ? type_k : type_v) +
+        const auto windowed = [](const kv_type& t) { return t.window > 0 || t.window8 > 0; };
+        if (windowed(type_k) || windowed(type_v))
+            throw error("KV format " + kv_type_name(windowed(type_k) ? type_k : type_v) +
                         ": the recent window runs on the CPU only for now (use pca:B on CUDA)");
         if (pca_ && (!kv || (int)kv->pca_heads(false).size() != hp.n_layer ||
                      (int)kv->pca_heads(true).size() != hp.n_layer))
