@@ -230,7 +230,7 @@ public:
                 float* pbr = &pb[(size_t)r * KV_BLOCK_TOKENS + (lo - b0)];
                 for (int j = 0; j < hi - lo; ++j) pbr[j] = pr[j] * af[j];
             }
-            each_window_y(h, n_rep, lo, hi, own0, per_token, [&](int r, int t, const float*) {
+            each_window_rec(h, n_rep, lo, hi, own0, per_token, [&](int r, int t, const uint8_t*) {
                 pb[(size_t)r * KV_BLOCK_TOKENS + (t - b0)] = 0.0f;
             });
             for (int r = 0; r < n_rep; ++r) {
@@ -428,20 +428,26 @@ private:
         for (int c = 0; c < hd_; ++c)
             out[c] = a > 0.0f ? (float)codes[c] * (a * p.sigma[c] / (float)kWindow8Levels) : 0.0f;
     }
-    // f(r, t, y) for each position t in [t0, t1) of row r's window (own0 >=
-    // 0; row r is the token at own0 + r / per_token) whose y is held.
+    // f(r, t, rec) for each position t in [t0, t1) of row r's window (own0
+    // >= 0; row r is the token at own0 + r / per_token) whose record is held.
+    template <class F>
+    void each_window_rec(int h, int n_rep, int t0, int t1, int own0, int per_token, F&& f) const {
+        if (ring_n_ <= 0 || own0 < 0) return;
+        for (int r = 0; r < n_rep; ++r) {
+            const int own = own0 + r / per_token;
+            for (int t = std::max({t0, own - ring_n_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
+                if (const uint8_t* rec = window_rec(h, t)) f(r, t, rec);
+        }
+    }
+    // The same with the y each record holds: f(r, t, y).
     template <class F>
     void each_window_y(int h, int n_rep, int t0, int t1, int own0, int per_token, F&& f) const {
         if (ring_n_ <= 0 || own0 < 0) return;
         std::vector<float> y(hd_);
-        for (int r = 0; r < n_rep; ++r) {
-            const int own = own0 + r / per_token;
-            for (int t = std::max({t0, own - ring_n_ + 1, kSinks}); t <= std::min(t1 - 1, own); ++t)
-                if (const uint8_t* rec = window_rec(h, t)) {
-                    window_decode(*heads_[h].src, rec, y.data());
-                    f(r, t, y.data());
-                }
-        }
+        each_window_rec(h, n_rep, t0, t1, own0, per_token, [&](int r, int t, const uint8_t* rec) {
+            window_decode(*heads_[h].src, rec, y.data());
+            f(r, t, y.data());
+        });
     }
     // The record of position t of head h where the window holds it, else null.
     const uint8_t* window_rec(int h, int t) const {
