@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -140,9 +141,15 @@ __device__ inline void q16_block(float v, int lane, int64_t blk, int16_t* qs, in
 }
 
 // The code and scale arrays of n_tok tokens of cols activations in act.
-inline int16_t* q16_codes(void* act) { return static_cast<int16_t*>(act); }
-inline int2* q16_scales(void* act, int64_t n_tok, int64_t cols) {
-    return reinterpret_cast<int2*>(static_cast<int16_t*>(act) + (size_t)n_tok * cols);
+template <class V>  // void or const void
+inline auto q16_codes(V* act) {
+    using I = std::conditional_t<std::is_const_v<V>, const int16_t, int16_t>;
+    return static_cast<I*>(act);
+}
+template <class V>
+inline auto q16_scales(V* act, int64_t n_tok, int64_t cols) {
+    using D = std::conditional_t<std::is_const_v<V>, const int2, int2>;
+    return reinterpret_cast<D*>(q16_codes(act) + (size_t)n_tok * cols);
 }
 
 // acc + sum_i row[i] v[i], i = 0 .. n-1 in order (n a multiple of 4, row

@@ -295,7 +295,7 @@ private:
             return;
         }
 #endif
-        const bool q16 = q16_ && cuda_matvec_takes_q16(w.type);
+        const bool q16 = q16_for(w, n, w.cols);
         if (q16 && q16_of_ != x) {
             cuda_quantize_q16(x, n, w.cols, q16_, stream_);
             q16_of_ = x;

@@ -260,12 +260,9 @@ __device__ inline int dot2_hi(int a, int b, int c) {
 #endif
 }
 
-// kQ16Rows weight rows per block of kRowsPerBlock warps; the warps split the
-// row's blocks as matvec_block_kernel does, each lane loads its tokens' codes
-// once for both rows. Per block the CPU's sum d_w * d_a * dot(q_w, q_a) +
-// m_w * d_a * sum(q_a), the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127).
 // Up to three weights of one type and width in one launch (q, k, v; gate,
-// up): their blocks follow each other along blockIdx.x.
+// up): their blocks follow each other along blockIdx.x,
+// q16_row_blocks(rows) each.
 struct mv_target {
     const uint8_t* w;
     size_t row_bytes;
@@ -277,6 +274,14 @@ struct mv_set {
     int count;
 };
 
+__host__ __device__ inline int64_t q16_row_blocks(int64_t rows) {
+    return (rows + kQ16Rows - 1) / kQ16Rows;
+}
+
+// kQ16Rows weight rows per block of kRowsPerBlock warps; the warps split the
+// row's blocks as matvec_block_kernel does, each lane loads its tokens' codes
+// once for both rows. Per block the CPU's sum d_w * d_a * dot(q_w, q_a) +
+// m_w * d_a * sum(q_a), the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127).
 template <int T>
 __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
         mv_set set, int64_t cols, const int16_t* aq, const int2* ad, int n, int add) {
@@ -285,8 +290,7 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
     // to local memory).
     int64_t bx = blockIdx.x;
     mv_target tg = set.t[0];
-    const int64_t b0 = (set.t[0].rows + kQ16Rows - 1) / kQ16Rows;
-    const int64_t b1 = (set.t[1].rows + kQ16Rows - 1) / kQ16Rows;
+    const int64_t b0 = q16_row_blocks(set.t[0].rows), b1 = q16_row_blocks(set.t[1].rows);
     if (set.count > 1 && bx >= b0) {
         bx -= b0;
         tg = set.t[1];
@@ -469,10 +473,10 @@ namespace {
 void launch_matvec_q16(ggml_type type, const mv_set& set, int64_t cols, int n, const void* act,
                        bool add, cudaStream_t s) {
     int64_t blocks = 0;
-    for (int k = 0; k < set.count; ++k) blocks += (set.t[k].rows + kQ16Rows - 1) / kQ16Rows;
+    for (int k = 0; k < set.count; ++k) blocks += q16_row_blocks(set.t[k].rows);
     const dim3 grid((unsigned)blocks, (unsigned)((n + kTokChunk - 1) / kTokChunk));
-    const int16_t* aq = static_cast<const int16_t*>(act);
-    const int2* ad = reinterpret_cast<const int2*>(aq + (size_t)n * cols);
+    const int16_t* aq = q16_codes(act);
+    const int2* ad = q16_scales(act, n, cols);
 #define KVRT_MV16(T) matvec_q16_kernel<T><<<grid, 32 * kRowsPerBlock, 0, s>>>(set, cols, aq, ad, n, add)
     switch (type) {
         case GGML_TYPE_Q4_0: KVRT_MV16(GGML_TYPE_Q4_0); break;
