@@ -32,6 +32,12 @@ void cublas_check(cublasStatus_t s, const char* what);
 #endif
 
 // A weight matrix on the device in its file type: rows of `cols` elements.
+// Float types row by row as in the file. Block types keep the file's bytes
+// regrouped into planes over the whole matrix (cuda_upload_weight): every
+// block's codes (16 bytes, q8_0 32), then the 5-bit types' high bits (4),
+// then the scales (2, or 4 with the minimum), block (r, b) at index
+// r * nb + b of each plane. A lane then loads a block's codes in one 16-byte
+// load, where the file's 18-byte q4_0 blocks allow only 2-byte loads.
 struct dev_weight {
     ggml_type type = GGML_TYPE_F32;
     int64_t rows = 0, cols = 0;
@@ -39,10 +45,37 @@ struct dev_weight {
     const uint8_t* d = nullptr;
 };
 
+// Bytes per block in each plane of block type t (qs 0: not a block type).
+struct weight_planes {
+    int qs, qh, sc;
+};
+__host__ __device__ constexpr weight_planes planes_of(ggml_type t) {
+    return t == GGML_TYPE_Q4_0   ? weight_planes{16, 0, 2}
+           : t == GGML_TYPE_Q4_1 ? weight_planes{16, 0, 4}
+           : t == GGML_TYPE_Q5_0 ? weight_planes{16, 4, 2}
+           : t == GGML_TYPE_Q5_1 ? weight_planes{16, 4, 4}
+           : t == GGML_TYPE_Q8_0 ? weight_planes{32, 0, 2}
+                                 : weight_planes{0, 0, 0};
+}
+
+// The planes of a block-type matrix of n_blocks (rows * nb) blocks.
+struct plane_ptrs {
+    const uint8_t *qs, *qh, *sc;
+};
+__host__ __device__ inline plane_ptrs plane_ptrs_of(ggml_type t, const uint8_t* d, int64_t n_blocks) {
+    const weight_planes p = planes_of(t);
+    const uint8_t* qh = d + n_blocks * p.qs;
+    return plane_ptrs{d, qh, qh + n_blocks * p.qh};
+}
+
 // ---- matmul.cu ----
 // Weight types the CUDA kernels read; the names for error messages.
 bool cuda_weight_type_supported(ggml_type t);
 const char* cuda_weight_types_supported();
+// Copies w.rows * w.row_bytes bytes of a weight from the host to dst (w.d
+// is not read) in the device layout; block types pass through staging, a
+// device buffer of as many bytes.
+void cuda_upload_weight(const dev_weight& w, const void* host, uint8_t* dst, void* staging);
 // out[t][r] = w_row(r) . x_t, x [n][cols], out [n][rows]; reads each weight
 // block once per 8 tokens (decode and small batches). With `act` (x turned
 // into q16 codes by cuda_quantize_q16) the block types take integer dot
@@ -99,9 +132,10 @@ void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int p
                      int n_heads2 = 0);
 
 // ---- swiglu.cu ----
-// With act (n a multiple of 32), y's q16 codes too, as for cuda_rms_norm_rows.
-void cuda_swiglu(const float* g, const float* u, float* y, int64_t n, cudaStream_t s,
-                 void* act = nullptr);
+// n_rows x cols elements; with act (cols a multiple of 32), y's q16 codes
+// too, as for cuda_rms_norm_rows.
+void cuda_swiglu(const float* g, const float* u, float* y, int64_t n_rows, int64_t cols,
+                 cudaStream_t s, void* act = nullptr);
 
 // ---- device helpers of the kernels ----
 // Sum and maximum over a warp; every lane gets the result.
@@ -119,25 +153,34 @@ __device__ inline float warp_max(float v) {
 }
 
 // ---- q16 activation codes (matmul.cu's matvec reads them) ----
-// A lane of the q16 matvec works on quarter p of a block: elements 4p..4p+3
-// and 16+4p..16+4p+3 (the 4/5-bit types keep them in one 4-byte run of
-// nibbles; q8_0 takes the same elements). The codes are stored in that order,
-// [p][lo 4, hi 4] per block, so a lane's eight codes are one 16-byte load.
-// Per token: cols int16 codes, then nb = cols/32 int2 {d as float bits, sum
-// of the block's codes}; blk counts blocks over all tokens.
-__device__ inline int q16_slot(int j) { return 8 * ((j % 16) / 4) + 4 * (j / 16) + j % 4; }
+// A lane of the q16 matvec takes whole 32-element blocks, in four parts:
+// part p is elements 4p..4p+3 and 16+4p..16+4p+3 (byte run p of a 4/5-bit
+// block's nibbles; q8_0 takes the same elements), eight codes in one 16-byte
+// piece [lo 4, hi 4]. A token's codes come in groups of 32 blocks, and a
+// group holds piece p of its blocks side by side (part-major), so the warp's
+// load of piece p of 32 consecutive blocks is 512 contiguous bytes. Per
+// token: q16_stride(cols) codes (groups padded to 32 blocks), and after all
+// tokens' codes, nb = cols/32 int2 per token {d as float bits, sum of the
+// block's codes}.
+__host__ __device__ inline int64_t q16_stride(int64_t cols) { return (cols / 32 + 31) / 32 * 1024; }
 
-// Block blk of the codes from a warp holding its 32 values (lane j holds
+// Where code j (0..31) of block b of a token sits among the token's codes.
+__device__ inline int64_t q16_slot(int64_t b, int j) {
+    return (b / 32) * 1024 + ((j % 16) / 4) * 256 + (b % 32) * 8 + 4 * (j / 16) + j % 4;
+}
+
+// Block b of token tok from a warp holding its 32 values (lane j holds
 // element j), as the CPU's quant_q16 (quants_ref.cpp): d = amax / 32767,
 // codes round(x / d) half away from zero.
-__device__ inline void q16_block(float v, int lane, int64_t blk, int16_t* qs, int2* ds) {
+__device__ inline void q16_block(float v, int lane, int64_t tok, int64_t b, int64_t cols,
+                                 int16_t* qs, int2* ds) {
     const float amax = warp_max(fabsf(v));
     const float d = amax / 32767.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const int q = (int)roundf(v * id);
     const int sum = warp_sum(q);
-    qs[blk * 32 + q16_slot(lane)] = (int16_t)q;
-    if (lane == 0) ds[blk] = make_int2(__float_as_int(d), sum);
+    qs[tok * q16_stride(cols) + q16_slot(b, lane)] = (int16_t)q;
+    if (lane == 0) ds[tok * (cols / 32) + b] = make_int2(__float_as_int(d), sum);
 }
 
 // The code and scale arrays of n_tok tokens of cols activations in act.
@@ -149,7 +192,7 @@ inline auto q16_codes(V* act) {
 template <class V>
 inline auto q16_scales(V* act, int64_t n_tok, int64_t cols) {
     using D = std::conditional_t<std::is_const_v<V>, const int2, int2>;
-    return reinterpret_cast<D*>(q16_codes(act) + (size_t)n_tok * cols);
+    return reinterpret_cast<D*>(q16_codes(act) + (size_t)n_tok * q16_stride(cols));
 }
 
 // acc + sum_i row[i] v[i], i = 0 .. n-1 in order (n a multiple of 4, row

@@ -237,7 +237,7 @@ private:
             float* const gu_out[2] = {gate_, up_};
             mul_xn(gu, gu_out, 2, n);
             const bool q16 = q16_for(L.w_down, n, hp.n_ff);
-            cuda_swiglu(gate_, up_, gate_, (int64_t)n * hp.n_ff, s, q16 ? q16_ : nullptr);
+            cuda_swiglu(gate_, up_, gate_, n, hp.n_ff, s, q16 ? q16_ : nullptr);
             q16_of_ = q16 ? gate_ : nullptr;
             mul(L.w_down, gate_, n, x_, true, true);
         }
@@ -332,7 +332,10 @@ private:
         }
         const size_t bytes = (size_t)w.rows * w.row_bytes;
         bufs_.push_back(std::make_unique<dev_buf>(bytes));
-        KVRT_CUDA_CHECK(cudaMemcpy(bufs_.back()->p, w.data, bytes, cudaMemcpyHostToDevice));
+        {
+            dev_buf staging(cuda_matvec_takes_q16(w.type) ? bytes : 0);
+            cuda_upload_weight(d, w.data, bufs_.back()->as<uint8_t>(), staging.p);
+        }
         weight_bytes_ += bytes;
         uploaded_[w.data] = bufs_.back()->p;
         d.d = bufs_.back()->as<uint8_t>();

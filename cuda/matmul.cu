@@ -1,17 +1,17 @@
 // Weight x activation products on the GPU, weights kept in their file types.
-// Decode and small batches (n <= 8 tokens per launch chunk): block types take
-// a pair of weight rows per block, each lane a quarter of a 32-element block
-// of both, and dot it with every token of the chunk, so a weight byte is read
-// once per 8 tokens; float types one warp per row. The activations of block
-// types are first turned into the CPU's q16 codes (16-bit integers and a
-// scale per 32 elements, quant_blocks.h): the products are then integer dot
-// products (__dp2a: two 16x8-bit products per instruction) equal to the
-// CPU's, activation loads are half the bytes of floats and shared by the two
-// rows, which is what the decode matvec is bound by (L1 load throughput, not
-// DRAM). The float kernel of the same layout stays (cuda_matvec without
-// codes, KVRT_CUDA_MATVEC=f32). Larger batches: the weight dequantized (f32,
-// or f16 for the tensor cores) and one cuBLAS GEMM with f32 accumulation, at
-// the price of a dequantization pass per batch.
+// Decode and small batches (n <= 8 tokens per launch chunk): a warp takes
+// two weight rows of a block type, each lane whole 32-element blocks of both
+// (the codes one 16-byte load from the device's planes, common.cuh), dotted
+// with every token of the chunk, so a weight byte is read once per 8 tokens;
+// float types one warp per row. The activations of block types are first
+// turned into the CPU's q16 codes (16-bit integers and a scale per 32
+// elements, quant_blocks.h; laid out for the kernel in common.cuh): the
+// products are then integer dot products (__dp2a: two 16x8-bit products per
+// instruction) equal to the CPU's, and the codes of a block, loaded once,
+// serve both rows. The float path of the same layout stays (cuda_matvec
+// without codes, KVRT_CUDA_MATVEC=f32). Larger batches: the weight
+// dequantized (f32, or f16 for the tensor cores) and one cuBLAS GEMM with
+// f32 accumulation, at the price of a dequantization pass per batch.
 #include <algorithm>
 #include <string>
 
@@ -42,203 +42,128 @@ bool cuda_weight_type_supported(ggml_type t) {
 
 const char* cuda_weight_types_supported() { return "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"; }
 
+
 namespace {
 
-constexpr int kTokChunk = 8;   // tokens per matvec launch chunk
-constexpr int kRowsPerBlock = 4;  // warps per block (float types: one row each)
-constexpr int kQ16Rows = 2;       // weight rows per block of the q16 kernel
+constexpr int kTokChunk = 8;      // tokens per matvec launch chunk
+constexpr int kRowsPerBlock = 4;  // float types: a warp per row, 4 per block
+constexpr int kMvRows = 2;        // block types: weight rows per warp
+constexpr int kMvWarps = 4;       // block types: warps per block
 
-__device__ inline float h2f(const uint8_t* p) {
-    return __half2float(__ushort_as_half(*reinterpret_cast<const uint16_t*>(p)));
-}
-
+__device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
 __device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 
-// Element i of a row of any supported type (embedding lookup, dequantization
-// for the GEMM path).
-__device__ inline float dequant_one(ggml_type t, const uint8_t* row, int64_t i) {
-    const int64_t b = i / 32;
-    const int j = (int)(i % 32), jj = j % 16;
-    switch (t) {
+// A weight as the kernels read it: float types by rows, block types by
+// planes.
+struct wview {
+    ggml_type t;
+    const uint8_t* d;
+    size_t row_bytes;
+    int64_t nb;  // 32-element blocks per row
+    plane_ptrs p;
+};
+
+wview view_of(const dev_weight& w) {
+    return wview{w.type, w.d, w.row_bytes, w.cols / 32, plane_ptrs_of(w.type, w.d, w.rows * (w.cols / 32))};
+}
+
+// What the _0 types subtract from their unsigned codes (q8_0's are signed).
+template <int T>
+constexpr int kCodeOffset = T == GGML_TYPE_Q4_0 ? 8 : T == GGML_TYPE_Q5_0 ? 16 : 0;
+
+__host__ __device__ constexpr int code_offset(ggml_type t) {
+    return t == GGML_TYPE_Q4_0 ? 8 : t == GGML_TYPE_Q5_0 ? 16 : 0;
+}
+
+// Element i of row r of any supported type (embedding lookup,
+// dequantization for the GEMM path), rounded as the CPU's dequantization.
+__device__ inline float dequant_at(const wview& w, int64_t r, int64_t i) {
+    const uint8_t* row = w.d + r * w.row_bytes;
+    switch (w.t) {
         case GGML_TYPE_F32: return reinterpret_cast<const float*>(row)[i];
         case GGML_TYPE_F16: return __half2float(reinterpret_cast<const __half*>(row)[i]);
         case GGML_TYPE_BF16: return bf2f(reinterpret_cast<const uint16_t*>(row)[i]);
-        case GGML_TYPE_Q4_0: {
-            const uint8_t* blk = row + b * sizeof(block_q4_0);
-            const uint8_t q = blk[2 + jj];
-            return __fmul_rn((float)((j < 16 ? q & 0x0F : q >> 4) - 8), h2f(blk));
-        }
-        case GGML_TYPE_Q4_1: {
-            const uint8_t* blk = row + b * sizeof(block_q4_1);
-            const uint8_t q = blk[4 + jj];
-            return __fadd_rn(__fmul_rn((float)(j < 16 ? q & 0x0F : q >> 4), h2f(blk)), h2f(blk + 2));
-        }
-        case GGML_TYPE_Q5_0:
-        case GGML_TYPE_Q5_1: {
-            const bool one = t == GGML_TYPE_Q5_1;
-            const uint8_t* blk = row + b * (one ? sizeof(block_q5_1) : sizeof(block_q5_0));
-            const uint8_t* qhp = blk + (one ? 4 : 2);
-            const uint32_t qh = qhp[0] | (qhp[1] << 8) | (qhp[2] << 16) | ((uint32_t)qhp[3] << 24);
-            const uint8_t q = qhp[4 + jj];
-            const int hi = (qh >> j) & 1;
-            const int x = ((j < 16 ? q & 0x0F : q >> 4) | (hi << 4)) - (one ? 0 : 16);
-            return __fadd_rn(__fmul_rn((float)x, h2f(blk)), one ? h2f(blk + 2) : 0.0f);
-        }
-        case GGML_TYPE_Q8_0: {
-            const uint8_t* blk = row + b * sizeof(block_q8_0);
-            return __fmul_rn((float)reinterpret_cast<const int8_t*>(blk + 2)[j], h2f(blk));
-        }
-        default: return 0.0f;
+        default: break;
     }
+    const weight_planes P = planes_of(w.t);
+    const int64_t rb = r * w.nb + i / 32;
+    const int j = (int)(i % 32);
+    int code;
+    if (w.t == GGML_TYPE_Q8_0) {
+        code = reinterpret_cast<const int8_t*>(w.p.qs + rb * P.qs)[j];
+    } else {
+        const uint8_t q = w.p.qs[rb * P.qs + j % 16];
+        code = j < 16 ? q & 0x0F : q >> 4;
+        if (P.qh) code |= ((w.p.qh[rb * P.qh + j / 8] >> (j % 8)) & 1) << 4;
+    }
+    const uint16_t* sc = reinterpret_cast<const uint16_t*>(w.p.sc + rb * P.sc);
+    const float d = h2f_bits(sc[0]);
+    if (P.sc == 4) return __fadd_rn(__fmul_rn((float)code, d), h2f_bits(sc[1]));
+    return __fmul_rn((float)(code - code_offset(w.t)), d);
 }
-
-__device__ inline uint32_t ld_u16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
-// 4 bytes at a 2-byte aligned address.
-__device__ inline uint32_t ld_u32_2a(const uint8_t* p) { return ld_u16(p) | (ld_u16(p + 2) << 16); }
-__device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
 
 // Bit i of the 4-bit group g becomes bit 4 of byte i (the 5th bit of q5 codes).
 __device__ inline uint32_t spread_hi_bits(uint32_t g) {
     return ((g & 1) << 4) | ((g & 2) << 11) | ((g & 4) << 18) | ((g & 8) << 25);
 }
 
-// Quarter `part` of weight block b as integer codes: bytes lo (elements
-// 4p..4p+3) and hi (16+4p..16+4p+3), the scale d and minimum m (0 for the
-// _0 types, whose offset is the template's kQ16Offset).
+// Block rb (= row * nb + block) of a block type as one code a byte: word k
+// of lo holds elements 4k..4k+3, of hi 16+4k..16+4k+3; d the scale, m the
+// minimum (0 for the _0 types, whose offset is kCodeOffset).
 template <int T>
-__device__ inline void codes_part(const uint8_t* row, int64_t b, int part, int& lo, int& hi,
-                                  float& d, float& m) {
-    m = 0.0f;
-    uint32_t qs = 0, qh = 0;
+__device__ inline void load_block(const plane_ptrs& p, int64_t rb, uint32_t (&lo)[4],
+                                  uint32_t (&hi)[4], float& d, float& m) {
+    constexpr weight_planes P = planes_of((ggml_type)T);
+    const uint4 q = __ldg(reinterpret_cast<const uint4*>(p.qs + rb * P.qs));
+    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
     if constexpr (T == GGML_TYPE_Q8_0) {
-        const uint8_t* blk = row + b * sizeof(block_q8_0);
-        d = h2f_bits(ld_u16(blk));
-        lo = (int)ld_u32_2a(blk + 2 + 4 * part);
-        hi = (int)ld_u32_2a(blk + 18 + 4 * part);
-        return;
-    } else if constexpr (T == GGML_TYPE_Q4_0) {
-        const uint8_t* blk = row + b * sizeof(block_q4_0);
-        d = h2f_bits(ld_u16(blk));
-        qs = ld_u32_2a(blk + 2 + 4 * part);
-    } else if constexpr (T == GGML_TYPE_Q4_1) {
-        const uint8_t* blk = row + b * sizeof(block_q4_1);
-        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
-        d = h2f_bits(dm & 0xFFFF);
-        m = h2f_bits(dm >> 16);
-        qs = *reinterpret_cast<const uint32_t*>(blk + 4 + 4 * part);
-    } else if constexpr (T == GGML_TYPE_Q5_0) {
-        const uint8_t* blk = row + b * sizeof(block_q5_0);
-        d = h2f_bits(ld_u16(blk));
-        qh = ld_u32_2a(blk + 2);
-        qs = ld_u32_2a(blk + 6 + 4 * part);
-    } else {  // Q5_1
-        const uint8_t* blk = row + b * sizeof(block_q5_1);
-        const uint32_t dm = *reinterpret_cast<const uint32_t*>(blk);
-        d = h2f_bits(dm & 0xFFFF);
-        m = h2f_bits(dm >> 16);
-        qh = *reinterpret_cast<const uint32_t*>(blk + 4);
-        qs = *reinterpret_cast<const uint32_t*>(blk + 8 + 4 * part);
-    }
-    uint32_t l = qs & 0x0F0F0F0Fu, h = (qs >> 4) & 0x0F0F0F0Fu;
-    if constexpr (T == GGML_TYPE_Q5_0 || T == GGML_TYPE_Q5_1) {
-        l |= spread_hi_bits((qh >> (4 * part)) & 0xF);
-        h |= spread_hi_bits((qh >> (16 + 4 * part)) & 0xF);
-    }
-    lo = (int)l;
-    hi = (int)h;
-}
-
-// What the _0 types subtract from their unsigned codes (q8_0's are signed).
-template <int T>
-constexpr int kQ16Offset = T == GGML_TYPE_Q4_0 ? 8 : T == GGML_TYPE_Q5_0 ? 16 : 0;
-
-// Quarter `part` (0..3) of block b of a row: 8 values and where they sit in
-// the block. 4/5-bit types: elements 4p..4p+3 and 16+4p..16+4p+3 (one
-// 4-byte run of nibbles); q8_0: elements 8p..8p+7. Each warp thus reads 8
-// consecutive blocks per step, and its activation loads are contiguous.
-template <int T>
-__device__ inline void dequant_part(const uint8_t* row, int64_t b, int part, float* v) {
-    if constexpr (T == GGML_TYPE_Q8_0) {
-        const uint8_t* blk = row + b * sizeof(block_q8_0);
-        const float d = h2f_bits(ld_u16(blk));
-        const uint8_t* q = blk + 2 + 8 * part;
+        const uint4 q1 = __ldg(reinterpret_cast<const uint4*>(p.qs + rb * P.qs + 16));
+        const uint32_t w1[4] = {q1.x, q1.y, q1.z, q1.w};
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-            const uint32_t w = ld_u16(q + 2 * k);
-            v[2 * k] = (float)(int8_t)(w & 0xFF) * d;
-            v[2 * k + 1] = (float)(int8_t)(w >> 8) * d;
+            lo[k] = w[k];
+            hi[k] = w1[k];
         }
     } else {
-        int lo, hi;
-        float d, m;
-        codes_part<T>(row, b, part, lo, hi, d, m);
+        uint32_t h = 0;
+        if constexpr (P.qh != 0) h = __ldg(reinterpret_cast<const uint32_t*>(p.qh + rb * P.qh));
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            v[i] = (float)((int)(((uint32_t)lo >> (8 * i)) & 0xFF) - kQ16Offset<T>) * d + m;
-            v[4 + i] = (float)((int)(((uint32_t)hi >> (8 * i)) & 0xFF) - kQ16Offset<T>) * d + m;
+        for (int k = 0; k < 4; ++k) {
+            lo[k] = w[k] & 0x0F0F0F0Fu;
+            hi[k] = (w[k] >> 4) & 0x0F0F0F0Fu;
+            if constexpr (P.qh != 0) {
+                lo[k] |= spread_hi_bits((h >> (4 * k)) & 0xF);
+                hi[k] |= spread_hi_bits((h >> (16 + 4 * k)) & 0xF);
+            }
         }
+    }
+    if constexpr (P.sc == 4) {
+        const uint32_t dm = __ldg(reinterpret_cast<const uint32_t*>(p.sc + rb * 4));
+        d = h2f_bits(dm & 0xFFFF);
+        m = h2f_bits(dm >> 16);
+    } else {
+        d = h2f_bits(__ldg(reinterpret_cast<const unsigned short*>(p.sc + rb * 2)));
+        m = 0.0f;
     }
 }
 
-// One block (kRowsPerBlock warps) per weight row: the warps split the row's
-// blocks between them (each step of the block covers 32 consecutive weight
-// blocks), so small matrices still put enough loads in flight; the partial
-// sums meet in shared memory.
+// Byte i of a word of codes as an integer (q8_0's signed).
 template <int T>
-__global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_block_kernel(
-        const uint8_t* w, size_t row_bytes, int64_t rows, int64_t cols, const float* x, int n,
-        float* out, int add) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = lane % 4;
-    const int64_t r = blockIdx.x;
-    const int t0 = blockIdx.y * kTokChunk;
-    const int nt = min(kTokChunk, n - t0);
-    const uint8_t* row = w + r * row_bytes;
-    const float* xt = x + (size_t)t0 * cols;
-    // Offsets of this lane's two runs of 4 values inside a block.
-    const int o0 = T == GGML_TYPE_Q8_0 ? 8 * part : 4 * part;
-    const int o1 = T == GGML_TYPE_Q8_0 ? 8 * part + 4 : 16 + 4 * part;
-    float acc[kTokChunk];
-#pragma unroll
-    for (int t = 0; t < kTokChunk; ++t) acc[t] = 0.0f;
-    const int64_t nb = cols / 32;
-#pragma unroll 2
-    for (int64_t b = warp * 8 + lane / 4; b < nb; b += 8 * kRowsPerBlock) {
-        float v[8];
-        dequant_part<T>(row, b, part, v);
-#pragma unroll
-        for (int t = 0; t < kTokChunk; ++t) {
-            if (t >= nt) break;
-            const float* xb = xt + (size_t)t * cols + b * 32;
-            const float4 p = *reinterpret_cast<const float4*>(xb + o0);
-            const float4 q = *reinterpret_cast<const float4*>(xb + o1);
-            acc[t] += v[0] * p.x + v[1] * p.y + v[2] * p.z + v[3] * p.w + v[4] * q.x + v[5] * q.y +
-                      v[6] * q.z + v[7] * q.w;
-        }
-    }
-    __shared__ float part_sum[kRowsPerBlock][kTokChunk];
-#pragma unroll
-    for (int t = 0; t < kTokChunk; ++t) {
-        const float s = warp_sum(acc[t]);
-        if (lane == 0) part_sum[warp][t] = s;
-    }
-    __syncthreads();
-    if (threadIdx.x < nt) {
-        float s = 0.0f;
-#pragma unroll
-        for (int k = 0; k < kRowsPerBlock; ++k) s += part_sum[k][threadIdx.x];
-        float* o = out + (size_t)(t0 + threadIdx.x) * rows + r;
-        *o = add ? *o + s : s;
-    }
+__device__ inline int code_byte(uint32_t w, int i) {
+    if constexpr (T == GGML_TYPE_Q8_0) return (int)(int8_t)((w >> (8 * i)) & 0xFF);
+    else return (int)((w >> (8 * i)) & 0xFF) - kCodeOffset<T>;
 }
 
 // ---- q16 activations (layout and q16_block in common.cuh) ----
 
 // One warp per 32-element block.
-__global__ void quantize_q16_kernel(const float* x, int64_t n_blocks, int16_t* qs, int2* ds) {
+__global__ void quantize_q16_kernel(const float* x, int64_t cols, int64_t n_blocks, int16_t* qs,
+                                    int2* ds) {
     const int lane = threadIdx.x % 32;
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= n_blocks) return;
-    q16_block(x[blk * 32 + lane], lane, blk, qs, ds);
+    const int64_t nb = cols / 32, tok = blk / nb, b = blk % nb;
+    q16_block(x[tok * cols + b * 32 + lane], lane, tok, b, cols, qs, ds);
 }
 
 // c + the products of the two 16-bit halves of a with bytes 0, 1 (lo) or
@@ -260,12 +185,20 @@ __device__ inline int dot2_hi(int a, int b, int c) {
 #endif
 }
 
+// c + the dot product of piece a (eight q16 codes of a part) with its lo
+// and hi code words.
+__device__ inline int dot_piece(int4 a, uint32_t lo, uint32_t hi, int c) {
+    c = dot2_lo(a.x, (int)lo, c);
+    c = dot2_hi(a.y, (int)lo, c);
+    c = dot2_lo(a.z, (int)hi, c);
+    return dot2_hi(a.w, (int)hi, c);
+}
+
 // Up to three weights of one type and width in one launch (q, k, v; gate,
 // up): their blocks follow each other along blockIdx.x,
-// q16_row_blocks(rows) each.
+// mv_row_blocks(rows) each.
 struct mv_target {
     const uint8_t* w;
-    size_t row_bytes;
     int64_t rows;
     float* out;
 };
@@ -274,23 +207,25 @@ struct mv_set {
     int count;
 };
 
-__host__ __device__ inline int64_t q16_row_blocks(int64_t rows) {
-    return (rows + kQ16Rows - 1) / kQ16Rows;
+__host__ __device__ inline int64_t mv_row_blocks(int64_t rows) {
+    constexpr int per_block = kMvRows * kMvWarps;
+    return (rows + per_block - 1) / per_block;
 }
 
-// kQ16Rows weight rows per block of kRowsPerBlock warps; the warps split the
-// row's blocks as matvec_block_kernel does, each lane loads its tokens' codes
-// once for both rows. Per block the CPU's sum d_w * d_a * dot(q_w, q_a) +
-// m_w * d_a * sum(q_a), the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127).
-template <int T>
-__global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
-        mv_set set, int64_t cols, const int16_t* aq, const int2* ad, int n, int add) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, part = lane % 4;
+// kMvRows weight rows per warp, a lane per 32-element block of both. Q16:
+// per block the CPU's sum d_w * d_a * dot(q_w, q_a) + m_w * d_a * sum(q_a),
+// the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127); else the block
+// dequantized and multiplied with x in f32. NT: tokens per chunk (1 for
+// decode, which then holds fewer registers, or kTokChunk).
+template <int T, bool Q16, int NT>
+__global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
+        mv_set set, int64_t cols, const int16_t* aq, const int2* ad, const float* x, int n, int add) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // The target by constant indices (a computed index would copy the set
     // to local memory).
     int64_t bx = blockIdx.x;
     mv_target tg = set.t[0];
-    const int64_t b0 = q16_row_blocks(set.t[0].rows), b1 = q16_row_blocks(set.t[1].rows);
+    const int64_t b0 = mv_row_blocks(set.t[0].rows), b1 = mv_row_blocks(set.t[1].rows);
     if (set.count > 1 && bx >= b0) {
         bx -= b0;
         tg = set.t[1];
@@ -299,71 +234,75 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) matvec_q16_kernel(
             tg = set.t[2];
         }
     }
-    const uint8_t* w = tg.w;
-    const size_t row_bytes = tg.row_bytes;
     const int64_t rows = tg.rows;
-    float* out = tg.out;
-    const int64_t r0 = bx * kQ16Rows;
-    const int t0 = blockIdx.y * kTokChunk;
-    const int nt = min(kTokChunk, n - t0);
-    const int64_t nb = cols / 32;
-    const uint8_t* row[kQ16Rows];
+    const int64_t r0 = (bx * kMvWarps + warp) * kMvRows;
+    if (r0 >= rows) return;
+    const int t0 = blockIdx.y * NT;
+    const int nt = min(NT, n - t0);
+    const int64_t nb = cols / 32, stride = q16_stride(cols);
+    const plane_ptrs p = plane_ptrs_of((ggml_type)T, tg.w, rows * nb);
+    int64_t rb[kMvRows];
 #pragma unroll
-    for (int i = 0; i < kQ16Rows; ++i) row[i] = w + min(r0 + i, rows - 1) * row_bytes;
-    const int16_t* aqt = aq + (size_t)t0 * cols + 8 * part;
-    const int2* adt = ad + (size_t)t0 * nb;
-    float acc[kTokChunk][kQ16Rows];
+    for (int i = 0; i < kMvRows; ++i) rb[i] = min(r0 + i, rows - 1) * nb;
+    float acc[NT][kMvRows];
 #pragma unroll
-    for (int t = 0; t < kTokChunk; ++t)
+    for (int t = 0; t < NT; ++t)
 #pragma unroll
-        for (int i = 0; i < kQ16Rows; ++i) acc[t][i] = 0.0f;
+        for (int i = 0; i < kMvRows; ++i) acc[t][i] = 0.0f;
 #pragma unroll 2
-    for (int64_t b = warp * 8 + lane / 4; b < nb; b += 8 * kRowsPerBlock) {
-        int lo[kQ16Rows], hi[kQ16Rows];
-        float dw[kQ16Rows], mw[kQ16Rows];
+    for (int64_t b = lane; b < nb; b += 32) {
+        uint32_t lo[kMvRows][4], hi[kMvRows][4];
+        float dw[kMvRows], mw[kMvRows];
 #pragma unroll
-        for (int i = 0; i < kQ16Rows; ++i)
-            codes_part<T>(row[i], b, part, lo[i], hi[i], dw[i], mw[i]);
+        for (int i = 0; i < kMvRows; ++i) load_block<T>(p, rb[i] + b, lo[i], hi[i], dw[i], mw[i]);
 #pragma unroll
-        for (int t = 0; t < kTokChunk; ++t) {
+        for (int t = 0; t < NT; ++t) {
             if (t >= nt) break;
-            const int4 a = *reinterpret_cast<const int4*>(aqt + (size_t)t * cols + b * 32);
-            const int2 ds = adt[(size_t)t * nb + b];
-            const float da = __int_as_float(ds.x);
-            // The block's code sum enters once, through its first quarter.
-            const int sa = part == 0 ? ds.y : 0;
+            if constexpr (Q16) {
+                const int4* ap = reinterpret_cast<const int4*>(aq + (size_t)(t0 + t) * stride) +
+                                 (b / 32) * 128 + b % 32;
+                int4 a[4];
 #pragma unroll
-            for (int i = 0; i < kQ16Rows; ++i) {
-                int dot = dot2_lo(a.x, lo[i], 0);
-                dot = dot2_hi(a.y, lo[i], dot);
-                dot = dot2_lo(a.z, hi[i], dot);
-                dot = dot2_hi(a.w, hi[i], dot);
-                if constexpr (kQ16Offset<T> != 0) dot -= kQ16Offset<T> * sa;
-                acc[t][i] += (float)dot * (dw[i] * da);
-                if constexpr (T == GGML_TYPE_Q4_1 || T == GGML_TYPE_Q5_1)
-                    acc[t][i] += mw[i] * (da * (float)sa);
+                for (int k = 0; k < 4; ++k) a[k] = __ldg(ap + 32 * k);
+                const int2 ds = __ldg(ad + (size_t)(t0 + t) * nb + b);
+                const float da = __int_as_float(ds.x);
+#pragma unroll
+                for (int i = 0; i < kMvRows; ++i) {
+                    int dot = 0;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) dot = dot_piece(a[k], lo[i][k], hi[i][k], dot);
+                    if constexpr (kCodeOffset<T> != 0) dot -= kCodeOffset<T> * ds.y;
+                    acc[t][i] += (float)dot * (dw[i] * da);
+                    if constexpr (T == GGML_TYPE_Q4_1 || T == GGML_TYPE_Q5_1)
+                        acc[t][i] += mw[i] * (da * (float)ds.y);
+                }
+            } else {
+                const float* xb = x + (size_t)(t0 + t) * cols + b * 32;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float4 pl = *reinterpret_cast<const float4*>(xb + 4 * k);
+                    const float4 ph = *reinterpret_cast<const float4*>(xb + 16 + 4 * k);
+                    const float xl[4] = {pl.x, pl.y, pl.z, pl.w}, xh[4] = {ph.x, ph.y, ph.z, ph.w};
+#pragma unroll
+                    for (int i = 0; i < kMvRows; ++i)
+#pragma unroll
+                        for (int e = 0; e < 4; ++e)
+                            acc[t][i] += ((float)code_byte<T>(lo[i][k], e) * dw[i] + mw[i]) * xl[e] +
+                                         ((float)code_byte<T>(hi[i][k], e) * dw[i] + mw[i]) * xh[e];
+                }
             }
         }
     }
-    __shared__ float part_sum[kRowsPerBlock][kTokChunk * kQ16Rows];
 #pragma unroll
-    for (int t = 0; t < kTokChunk; ++t) {
+    for (int t = 0; t < NT; ++t) {
         if (t >= nt) break;
 #pragma unroll
-        for (int i = 0; i < kQ16Rows; ++i) {
+        for (int i = 0; i < kMvRows; ++i) {
             const float s = warp_sum(acc[t][i]);
-            if (lane == 0) part_sum[warp][t * kQ16Rows + i] = s;
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x < nt * kQ16Rows) {
-        const int t = threadIdx.x / kQ16Rows, i = threadIdx.x % kQ16Rows;
-        if (r0 + i < rows) {
-            float s = 0.0f;
-#pragma unroll
-            for (int k = 0; k < kRowsPerBlock; ++k) s += part_sum[k][threadIdx.x];
-            float* o = out + (size_t)(t0 + t) * rows + r0 + i;
-            *o = add ? *o + s : s;
+            if (lane == 0 && r0 + i < rows) {
+                float* o = tg.out + (size_t)(t0 + t) * rows + r0 + i;
+                *o = add ? *o + s : s;
+            }
         }
     }
 }
@@ -402,6 +341,7 @@ __global__ void matvec_float_kernel(const uint8_t* w, size_t row_bytes, int64_t 
     }
 }
 
+
 #if defined(KVRT_CUBLAS)
 template <class T>
 __device__ inline T from_float(float f);
@@ -411,13 +351,11 @@ template <>
 __device__ inline __half from_float<__half>(float f) { return __float2half_rn(f); }
 
 template <class T>
-__global__ void dequant_kernel(ggml_type t, const uint8_t* w, size_t row_bytes, int64_t cols,
-                               T* out) {
+__global__ void dequant_kernel(wview w, int64_t cols, T* out) {
     const int64_t r = blockIdx.y;
-    const uint8_t* row = w + r * row_bytes;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < cols;
          i += (int64_t)gridDim.x * blockDim.x)
-        out[r * cols + i] = from_float<T>(dequant_one(t, row, i));
+        out[r * cols + i] = from_float<T>(dequant_at(w, r, i));
 }
 
 __global__ void to_f16_kernel(const float* x, __half* y, int64_t n) {
@@ -427,11 +365,10 @@ __global__ void to_f16_kernel(const float* x, __half* y, int64_t n) {
 }
 #endif
 
-__global__ void get_rows_kernel(ggml_type t, const uint8_t* w, size_t row_bytes, int64_t cols,
-                                const int32_t* ids, float* out) {
-    const uint8_t* row = w + (size_t)ids[blockIdx.x] * row_bytes;
+__global__ void get_rows_kernel(wview w, int64_t cols, const int32_t* ids, float* out) {
+    const int64_t r = ids[blockIdx.x];
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
-        out[(size_t)blockIdx.x * cols + i] = dequant_one(t, row, i);
+        out[(size_t)blockIdx.x * cols + i] = dequant_at(w, r, i);
 }
 
 __global__ void add_bias_kernel(float* x, const float* b, int64_t n, int64_t total) {
@@ -440,22 +377,48 @@ __global__ void add_bias_kernel(float* x, const float* b, int64_t n, int64_t tot
         x[i] += b[i % n];
 }
 
+// Block i of a matrix in the file's layout ([scales][high bits][codes] for
+// every block type) into the planes.
+__global__ void to_planes_kernel(ggml_type t, const uint8_t* src, uint8_t* dst, int64_t n_blocks) {
+    const weight_planes P = planes_of(t);
+    const int size = P.sc + P.qh + P.qs;
+    const plane_ptrs p = plane_ptrs_of(t, dst, n_blocks);
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_blocks;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const uint8_t* blk = src + i * size;
+        uint8_t* sc = const_cast<uint8_t*>(p.sc) + i * P.sc;
+        uint8_t* qh = const_cast<uint8_t*>(p.qh) + i * P.qh;
+        uint8_t* qs = const_cast<uint8_t*>(p.qs) + i * P.qs;
+        for (int k = 0; k < P.sc; ++k) sc[k] = blk[k];
+        for (int k = 0; k < P.qh; ++k) qh[k] = blk[P.sc + k];
+        for (int k = 0; k < P.qs; ++k) qs[k] = blk[P.sc + P.qh + k];
+    }
+}
+
 int grid_for(int64_t n, int threads) {
     return (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
 }
 
 }  // namespace
 
-bool cuda_matvec_takes_q16(ggml_type t) {
-    switch (t) {
-        case GGML_TYPE_Q4_0: case GGML_TYPE_Q4_1: case GGML_TYPE_Q5_0: case GGML_TYPE_Q5_1:
-        case GGML_TYPE_Q8_0: return true;
-        default: return false;
+void cuda_upload_weight(const dev_weight& w, const void* host, uint8_t* dst, void* staging) {
+    const size_t bytes = (size_t)w.rows * w.row_bytes;
+    if (planes_of(w.type).qs == 0) {
+        KVRT_CUDA_CHECK(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice));
+        return;
     }
+    KVRT_CUDA_CHECK(cudaMemcpy(staging, host, bytes, cudaMemcpyHostToDevice));
+    const int64_t n_blocks = w.rows * (w.cols / 32);
+    to_planes_kernel<<<grid_for(n_blocks, 256), 256>>>(w.type, static_cast<const uint8_t*>(staging), dst,
+                                                      n_blocks);
+    KVRT_CUDA_CHECK(cudaGetLastError());
+    KVRT_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
+bool cuda_matvec_takes_q16(ggml_type t) { return planes_of(t).qs != 0; }
+
 size_t cuda_q16_bytes(int n, int64_t cols) {
-    return (size_t)n * (size_t)cols * sizeof(int16_t) +
+    return (size_t)n * (size_t)q16_stride(cols) * sizeof(int16_t) +
            (size_t)n * (size_t)(cols / 32) * sizeof(int2);
 }
 
@@ -464,28 +427,35 @@ void cuda_quantize_q16(const float* x, int n, int64_t cols, void* act, cudaStrea
     const int64_t n_blocks = (int64_t)n * (cols / 32);
     constexpr int kWarps = 8;
     quantize_q16_kernel<<<(unsigned)((n_blocks + kWarps - 1) / kWarps), 32 * kWarps, 0, s>>>(
-            x, n_blocks, q16_codes(act), q16_scales(act, n, cols));
+            x, cols, n_blocks, q16_codes(act), q16_scales(act, n, cols));
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
 namespace {
 
-void launch_matvec_q16(ggml_type type, const mv_set& set, int64_t cols, int n, const void* act,
-                       bool add, cudaStream_t s) {
+// The block types' kernel over set: from q16 codes in act, or from x in f32
+// where act is null.
+void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n, const void* act,
+                          const float* x, bool add, cudaStream_t s) {
     int64_t blocks = 0;
-    for (int k = 0; k < set.count; ++k) blocks += q16_row_blocks(set.t[k].rows);
-    const dim3 grid((unsigned)blocks, (unsigned)((n + kTokChunk - 1) / kTokChunk));
-    const int16_t* aq = q16_codes(act);
-    const int2* ad = q16_scales(act, n, cols);
-#define KVRT_MV16(T) matvec_q16_kernel<T><<<grid, 32 * kRowsPerBlock, 0, s>>>(set, cols, aq, ad, n, add)
+    for (int k = 0; k < set.count; ++k) blocks += mv_row_blocks(set.t[k].rows);
+    const int nt = n == 1 ? 1 : kTokChunk;
+    const dim3 grid((unsigned)blocks, (unsigned)((n + nt - 1) / nt));
+    const int16_t* aq = act ? q16_codes(act) : nullptr;
+    const int2* ad = act ? q16_scales(act, n, cols) : nullptr;
+#define KVRT_MVB_N(T, Q, NT) matvec_blocks_kernel<T, Q, NT><<<grid, 32 * kMvWarps, 0, s>>>(set, cols, aq, ad, x, n, add)
+#define KVRT_MVB(T)                                                    \
+    (act ? (n == 1 ? KVRT_MVB_N(T, true, 1) : KVRT_MVB_N(T, true, kTokChunk)) \
+         : (n == 1 ? KVRT_MVB_N(T, false, 1) : KVRT_MVB_N(T, false, kTokChunk)))
     switch (type) {
-        case GGML_TYPE_Q4_0: KVRT_MV16(GGML_TYPE_Q4_0); break;
-        case GGML_TYPE_Q4_1: KVRT_MV16(GGML_TYPE_Q4_1); break;
-        case GGML_TYPE_Q5_0: KVRT_MV16(GGML_TYPE_Q5_0); break;
-        case GGML_TYPE_Q5_1: KVRT_MV16(GGML_TYPE_Q5_1); break;
-        default: KVRT_MV16(GGML_TYPE_Q8_0); break;
+        case GGML_TYPE_Q4_0: KVRT_MVB(GGML_TYPE_Q4_0); break;
+        case GGML_TYPE_Q4_1: KVRT_MVB(GGML_TYPE_Q4_1); break;
+        case GGML_TYPE_Q5_0: KVRT_MVB(GGML_TYPE_Q5_0); break;
+        case GGML_TYPE_Q5_1: KVRT_MVB(GGML_TYPE_Q5_1); break;
+        default: KVRT_MVB(GGML_TYPE_Q8_0); break;
     }
-#undef KVRT_MV16
+#undef KVRT_MVB
+#undef KVRT_MVB_N
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -498,35 +468,29 @@ bool cuda_matvec_multi(const dev_weight* const* ws, float* const* outs, int coun
     set.count = count;
     for (int k = 0; k < count; ++k) {
         if (ws[k]->type != ws[0]->type || ws[k]->cols != ws[0]->cols) return false;
-        set.t[k] = mv_target{ws[k]->d, ws[k]->row_bytes, ws[k]->rows, outs[k]};
+        set.t[k] = mv_target{ws[k]->d, ws[k]->rows, outs[k]};
     }
-    launch_matvec_q16(ws[0]->type, set, ws[0]->cols, n, act, false, s);
+    launch_matvec_blocks(ws[0]->type, set, ws[0]->cols, n, act, nullptr, false, s);
     return true;
 }
 
 void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStream_t s,
                  const void* act, bool add) {
-    const dim3 grid((unsigned)((w.rows + kRowsPerBlock - 1) / kRowsPerBlock),
-                    (unsigned)((n + kTokChunk - 1) / kTokChunk));
-    const dim3 grid_q((unsigned)w.rows, (unsigned)((n + kTokChunk - 1) / kTokChunk));
-    const dim3 block(32 * kRowsPerBlock);
-    if (act && cuda_matvec_takes_q16(w.type)) {
+    if (cuda_matvec_takes_q16(w.type)) {
         mv_set set{};
         set.count = 1;
-        set.t[0] = mv_target{w.d, w.row_bytes, w.rows, out};
-        launch_matvec_q16(w.type, set, w.cols, n, act, add, s);
+        set.t[0] = mv_target{w.d, w.rows, out};
+        launch_matvec_blocks(w.type, set, w.cols, n, act, x, add, s);
         return;
     }
-#define KVRT_MV(T, K, G) K<T><<<G, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out, add)
+    const dim3 grid((unsigned)((w.rows + kRowsPerBlock - 1) / kRowsPerBlock),
+                    (unsigned)((n + kTokChunk - 1) / kTokChunk));
+    const dim3 block(32 * kRowsPerBlock);
+#define KVRT_MV(T) matvec_float_kernel<T><<<grid, block, 0, s>>>(w.d, w.row_bytes, w.rows, w.cols, x, n, out, add)
     switch (w.type) {
-        case GGML_TYPE_F32: KVRT_MV(GGML_TYPE_F32, matvec_float_kernel, grid); break;
-        case GGML_TYPE_F16: KVRT_MV(GGML_TYPE_F16, matvec_float_kernel, grid); break;
-        case GGML_TYPE_BF16: KVRT_MV(GGML_TYPE_BF16, matvec_float_kernel, grid); break;
-        case GGML_TYPE_Q4_0: KVRT_MV(GGML_TYPE_Q4_0, matvec_block_kernel, grid_q); break;
-        case GGML_TYPE_Q4_1: KVRT_MV(GGML_TYPE_Q4_1, matvec_block_kernel, grid_q); break;
-        case GGML_TYPE_Q5_0: KVRT_MV(GGML_TYPE_Q5_0, matvec_block_kernel, grid_q); break;
-        case GGML_TYPE_Q5_1: KVRT_MV(GGML_TYPE_Q5_1, matvec_block_kernel, grid_q); break;
-        case GGML_TYPE_Q8_0: KVRT_MV(GGML_TYPE_Q8_0, matvec_block_kernel, grid_q); break;
+        case GGML_TYPE_F32: KVRT_MV(GGML_TYPE_F32); break;
+        case GGML_TYPE_F16: KVRT_MV(GGML_TYPE_F16); break;
+        case GGML_TYPE_BF16: KVRT_MV(GGML_TYPE_BF16); break;
         default:
             throw error(std::string("CUDA: weight type ") + ggml_type_geometry(w.type).name +
                         " is not supported (CUDA reads " + cuda_weight_types_supported() + ")");
@@ -541,11 +505,11 @@ void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, ge
     const dim3 dg((unsigned)std::min<int64_t>((w.cols + 255) / 256, 64), (unsigned)w.rows);
     const bool f16 = prec == GEMM_F16;
     if (f16) {
-        dequant_kernel<__half><<<dg, 256, 0, s>>>(w.type, w.d, w.row_bytes, w.cols, (__half*)wbuf);
+        dequant_kernel<__half><<<dg, 256, 0, s>>>(view_of(w), w.cols, (__half*)wbuf);
         to_f16_kernel<<<grid_for((int64_t)n * w.cols, 256), 256, 0, s>>>(x, (__half*)xbuf,
                                                                         (int64_t)n * w.cols);
     } else {
-        dequant_kernel<float><<<dg, 256, 0, s>>>(w.type, w.d, w.row_bytes, w.cols, (float*)wbuf);
+        dequant_kernel<float><<<dg, 256, 0, s>>>(view_of(w), w.cols, (float*)wbuf);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     const float one = 1.0f, beta = add ? 1.0f : 0.0f;
@@ -560,7 +524,7 @@ void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, ge
 #endif
 
 void cuda_get_rows(const dev_weight& w, const int32_t* ids, int n, float* out, cudaStream_t s) {
-    get_rows_kernel<<<n, 256, 0, s>>>(w.type, w.d, w.row_bytes, w.cols, ids, out);
+    get_rows_kernel<<<n, 256, 0, s>>>(view_of(w), w.cols, ids, out);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

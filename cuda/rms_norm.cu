@@ -43,7 +43,7 @@ __global__ void rms_norm_kernel(const float* x, const float* w, float* y, int64_
     for (int64_t i = threadIdx.x; i < n; i += kThreads) {
         const float v = __fmul_rn(xs[i] * scale, xs[n + i]);
         yr[i] = v;
-        q16_block(v, threadIdx.x % 32, (int64_t)blockIdx.x * (n / 32) + i / 32, qs, ds);
+        q16_block(v, threadIdx.x % 32, blockIdx.x, i / 32, n, qs, ds);
     }
 }
 

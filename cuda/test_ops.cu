@@ -54,8 +54,10 @@ std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, 
     const bool add = prefill & 8;
     prefill &= 7;
     const std::vector<float> ones(add ? (size_t)n * rows : 0, 1.0f);
-    dev_copy dwb(w, dw.row_bytes * rows), dx(x, sizeof(float) * n * cols),
+    dev_copy dwb(nullptr, dw.row_bytes * rows), staging(nullptr, dw.row_bytes * rows),
+            dx(x, sizeof(float) * n * cols),
             dout(add ? ones.data() : nullptr, sizeof(float) * n * rows);
+    cuda_upload_weight(dw, w, dwb.as<uint8_t>(), staging.p);
     dw.d = dwb.as<uint8_t>();
 #if defined(KVRT_CUBLAS)
     if (prefill == 1 || prefill == 2) {
@@ -90,8 +92,8 @@ std::vector<uint8_t> gpu_test_q16_fused(int op, const float* a, const float* b, 
         cuda_rms_norm_rows(da.as<float>(), db.as<float>(), y1.as<float>(), rows, n, eps, 0, fused.p);
         cuda_rms_norm_rows(da.as<float>(), db.as<float>(), y2.as<float>(), rows, n, eps, 0);
     } else {
-        cuda_swiglu(da.as<float>(), db.as<float>(), y1.as<float>(), (int64_t)ny, 0, fused.p);
-        cuda_swiglu(da.as<float>(), db.as<float>(), y2.as<float>(), (int64_t)ny, 0);
+        cuda_swiglu(da.as<float>(), db.as<float>(), y1.as<float>(), rows, n, 0, fused.p);
+        cuda_swiglu(da.as<float>(), db.as<float>(), y2.as<float>(), rows, n, 0);
     }
     cuda_quantize_q16(y2.as<float>(), (int)rows, n, apart.p, 0);
     std::vector<uint8_t> out;
@@ -133,7 +135,7 @@ std::vector<float> gpu_test_rope(const model& m, const float* x, int n_tok, int 
 std::vector<float> gpu_test_swiglu(const float* g, const float* u, int64_t n) {
     need_gpu();
     dev_copy dg(g, sizeof(float) * n), du(u, sizeof(float) * n), dy(nullptr, sizeof(float) * n);
-    cuda_swiglu(dg.as<float>(), du.as<float>(), dy.as<float>(), n, 0);
+    cuda_swiglu(dg.as<float>(), du.as<float>(), dy.as<float>(), 1, n, 0);
     return to_host<float>(dy, (size_t)n);
 }
 
