@@ -53,6 +53,10 @@ constexpr int kMvWarps = 4;       // block types: warps per block
 __device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
 __device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 
+int grid_for(int64_t n, int threads) {
+    return (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
+}
+
 // A weight as the kernels read it: float types by rows, block types by
 // planes.
 struct wview {
@@ -70,6 +74,10 @@ wview view_of(const dev_weight& w) {
 // What the _0 types subtract from their unsigned codes (q8_0's are signed).
 template <int T>
 constexpr int kCodeOffset = T == GGML_TYPE_Q4_0 ? 8 : T == GGML_TYPE_Q5_0 ? 16 : 0;
+
+// The _1 types: a minimum added to each value.
+template <int T>
+constexpr bool kWithMin = T == GGML_TYPE_Q4_1 || T == GGML_TYPE_Q5_1;
 
 __host__ __device__ constexpr int code_offset(ggml_type t) {
     return t == GGML_TYPE_Q4_0 ? 8 : t == GGML_TYPE_Q5_0 ? 16 : 0;
@@ -273,8 +281,7 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
                     for (int k = 0; k < 4; ++k) dot = dot_piece(a[k], lo[i][k], hi[i][k], dot);
                     if constexpr (kCodeOffset<T> != 0) dot -= kCodeOffset<T> * ds.y;
                     acc[t][i] += (float)dot * (dw[i] * da);
-                    if constexpr (T == GGML_TYPE_Q4_1 || T == GGML_TYPE_Q5_1)
-                        acc[t][i] += mw[i] * (da * (float)ds.y);
+                    if constexpr (kWithMin<T>) acc[t][i] += mw[i] * (da * (float)ds.y);
                 }
             } else {
                 const float* xb = x + (size_t)(t0 + t) * cols + b * 32;
@@ -350,12 +357,69 @@ __device__ inline float from_float<float>(float f) { return f; }
 template <>
 __device__ inline __half from_float<__half>(float f) { return __float2half_rn(f); }
 
-template <class T>
-__global__ void dequant_kernel(wview w, int64_t cols, T* out) {
-    const int64_t r = blockIdx.y;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < cols;
+// The GEMM's weight as floats or halves, rows of cols: float types a thread
+// per element; block types a thread per 32-element block (its codes one
+// load, its values 64 or 128 contiguous bytes).
+template <class O>
+__global__ void dequant_kernel(wview w, int64_t rows, int64_t cols, O* out) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < rows * cols;
          i += (int64_t)gridDim.x * blockDim.x)
-        out[r * cols + i] = from_float<T>(dequant_at(w, r, i));
+        out[i] = from_float<O>(dequant_at(w, i / cols, i % cols));
+}
+
+template <int T, class O>
+__global__ void dequant_blocks_kernel(const uint8_t* w, int64_t n_blocks, O* out) {
+    const plane_ptrs p = plane_ptrs_of((ggml_type)T, w, n_blocks);
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_blocks;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        uint32_t lo[4], hi[4];
+        float d, m;
+        load_block<T>(p, i, lo, hi, d, m);
+        float v[32];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                // As dequant_at rounds: the _1 types' product and sum apart.
+                const float a = (float)code_byte<T>(lo[k], e), b = (float)code_byte<T>(hi[k], e);
+                v[4 * k + e] = kWithMin<T> ? __fadd_rn(__fmul_rn(a, d), m) : __fmul_rn(a, d);
+                v[16 + 4 * k + e] = kWithMin<T> ? __fadd_rn(__fmul_rn(b, d), m) : __fmul_rn(b, d);
+            }
+        O* o = out + i * 32;
+        if constexpr (std::is_same_v<O, __half>) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                uint4 u;
+                uint32_t* uw = reinterpret_cast<uint32_t*>(&u);
+#pragma unroll
+                for (int h = 0; h < 4; ++h) {
+                    const __half2 pr = __floats2half2_rn(v[8 * j + 2 * h], v[8 * j + 2 * h + 1]);
+                    uw[h] = *reinterpret_cast<const uint32_t*>(&pr);
+                }
+                reinterpret_cast<uint4*>(o)[j] = u;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                reinterpret_cast<float4*>(o)[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+        }
+    }
+}
+
+// w dequantized into out (rows x cols).
+template <class O>
+void dequant_weight(const dev_weight& w, O* out, cudaStream_t s) {
+    const int64_t n_blocks = w.rows * (w.cols / 32);
+    const int grid = grid_for(n_blocks, 256);
+    switch (w.type) {
+        case GGML_TYPE_Q4_0: dequant_blocks_kernel<GGML_TYPE_Q4_0, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
+        case GGML_TYPE_Q4_1: dequant_blocks_kernel<GGML_TYPE_Q4_1, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
+        case GGML_TYPE_Q5_0: dequant_blocks_kernel<GGML_TYPE_Q5_0, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
+        case GGML_TYPE_Q5_1: dequant_blocks_kernel<GGML_TYPE_Q5_1, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
+        case GGML_TYPE_Q8_0: dequant_blocks_kernel<GGML_TYPE_Q8_0, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
+        default: break;
+    }
+    dequant_kernel<O><<<grid_for(w.rows * w.cols, 256), 256, 0, s>>>(view_of(w), w.rows, w.cols, out);
 }
 
 __global__ void to_f16_kernel(const float* x, __half* y, int64_t n) {
@@ -393,10 +457,6 @@ __global__ void to_planes_kernel(ggml_type t, const uint8_t* src, uint8_t* dst, 
         for (int k = 0; k < P.qh; ++k) qh[k] = blk[P.sc + k];
         for (int k = 0; k < P.qs; ++k) qs[k] = blk[P.sc + P.qh + k];
     }
-}
-
-int grid_for(int64_t n, int threads) {
-    return (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
 }
 
 }  // namespace
@@ -502,14 +562,13 @@ void cuda_matvec(const dev_weight& w, const float* x, int n, float* out, cudaStr
 #if defined(KVRT_CUBLAS)
 void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, gemm_precision prec,
                       void* wbuf, void* xbuf, cublasHandle_t h, cudaStream_t s, bool add) {
-    const dim3 dg((unsigned)std::min<int64_t>((w.cols + 255) / 256, 64), (unsigned)w.rows);
     const bool f16 = prec == GEMM_F16;
     if (f16) {
-        dequant_kernel<__half><<<dg, 256, 0, s>>>(view_of(w), w.cols, (__half*)wbuf);
+        dequant_weight(w, (__half*)wbuf, s);
         to_f16_kernel<<<grid_for((int64_t)n * w.cols, 256), 256, 0, s>>>(x, (__half*)xbuf,
                                                                         (int64_t)n * w.cols);
     } else {
-        dequant_kernel<float><<<dg, 256, 0, s>>>(view_of(w), w.cols, (float*)wbuf);
+        dequant_weight(w, (float*)wbuf, s);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     const float one = 1.0f, beta = add ? 1.0f : 0.0f;
