@@ -278,10 +278,10 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
     const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
     const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
     // Splits take whole 32-token blocks, so no block is read by two. At
-    // short context the last split, not the first, takes the first block,
-    // and split 0 takes the sinks beside it: giving split 0 both (one split
-    // per block filled) made depth 0 slower, 739 against 792 tokens/s (1B
-    // shape, H200).
+    // short context the blocks fall to splits spread over the range (with
+    // one block, the last split's), so split 0's sinks run beside them.
+    // Handing the blocks to splits 0, 1, ... instead measured 739 tokens/s
+    // at depth 0 against 792 (1B shape, H200, two leases).
     const int b_lo = lo / KV_BLOCK_TOKENS, nbk = own / KV_BLOCK_TOKENS + 1 - b_lo;
     const int t0 = max(lo, (b_lo + (int)((int64_t)nbk * split / a.n_split)) * KV_BLOCK_TOKENS);
     const int t1 = min(own + 1, (b_lo + (int)((int64_t)nbk * (split + 1) / a.n_split)) * KV_BLOCK_TOKENS);
