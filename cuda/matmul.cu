@@ -42,7 +42,6 @@ bool cuda_weight_type_supported(ggml_type t) {
 
 const char* cuda_weight_types_supported() { return "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0"; }
 
-
 namespace {
 
 constexpr int kTokChunk = 8;      // tokens per matvec launch chunk
@@ -72,16 +71,15 @@ wview view_of(const dev_weight& w) {
 }
 
 // What the _0 types subtract from their unsigned codes (q8_0's are signed).
-template <int T>
-constexpr int kCodeOffset = T == GGML_TYPE_Q4_0 ? 8 : T == GGML_TYPE_Q5_0 ? 16 : 0;
-
-// The _1 types: a minimum added to each value.
-template <int T>
-constexpr bool kWithMin = T == GGML_TYPE_Q4_1 || T == GGML_TYPE_Q5_1;
-
 __host__ __device__ constexpr int code_offset(ggml_type t) {
     return t == GGML_TYPE_Q4_0 ? 8 : t == GGML_TYPE_Q5_0 ? 16 : 0;
 }
+template <int T>
+constexpr int kCodeOffset = code_offset((ggml_type)T);
+
+// The _1 types: a minimum (the scale plane's second half) added to each value.
+template <int T>
+constexpr bool kWithMin = planes_of((ggml_type)T).sc == 4;
 
 // Element i of row r of any supported type (embedding lookup,
 // dequantization for the GEMM path), rounded as the CPU's dequantization.
