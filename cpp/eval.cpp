@@ -94,6 +94,7 @@ eval_report eval_compare(const model& m, const std::vector<int32_t>& tokens, con
         cp.n_batch = p.n_batch;
         cp.type_k = k;
         cp.type_v = v;
+        cp.kv_calib = p.kv_calib;
         eval_run& run = runs[i];
         run.ctx = std::make_unique<context>(m, cp);
         run.cap.out.resize((size_t)n_layer * run.ctx->n_batch() * QD);

@@ -29,6 +29,7 @@ struct eval_params {
     int n_threads = 0;
     int n_batch = 512;
     std::string reference = "f16";  // spec of the reference cache
+    std::string kv_calib;           // pca sidecar; empty: <model>.kvcal.gguf
 };
 
 struct eval_result {

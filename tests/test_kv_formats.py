@@ -255,6 +255,29 @@ def test_pca_without_calibration_falls_back(model_path, capfd):
     assert kvrt.Model(model_path, n_ctx=64, n_threads=1, kv="auto").kv_format == "f16"
 
 
+def test_eval_takes_a_sidecar(model_path, calib, tmp_path):
+    # python -m kvrt eval --kv-calib: the named sidecar, not a fallback; a missing one refused.
+    from kvrt import eval as kvrt_eval
+
+    text = TESTDATA / "shakespeare_excerpt.txt"
+    tokens = kvrt.Model(model_path, n_ctx=64, n_threads=1).tokenize(text.read_text(), True, False)
+    res = kvrt_eval.measure(str(model_path), tokens, ["pca:3"], 128, 1, n_threads=2,
+                            kv_calib=str(calib))
+    row = res["formats"][0]
+    assert row["format"] == "pca:3" and abs(row["bits_per_element"] - 3.0) < 0.02
+    direct = kvrt.Model(model_path, n_ctx=128, n_threads=2, kv="pca:3", kv_calib=calib)
+    assert row["bits_per_element"] == pytest.approx(direct.kv_bits_per_element)
+    assert direct.kv_format == "pca:3"
+    py = [os.sys.executable, "-m", "kvrt", "eval", str(model_path), "-f", str(text), "-q",
+          "--kv", "pca:3", "--ctx", "64", "--chunks", "1", "-t", "2"]
+    r = subprocess.run([*py, "--kv-calib", str(tmp_path / "none.kvcal.gguf")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "none.kvcal.gguf" in r.stderr
+    r = subprocess.run([*py, "--kv-calib", str(calib)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "falls back" not in r.stderr, r.stderr
+    assert "| pca:3 | 64 |" in r.stdout
+
+
 def test_calibrate_cli_refuses_to_overwrite(model_path, tmp_path):
     out = tmp_path / "x.kvcal.gguf"
     out.write_bytes(b"keep me")

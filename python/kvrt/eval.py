@@ -78,9 +78,9 @@ def parse_ints(s: str, option: str) -> list:
     return out
 
 
-def _kv_args(spec: str) -> dict:
+def _kv_args(spec: str, kv_calib: str | None = None) -> dict:
     k, _, v = spec.partition("/")
-    return {"cache_type_k": k, "cache_type_v": v or k}
+    return {"cache_type_k": k, "cache_type_v": v or k, "kv_calib": kv_calib}
 
 
 def measure(
@@ -92,16 +92,18 @@ def measure(
     reference: str = "f16",
     n_threads: int = 0,
     progress: Progress | None = None,
+    kv_calib: str | None = None,
 ) -> dict:
     """Runs the engine for one context size; returns its dict (reference,
-    formats) with per-row arrays logp and kl as float32 numpy arrays."""
+    formats) with per-row arrays logp and kl as float32 numpy arrays.
+    kv_calib: the pca sidecar (default: <model>.kvcal.gguf)."""
 
     def tick(chunk: int, i: int) -> None:
         if progress is not None and i >= 0:
             progress.step(f"ctx {n_ctx} chunk {chunk + 1} {specs[i]}")
 
     return _core.eval_compare(
-        model_path, tokens, n_ctx, n_chunks, specs, reference, n_threads, 512, tick
+        model_path, tokens, n_ctx, n_chunks, specs, reference, n_threads, 512, tick, kv_calib or ""
     )
 
 
@@ -169,6 +171,7 @@ def passkey(
     n_threads: int = 0,
     seed: int = 0,
     progress: Progress | None = None,
+    kv_calib: str | None = None,
 ) -> list:
     """Greedy passkey retrieval per format, context and depth; each result
     holds the number of trials whose generated text starts with the key."""
@@ -178,7 +181,7 @@ def passkey(
     }
     out = []
     for spec in specs:
-        m = Model(model_path, n_ctx=max(ctxs), n_threads=n_threads, **_kv_args(spec))
+        m = Model(model_path, n_ctx=max(ctxs), n_threads=n_threads, **_kv_args(spec, kv_calib))
         for c in ctxs:
             for d in depths:
                 hits = 0
@@ -333,6 +336,7 @@ def run(
     passkey_depths=PASSKEY_DEPTHS,
     passkey_trials: int = 1,
     show_progress: bool = True,
+    kv_calib: str | None = None,
 ) -> dict:
     """Measures every format at every context size (and passkey retrieval
     when passkey_ctxs is given); writes the report to out_dir when given and
@@ -361,7 +365,7 @@ def run(
 
     rows, arrays, refs = [], {}, {}
     for c in ctxs:
-        res = measure(model_path, tokens, specs, c, n_chunks, reference, n_threads, bar)
+        res = measure(model_path, tokens, specs, c, n_chunks, reference, n_threads, bar, kv_calib)
         ref = res["reference"]
         refs[c] = {k: v for k, v in ref.items() if k not in ("logp", "kl")}
         arrays[f"ctx{c}/{reference}/logp_ref"] = ref["logp"]
@@ -372,7 +376,14 @@ def run(
     pk = None
     if passkey_ctxs:
         pk = passkey(
-            model_path, specs, passkey_ctxs, passkey_depths, passkey_trials, n_threads, progress=bar
+            model_path,
+            specs,
+            passkey_ctxs,
+            passkey_depths,
+            passkey_trials,
+            n_threads,
+            progress=bar,
+            kv_calib=kv_calib,
         )
     bar.close()
 
@@ -464,6 +475,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=int, default=0, help="chunks per context size (default: all)")
     p.add_argument("--out", default=None, help="report folder: report.md/json/npz and PNG plots")
     p.add_argument("--reference", default="f16", help="reference KV cache format (default: f16)")
+    p.add_argument(
+        "--kv-calib",
+        default=None,
+        metavar="FILE",
+        help="KV calibration sidecar of pca (default: <model>.kvcal.gguf)",
+    )
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all, at most 8)")
     p.add_argument("--passkey", action="store_true", help="also run passkey retrieval")
     p.add_argument(
@@ -494,6 +511,8 @@ def _main(a: argparse.Namespace) -> int:
     text = a.text or str(DEFAULT_TEXT)
     if not os.path.isfile(text):
         raise FileNotFoundError(f"text file not found: {text}" + ("" if a.text else " (pass -f)"))
+    if a.kv_calib and not os.path.isfile(a.kv_calib):
+        raise FileNotFoundError(f"KV calibration file not found: {a.kv_calib}")
     if a.chunks < 0 or a.threads < 0 or a.passkey_trials < 1:
         raise ValueError("--chunks and --threads must be >= 0, --passkey-trials >= 1")
     pk_ctx = parse_ints(a.passkey_ctx, "--passkey-ctx") if a.passkey else None
@@ -509,6 +528,7 @@ def _main(a: argparse.Namespace) -> int:
         pk_ctx,
         passkey_trials=a.passkey_trials,
         show_progress=not a.quiet,
+        kv_calib=a.kv_calib,
     )
     print(TABLE_HEAD)
     for r in report["results"]:

@@ -54,13 +54,14 @@ void init_eval(nb::module_& m) {
         "eval_compare",
         [](const std::string& path, const std::vector<int32_t>& tokens, int n_ctx, int n_chunks,
            const std::vector<std::string>& specs, const std::string& reference, int n_threads,
-           int n_batch, std::function<void(int, int)> progress) {
+           int n_batch, std::function<void(int, int)> progress, const std::string& kv_calib) {
             kvrt::eval_params p;
             p.n_ctx = n_ctx;
             p.n_chunks = n_chunks;
             p.n_threads = n_threads;
             p.n_batch = n_batch;
             p.reference = reference;
+            p.kv_calib = kv_calib;
             kvrt::eval_report rep;
             {
                 nb::gil_scoped_release release;
@@ -82,7 +83,7 @@ void init_eval(nb::module_& m) {
         },
         nb::arg("path"), nb::arg("tokens"), nb::arg("n_ctx"), nb::arg("n_chunks"), nb::arg("specs"),
         nb::arg("reference") = "f16", nb::arg("n_threads") = 0, nb::arg("n_batch") = 512,
-        nb::arg("progress").none() = nb::none(),
+        nb::arg("progress").none() = nb::none(), nb::arg("kv_calib") = "",
         "Quality of KV cache formats against a reference format over llama-perplexity's chunks.");
     m.def(
         "eval_kl",
