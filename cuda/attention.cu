@@ -25,7 +25,6 @@ constexpr int kMaxHeadDim = 256;
 constexpr int kRows = 4;        // query heads of one kv head per block
 constexpr int kMergeThreads = 256;
 constexpr int kSplitTarget = 4;  // span blocks per multiprocessor that splitting aims at
-constexpr int kActiveSpan = 1;  // positions per split at least, of those the context fills
 
 __device__ inline float h2f_at(const uint8_t* p) {
     return __half2float(__ushort_as_half((uint16_t)(p[0] | (p[1] << 8))));
@@ -120,12 +119,12 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
     const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
     const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
     const int len = own + 1 - lo;
-    // Splits of at least kActiveSpan positions: at short context most of a
-    // decode graph's splits (made for the whole context) take none and
-    // leave an empty entry at once, which the merge skips. (One split of
-    // 128 positions in place of many of a few made depth 0 slower: 868
-    // against 944 tokens/s, 1B shape on an H200.)
-    const int n_act = min(a.n_split, (len + kActiveSpan - 1) / kActiveSpan);
+    // A split per position at most: at short context most of a decode
+    // graph's splits (made for the whole context) take none and leave an
+    // empty entry at once, which the merge skips. (One split per 128
+    // positions instead made depth 0 slower: 868 against 944 tokens/s, 1B
+    // shape on an H200.)
+    const int n_act = min(a.n_split, len);
     if (split >= n_act) {
         if (threadIdx.x < nr) {
             float* e = a.partial + (((size_t)t * a.n_head + h0 + threadIdx.x) * a.n_split + split) * (hd + 2);
