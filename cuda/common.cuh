@@ -73,9 +73,9 @@ __host__ __device__ inline plane_ptrs plane_ptrs_of(ggml_type t, const uint8_t* 
 bool cuda_weight_type_supported(ggml_type t);
 const char* cuda_weight_types_supported();
 // Copies w.rows * w.row_bytes bytes of a weight from the host to dst (w.d
-// is not read) in the device layout; block types pass through staging, a
-// device buffer of as many bytes.
-void cuda_upload_weight(const dev_weight& w, const void* host, uint8_t* dst, void* staging);
+// is not read) in the device layout; block types pass through a device
+// buffer of as many bytes, freed on return.
+void cuda_upload_weight(const dev_weight& w, const void* host, uint8_t* dst);
 // out[t][r] = w_row(r) . x_t, x [n][cols], out [n][rows]; reads each weight
 // block once per 8 tokens (decode and small batches). With `act` (x turned
 // into q16 codes by cuda_quantize_q16) the block types take integer dot

@@ -332,10 +332,7 @@ private:
         }
         const size_t bytes = (size_t)w.rows * w.row_bytes;
         bufs_.push_back(std::make_unique<dev_buf>(bytes));
-        {
-            dev_buf staging(cuda_matvec_takes_q16(w.type) ? bytes : 0);
-            cuda_upload_weight(d, w.data, bufs_.back()->as<uint8_t>(), staging.p);
-        }
+        cuda_upload_weight(d, w.data, bufs_.back()->as<uint8_t>());
         weight_bytes_ += bytes;
         uploaded_[w.data] = bufs_.back()->p;
         d.d = bufs_.back()->as<uint8_t>();

@@ -13,7 +13,9 @@
 // dequantized (f32, or f16 for the tensor cores) and one cuBLAS GEMM with
 // f32 accumulation, at the price of a dequantization pass per batch.
 #include <algorithm>
+#include <memory>
 #include <string>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -54,6 +56,19 @@ __device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h <<
 
 int grid_for(int64_t n, int threads) {
     return (int)std::min<int64_t>((n + threads - 1) / threads, 65535);
+}
+
+// f(std::integral_constant<int, T>{}) for block type t (q8_0 for any type
+// not listed), so a launcher names its kernel template once.
+template <class F>
+void with_block_type(ggml_type t, F&& f) {
+    switch (t) {
+        case GGML_TYPE_Q4_0: f(std::integral_constant<int, GGML_TYPE_Q4_0>{}); return;
+        case GGML_TYPE_Q4_1: f(std::integral_constant<int, GGML_TYPE_Q4_1>{}); return;
+        case GGML_TYPE_Q5_0: f(std::integral_constant<int, GGML_TYPE_Q5_0>{}); return;
+        case GGML_TYPE_Q5_1: f(std::integral_constant<int, GGML_TYPE_Q5_1>{}); return;
+        default: f(std::integral_constant<int, GGML_TYPE_Q8_0>{}); return;
+    }
 }
 
 // A weight as the kernels read it: float types by rows, block types by
@@ -407,17 +422,14 @@ __global__ void dequant_blocks_kernel(const uint8_t* w, int64_t n_blocks, O* out
 // w dequantized into out (rows x cols).
 template <class O>
 void dequant_weight(const dev_weight& w, O* out, cudaStream_t s) {
-    const int64_t n_blocks = w.rows * (w.cols / 32);
-    const int grid = grid_for(n_blocks, 256);
-    switch (w.type) {
-        case GGML_TYPE_Q4_0: dequant_blocks_kernel<GGML_TYPE_Q4_0, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
-        case GGML_TYPE_Q4_1: dequant_blocks_kernel<GGML_TYPE_Q4_1, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
-        case GGML_TYPE_Q5_0: dequant_blocks_kernel<GGML_TYPE_Q5_0, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
-        case GGML_TYPE_Q5_1: dequant_blocks_kernel<GGML_TYPE_Q5_1, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
-        case GGML_TYPE_Q8_0: dequant_blocks_kernel<GGML_TYPE_Q8_0, O><<<grid, 256, 0, s>>>(w.d, n_blocks, out); return;
-        default: break;
+    if (planes_of(w.type).qs == 0) {
+        dequant_kernel<O><<<grid_for(w.rows * w.cols, 256), 256, 0, s>>>(view_of(w), w.rows, w.cols, out);
+        return;
     }
-    dequant_kernel<O><<<grid_for(w.rows * w.cols, 256), 256, 0, s>>>(view_of(w), w.rows, w.cols, out);
+    const int64_t n_blocks = w.rows * (w.cols / 32);
+    with_block_type(w.type, [&](auto T) {
+        dequant_blocks_kernel<T(), O><<<grid_for(n_blocks, 256), 256, 0, s>>>(w.d, n_blocks, out);
+    });
 }
 
 __global__ void to_f16_kernel(const float* x, __half* y, int64_t n) {
@@ -459,15 +471,18 @@ __global__ void to_planes_kernel(ggml_type t, const uint8_t* src, uint8_t* dst, 
 
 }  // namespace
 
-void cuda_upload_weight(const dev_weight& w, const void* host, uint8_t* dst, void* staging) {
+void cuda_upload_weight(const dev_weight& w, const void* host, uint8_t* dst) {
     const size_t bytes = (size_t)w.rows * w.row_bytes;
     if (planes_of(w.type).qs == 0) {
         KVRT_CUDA_CHECK(cudaMemcpy(dst, host, bytes, cudaMemcpyHostToDevice));
         return;
     }
-    KVRT_CUDA_CHECK(cudaMemcpy(staging, host, bytes, cudaMemcpyHostToDevice));
+    void* raw = nullptr;
+    KVRT_CUDA_CHECK(cudaMalloc(&raw, bytes));
+    const std::unique_ptr<void, cudaError_t (*)(void*)> staging(raw, cudaFree);
+    KVRT_CUDA_CHECK(cudaMemcpy(raw, host, bytes, cudaMemcpyHostToDevice));
     const int64_t n_blocks = w.rows * (w.cols / 32);
-    to_planes_kernel<<<grid_for(n_blocks, 256), 256>>>(w.type, static_cast<const uint8_t*>(staging), dst,
+    to_planes_kernel<<<grid_for(n_blocks, 256), 256>>>(w.type, static_cast<const uint8_t*>(raw), dst,
                                                       n_blocks);
     KVRT_CUDA_CHECK(cudaGetLastError());
     KVRT_CUDA_CHECK(cudaDeviceSynchronize());
@@ -501,19 +516,14 @@ void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n
     const dim3 grid((unsigned)blocks, (unsigned)((n + nt - 1) / nt));
     const int16_t* aq = act ? q16_codes(act) : nullptr;
     const int2* ad = act ? q16_scales(act, n, cols) : nullptr;
-#define KVRT_MVB_N(T, Q, NT) matvec_blocks_kernel<T, Q, NT><<<grid, 32 * kMvWarps, 0, s>>>(set, cols, aq, ad, x, n, add)
-#define KVRT_MVB(T)                                                    \
-    (act ? (n == 1 ? KVRT_MVB_N(T, true, 1) : KVRT_MVB_N(T, true, kTokChunk)) \
-         : (n == 1 ? KVRT_MVB_N(T, false, 1) : KVRT_MVB_N(T, false, kTokChunk)))
-    switch (type) {
-        case GGML_TYPE_Q4_0: KVRT_MVB(GGML_TYPE_Q4_0); break;
-        case GGML_TYPE_Q4_1: KVRT_MVB(GGML_TYPE_Q4_1); break;
-        case GGML_TYPE_Q5_0: KVRT_MVB(GGML_TYPE_Q5_0); break;
-        case GGML_TYPE_Q5_1: KVRT_MVB(GGML_TYPE_Q5_1); break;
-        default: KVRT_MVB(GGML_TYPE_Q8_0); break;
-    }
-#undef KVRT_MVB
-#undef KVRT_MVB_N
+    with_block_type(type, [&](auto T) {
+        constexpr int t = T();
+        const dim3 block(32 * kMvWarps);
+        if (act && n == 1) matvec_blocks_kernel<t, true, 1><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
+        else if (act) matvec_blocks_kernel<t, true, kTokChunk><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
+        else if (n == 1) matvec_blocks_kernel<t, false, 1><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
+        else matvec_blocks_kernel<t, false, kTokChunk><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
+    });
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

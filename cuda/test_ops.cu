@@ -54,10 +54,9 @@ std::vector<float> gpu_test_matmul(ggml_type t, const uint8_t* w, int64_t rows, 
     const bool add = prefill & 8;
     prefill &= 7;
     const std::vector<float> ones(add ? (size_t)n * rows : 0, 1.0f);
-    dev_copy dwb(nullptr, dw.row_bytes * rows), staging(nullptr, dw.row_bytes * rows),
-            dx(x, sizeof(float) * n * cols),
+    dev_copy dwb(nullptr, dw.row_bytes * rows), dx(x, sizeof(float) * n * cols),
             dout(add ? ones.data() : nullptr, sizeof(float) * n * rows);
-    cuda_upload_weight(dw, w, dwb.as<uint8_t>(), staging.p);
+    cuda_upload_weight(dw, w, dwb.as<uint8_t>());
     dw.d = dwb.as<uint8_t>();
 #if defined(KVRT_CUBLAS)
     if (prefill == 1 || prefill == 2) {
