@@ -403,11 +403,11 @@ private:
         std::memcpy(rec, &ah, 2);
         const float a = fp16_to_fp32(ah);
         int8_t* codes = reinterpret_cast<int8_t*>(rec + 2);
+        if (!(a > 0.0f)) {
+            std::fill_n(codes, hd_, int8_t{0});
+            return;
+        }
         for (int c = 0; c < hd_; ++c) {
-            if (!(a > 0.0f)) {
-                codes[c] = 0;
-                continue;
-            }
             const float u = a * p.sigma[c] / (float)kWindow8Levels;
             const float yh = fp16_to_fp32(fp32_to_fp16(y[c]));
             codes[c] = (int8_t)std::clamp(std::nearbyint(yh / u), (float)-kWindow8Levels,
@@ -424,9 +424,12 @@ private:
         uint16_t ah;
         std::memcpy(&ah, rec, 2);
         const float a = fp16_to_fp32(ah);
+        if (!(a > 0.0f)) {
+            std::fill_n(out, hd_, 0.0f);
+            return;
+        }
         const int8_t* codes = reinterpret_cast<const int8_t*>(rec + 2);
-        for (int c = 0; c < hd_; ++c)
-            out[c] = a > 0.0f ? (float)codes[c] * (a * p.sigma[c] / (float)kWindow8Levels) : 0.0f;
+        for (int c = 0; c < hd_; ++c) out[c] = (float)codes[c] * (a * p.sigma[c] / (float)kWindow8Levels);
     }
     // f(r, t, rec) for each position t in [t0, t1) of row r's window (own0
     // >= 0; row r is the token at own0 + r / per_token) whose record is held.
