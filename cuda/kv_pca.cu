@@ -192,42 +192,11 @@ struct pca_span_args {
     float* partial;  // [(t*n_head + h) * n_entries + e] of {m, l, o[hd]}
 };
 
-// R consecutive floats of shared memory (16-byte aligned when R % 4 == 0).
-template <int R>
-__device__ inline void load_rows(const float* p, float* out) {
-    if constexpr (R % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < R / 4; ++i) {
-            const float4 v = reinterpret_cast<const float4*>(p)[i];
-            out[4 * i] = v.x;
-            out[4 * i + 1] = v.y;
-            out[4 * i + 2] = v.z;
-            out[4 * i + 3] = v.w;
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < R; ++i) out[i] = p[i];
-    }
-}
-
 // sin and cos of an angle a (radians, |a| < 2^40): reduced by 2 pi in double,
 // then taken in float.
 __device__ inline void angle_sincos(double a, float* s, float* c) {
     const double r = fma(-rint(a * 0.15915494309189535), 6.283185307179586, a);
     sincosf((float)r, s, c);
-}
-
-// An exact float of a code < 2^23: its bits under 2^23's exponent, minus 2^23
-// (two full-rate operations instead of an integer conversion).
-__device__ inline float code_float(uint32_t code) {
-    return __uint_as_float(code | 0x4B000000u) - 8388608.0f;
-}
-
-// Code `lane` of a group of 32 b-bit codes in shared memory (the word after
-// the group may be read).
-__device__ inline uint32_t group_code(const uint32_t* w, int bits, int lane) {
-    const int bit = lane * bits;
-    return __funnelshift_r(w[bit >> 5], w[(bit >> 5) + 1], bit & 31) & ((1u << bits) - 1u);
 }
 
 // Bytes a warp stages for one block of n code bytes: whole 16-byte pieces
@@ -244,34 +213,111 @@ __device__ inline int stage_async(uint8_t* dst, const uint8_t* src, int n, int l
     return off;
 }
 
-// Dynamic shared memory of the span kernel, in floats.
-__host__ __device__ inline int span_smem_floats(int R, int hd) {
-    return R * hd      // wt: kept key weights, [i][R]
-           + 8         // K per row
-           + R * hd    // ab: rope coefficients per row
-           + hd * 32   // run tables [pair][2][32]
-           + kWarps * R * hd           // W: each warp's coefficients of its block
-           + kWarps * 32 * R           // pw: each warp's p'_j, [j][R]
-           + 4 * hd;                   // key and value kept channels' (offset, bits)
+// The 32 bits of a group in shared memory from bit `bit` on (the word after
+// the group may be read).
+__device__ inline uint32_t group_bits(const uint8_t* group, int bit) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(group) + (bit >> 5);
+    return __funnelshift_r(w[0], w[1], bit & 31);
 }
 
-// Each warp's two staging slots of key and value codes, in bytes.
-__host__ __device__ inline int span_stage_bytes(const cuda_pca& k, const cuda_pca& v) {
-    return kWarps * 2 * (stage_bytes(k.max_block) + stage_bytes(v.max_block));
+__device__ inline uint32_t half2_bits(__half2 h) {
+    uint32_t u;
+    memcpy(&u, &h, sizeof u);
+    return u;
 }
+
+// Two codes (< 1024) as exact halves, c0 in the low half: 1024 + c in a
+// half's bits, less 1024.
+__device__ inline uint32_t codes_half2(uint32_t c0, uint32_t c1) {
+    const uint32_t u = c0 | (c1 << 16) | 0x64006400u;
+    __half2 h;
+    memcpy(&h, &u, sizeof h);
+    return half2_bits(__hsub2(h, __float2half2_rn(1024.0f)));
+}
+
+// x0, x1 as two halves each: hi = half(x), lo = half(x - hi), so that hi + lo
+// holds x to about 22 bits.
+__device__ inline void split_half2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+    const __half2 h = __floats2half2_rn(x0, x1);
+    const float2 f = __half22float2(h);
+    hi = half2_bits(h);
+    lo = half2_bits(__floats2half2_rn(x0 - f.x, x1 - f.y));
+}
+
+// d += A B on a warp's tensor cores (m16n8k16, halves in, floats summed), in
+// PTX's fragment layout; with g = lane / 4 and k = lane % 4:
+//   a0 = A[g][2k, 2k+1]  a1 = A[g+8][2k, 2k+1]  a2 = A[g][2k+8, 2k+9]  a3 = A[g+8][2k+8, 2k+9]
+//   b0 = B[2k, 2k+1][g]  b1 = B[2k+8, 2k+9][g]
+//   d0, d1 = D[g][2k, 2k+1]  d2, d3 = D[g+8][2k, 2k+1]
+__device__ inline void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "the pca attention kernel needs compute capability 8.0 or newer (CMAKE_CUDA_ARCHITECTURES >= 80)"
+#endif
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Query rows of a span block: the products' 16 rows are 8 query rows' high
+// halves and their low halves.
+constexpr int kRows = 8;
+
+// The span kernel's dynamic shared memory for head_dim <= HD, in bytes from
+// its start (every piece 16-byte aligned).
+template <int HD>
+struct span_smem {
+    static constexpr int KS = HD / 16;                        // 16-channel steps
+    static constexpr int wfrag = 0;                           // uint4 [KS][32] key weights
+    static constexpr int tfrag = wfrag + KS * 32 * 16;        // uint4 [KS][4][32] run tables
+    static constexpr int ab = tfrag + KS * 4 * 32 * 16;       // float [kRows][HD] scaled A, B
+    static constexpr int cs = ab + kRows * HD * 4;            // float [kWarps][HD] block angles
+    static constexpr int scl = cs + kWarps * HD * 4;          // float2 [kWarps][32] token scales
+    static constexpr int koff = scl + kWarps * 32 * 8;        // int2 [HD] key offset, bits
+    static constexpr int voff = koff + HD * 8;                // int2 [HD] value offset, bits
+    static constexpr int rows = voff + HD * 8;                // float [2][kRows] K, 1/scale
+    static constexpr int stats = rows + 2 * kRows * 4;        // float [3][kWarps][kRows]
+    static constexpr int slots = stats + 3 * kWarps * kRows * 4;  // staged codes
+    static size_t bytes(const cuda_pca& k, const cuda_pca& v) {
+        return slots + (size_t)kWarps * 2 * (stage_bytes(k.max_block) + stage_bytes(v.max_block));
+    }
+};
 
 // One block: split blockIdx.x of (token blockIdx.z, kv head and row group
-// blockIdx.y), R query rows, CPC value channels per lane (hd / 32).
-// Six blocks per multiprocessor (80 registers) where the accumulators fit.
-template <int R, int CPC>
-__global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
+// blockIdx.y), up to kRows query rows, head_dim <= HD. Each warp takes whole
+// 32-token blocks and does their products on tensor cores:
+//   keys    S[row][tok] = W[row][ch] C_k[ch][tok] (+ the rope-mean term
+//           Wr[row][pair's cos, sin] T[cos, sin][tok]), rows 0-7 of W being
+//           the weights' high halves and rows 8-15 their low halves, so a
+//           row's score is the sum of accumulators 0 and 2 (1 and 3);
+//   values  O[ch][row] += C_v[ch][tok] P[tok][row], P = p a_v split in high
+//           and low halves over two products. P comes out of the keys'
+//           accumulators already in the layout the values' product takes.
+// Weights are scaled per row by a power of two so their largest is near
+// 2^14 (halves keep their low part's bits), and the scores scaled back.
+template <int HD>
+__global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     attn_span_pca_kernel(pca_span_args a) {
-    extern __shared__ float sm[];
+    using L = span_smem<HD>;
+    constexpr int KS = L::KS;
+    extern __shared__ __align__(16) uint8_t smb[];
+    uint4* wfrag = reinterpret_cast<uint4*>(smb + L::wfrag);
+    uint4* tfrag = reinterpret_cast<uint4*>(smb + L::tfrag);
+    float* ab = reinterpret_cast<float*>(smb + L::ab);
+    int2* koffb = reinterpret_cast<int2*>(smb + L::koff);
+    int2* voffb = reinterpret_cast<int2*>(smb + L::voff);
+    float* Kr = reinterpret_cast<float*>(smb + L::rows);
+    float* isc = Kr + kRows;
+    float* mw = reinterpret_cast<float*>(smb + L::stats);  // each warp's max per row
+    float* lw = mw + kWarps * kRows;                          // its normaliser
+    float* pw = lw + kWarps * kRows;                          // its sum of p a_v
+
     const int hd = a.k.head_dim, split = blockIdx.x, t = blockIdx.z;
     const int kvh = blockIdx.y / a.n_rg, rg = blockIdx.y % a.n_rg;
-    const int nr = min(R, a.n_rep - rg * R);
-    const int h0 = kvh * a.n_rep + rg * R;  // query head of row 0
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int nr = min(kRows, a.n_rep - rg * kRows);
+    const int h0 = kvh * a.n_rep + rg * kRows;  // query head of row 0
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, k4 = lane % 4;
     const int* kinfo = a.k.head + 4 * kvh;
     const int* vinfo = a.v.head + 4 * kvh;
     const int knk = kinfo[0], knp = kinfo[2], vnk = vinfo[0];
@@ -287,6 +333,8 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
     const int t1 = min(own + 1, (b_lo + (int)((int64_t)nbk * (split + 1) / a.n_split)) * KV_BLOCK_TOKENS);
     const int first = max(t0, KV_PCA_SINKS);
     const int n_entries = a.n_split + 1;
+    const size_t qrow = 3 * hd + kQStride;
+    const float* q0 = a.qprep + ((size_t)t * a.n_head + h0) * qrow;
     if (first >= t1 && split != 0) {
         // Nothing here (a decode graph's splits cover the whole context).
         for (int r = 0; r < nr; ++r) {
@@ -296,45 +344,79 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
         }
         return;
     }
-    float* wt = sm;
-    float* Kr = wt + R * hd;
-    float* ab = Kr + 8;
-    float* tab = ab + R * hd;
-    float* Wall = tab + hd * 32;
-    float* pwall = Wall + kWarps * R * hd;
-    int* koffb = reinterpret_cast<int*>(pwall + kWarps * 32 * R);  // [i][2]: offset, bits
-    int* voffb = koffb + 2 * hd;
 
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        for (int r = 0; r < R; ++r) {
-            const float* qp = a.qprep + ((size_t)t * a.n_head + h0 + min(r, nr - 1)) * (3 * hd + kQStride);
-            wt[i * R + r] = r < nr && i < knk ? qp[hd + i] : 0.0f;
-            ab[r * hd + i] = r < nr ? qp[2 * hd + i] : 0.0f;
+    // Per row (a warp each): the scale 2^(14-e) that brings its largest weight
+    // or rope coefficient |A|+|B| under 2^14, and the scaled A, B.
+    for (int r = warp; r < kRows; r += kWarps) {
+        const float* qp = q0 + (size_t)min(r, nr - 1) * qrow;
+        float mx = 0.0f;
+        if (r < nr)
+            for (int i = lane; i < hd; i += 32) {
+                if (i < knk) mx = fmaxf(mx, fabsf(qp[hd + i]));
+                if (i < knp) mx = fmaxf(mx, fabsf(qp[2 * hd + 2 * i]) + fabsf(qp[2 * hd + 2 * i + 1]));
+            }
+        int e = 0;
+        frexpf(warp_max(mx), &e);
+        e = max(e, -100);
+        const float sc = ldexpf(1.0f, 14 - e);
+        if (lane == 0) {
+            Kr[r] = r < nr ? qp[3 * hd] : 0.0f;
+            isc[r] = ldexpf(1.0f, e - 14);
         }
-        koffb[2 * i] = a.k.koff[(size_t)kvh * hd + i];
-        koffb[2 * i + 1] = a.k.kbits[(size_t)kvh * hd + i];
-        voffb[2 * i] = a.v.koff[(size_t)kvh * hd + i];
-        voffb[2 * i + 1] = a.v.kbits[(size_t)kvh * hd + i];
+        for (int i = lane; i < HD / 2; i += 32) {
+            const bool on = r < nr && i < knp;
+            ab[r * HD + 2 * i] = on ? qp[2 * hd + 2 * i] * sc : 0.0f;
+            ab[r * HD + 2 * i + 1] = on ? qp[2 * hd + 2 * i + 1] * sc : 0.0f;
+        }
     }
-    if (threadIdx.x < R) {
-        const int r = threadIdx.x;
-        Kr[r] = r < nr ? a.qprep[((size_t)t * a.n_head + h0 + r) * (3 * hd + kQStride) + 3 * hd] : 0.0f;
+    for (int i = threadIdx.x; i < HD; i += blockDim.x) {
+        koffb[i] = i < knk ? make_int2(a.k.koff[(size_t)kvh * hd + i], a.k.kbits[(size_t)kvh * hd + i])
+                           : make_int2(0, 0);
+        voffb[i] = i < vnk ? make_int2(a.v.koff[(size_t)kvh * hd + i], a.v.kbits[(size_t)kvh * hd + i])
+                           : make_int2(0, 0);
     }
-    if (first < t1 || split == 0)
-        for (int i = threadIdx.x; i < knp * 64; i += blockDim.x)
-            tab[i] = a.k.run_tab[(size_t)kvh * (hd / 2) * 64 + i];
+    __syncthreads();  // isc
+    const int KK = (knk + 15) / 16, KR = (knp + 7) / 8, KV = (vnk + 15) / 16;
+    // The key weights' fragments: row g's high halves as rows g, its low as g+8.
+    for (int i = threadIdx.x; i < KK * 32; i += blockDim.x) {
+        const int ks = i / 32, gg = (i % 32) / 4, kk = i % 4, r = min(gg, nr - 1);
+        const float* w = q0 + (size_t)r * qrow + hd;
+        const float sc = 1.0f / isc[r];
+        float x[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int c = ks * 16 + 2 * kk + (j & 1) + 8 * (j >> 1);
+            x[j] = gg < nr && c < knk ? w[c] * sc : 0.0f;
+        }
+        uint4 f;
+        split_half2(x[0], x[1], f.x, f.y);
+        split_half2(x[2], x[3], f.z, f.w);
+        wfrag[i] = f;
+    }
+    // The run tables' fragments: k = a pair's cos and sin, n = the offset in
+    // the block; pairs kr*8 + k4 and +4; {b0, b1} high, then low.
+    const float* ktab = a.k.run_tab + (size_t)kvh * (hd / 2) * 64;
+    for (int i = threadIdx.x; i < KR * 4 * 32; i += blockDim.x) {
+        const int kr = i / 128, nt = (i / 32) % 4, gg = (i % 32) / 4, kk = i % 4, j = nt * 8 + gg;
+        const int p0 = kr * 8 + kk, p1 = p0 + 4;
+        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (p0 < knp) x[0] = ktab[p0 * 64 + j], x[1] = ktab[p0 * 64 + 32 + j];
+        if (p1 < knp) x[2] = ktab[p1 * 64 + j], x[3] = ktab[p1 * 64 + 32 + j];
+        uint4 f;
+        split_half2(x[0], x[1], f.x, f.z);
+        split_half2(x[2], x[3], f.y, f.w);
+        tfrag[i] = f;
+    }
     __syncthreads();
 
-    float m[R], l[R], ps[R], acc[R][CPC];
+    const bool row_on = g < nr;
+    const float Kg = Kr[g], iscg = isc[g];
+    float m = -INFINITY, l = 0.0f, ps = 0.0f;  // row g's, this lane's share of l and ps
+    float acc[KS][4];  // O[kept mt*16 + g (+8)][row 2k4 (+1)]
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        m[r] = -INFINITY;
-        l[r] = ps[r] = 0.0f;
-#pragma unroll
-        for (int ci = 0; ci < CPC; ++ci) acc[r][ci] = 0.0f;
-    }
-    float* W = Wall + warp * R * hd;
-    float* pw = pwall + warp * 32 * R;
+    for (int mt = 0; mt < KS; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+    float* cs = reinterpret_cast<float*>(smb + L::cs) + warp * HD;
+    float2* scl = reinterpret_cast<float2*>(smb + L::scl) + warp * 32;
     const int n_ctx = a.k.n_ctx;
     const uint8_t* kcodes = a.k.codes + a.k.head_off[kvh];
     const uint8_t* vcodes = a.v.codes + a.v.head_off[kvh];
@@ -346,7 +428,7 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
     // Each warp stages its next block's key and value codes in shared memory
     // (asynchronous copies) while it works on the current one.
     const int kst = stage_bytes(a.k.max_block), vst = stage_bytes(a.v.max_block);
-    uint8_t* slots = reinterpret_cast<uint8_t*>(voffb + 2 * hd) + (size_t)warp * 2 * (kst + vst);
+    uint8_t* slots = smb + L::slots + (size_t)warp * 2 * (kst + vst);
     auto stage = [&](int blk, int slot) {
         uint8_t* dst = slots + (size_t)slot * (kst + vst);
         stage_async(dst, kcodes + (size_t)blk * kblk, (int)kblk, lane);
@@ -360,144 +442,192 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
         for (int b = b_first; b * KV_BLOCK_TOKENS < t1; b += kWarps, slot ^= 1) {
             if ((b + kWarps) * KV_BLOCK_TOKENS < t1) stage(b + kWarps, slot ^ 1);
             __pipeline_commit();
-            const int pos = b * KV_BLOCK_TOKENS + lane;
+            const int base = b * KV_BLOCK_TOKENS, pos = base + lane;
             const bool valid = pos >= first && pos < t1;
-            const float ak = valid ? kv_pca_scale_value(kscale[pos]) : 0.0f;
-            const float av = valid ? kv_pca_scale_value(vscale[pos]) : 0.0f;
+            scl[lane] = valid ? make_float2(kv_pca_scale_value(kscale[pos]), kv_pca_scale_value(vscale[pos]))
+                              : make_float2(0.0f, 0.0f);
+            // The rope mean's angles at the block's start, in double.
+            for (int i = lane; i < KR * 8; i += 32) {
+                float s0 = 0.0f, c0 = 0.0f;
+                if (i < knp) angle_sincos((double)base * (double)kpairs[i * 5 + 4], &s0, &c0);
+                cs[2 * i] = c0;
+                cs[2 * i + 1] = s0;
+            }
             __pipeline_wait_prior(1);  // this block's copies
             __syncwarp();
             const uint8_t* kb = slots + (size_t)slot * (kst + vst);
             const uint8_t* vb = kb + kst;
             kb += (reinterpret_cast<uintptr_t>(kcodes + (size_t)b * kblk) & 15);
             vb += (reinterpret_cast<uintptr_t>(vcodes + (size_t)b * vblk) & 15);
-            float s[R];
+
+            // Keys: n-tile nt is tokens nt*8 .. nt*8+7; this lane's B columns
+            // are token nt*8 + g of kept channels ks*16 + 2k4 (+1, +8, +9).
+            float ck[4][4], cr[4][4];
 #pragma unroll
-            for (int r = 0; r < R; ++r) s[r] = 0.0f;
-#pragma unroll 4
-            for (int i = 0; i < knk; ++i) {
-                const int2 ob = reinterpret_cast<const int2*>(koffb)[i];
-                const float code =
-                    code_float(group_code(reinterpret_cast<const uint32_t*>(kb + ob.x), ob.y, lane));
-                float w[R];
-                load_rows<R>(wt + i * R, w);
+            for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-                for (int r = 0; r < R; ++r) s[r] = fmaf(w[r], code, s[r]);
-            }
+                for (int j = 0; j < 4; ++j) ck[nt][j] = cr[nt][j] = 0.0f;
+            for (int ks = 0; ks < KK; ++ks) {
+                const uint4 A = wfrag[ks * 32 + lane];
+                int2 o[4];
+                uint32_t mk[4];
 #pragma unroll
-            for (int r = 0; r < R; ++r) s[r] = ak * (s[r] + Kr[r]);
-            if (knp > 0) {
-                // q.R_t m over the block: the run's coefficients (angles at the
-                // block's start, in double) against the per-offset tables.
-                for (int i = lane; i < knp; i += 32) {
-                    float s0, c0;
-                    angle_sincos((double)(b * KV_BLOCK_TOKENS) * (double)kpairs[i * 5 + 4], &s0, &c0);
-#pragma unroll
-                    for (int r = 0; r < R; ++r) {
-                        const float A = ab[r * hd + 2 * i], B = ab[r * hd + 2 * i + 1];
-                        W[r * hd + 2 * i] = A * c0 + B * s0;
-                        W[r * hd + 2 * i + 1] = B * c0 - A * s0;
-                    }
+                for (int j = 0; j < 4; ++j) {
+                    o[j] = koffb[ks * 16 + 2 * k4 + (j & 1) + 8 * (j >> 1)];
+                    mk[j] = (1u << o[j].y) - 1u;
                 }
-                __syncwarp();
-                for (int i = 0; i < knp; ++i) {
-                    const float ct = tab[i * 64 + lane], st = tab[i * 64 + 32 + lane];
 #pragma unroll
-                    for (int r = 0; r < R; ++r)
-                        s[r] += W[r * hd + 2 * i] * ct + W[r * hd + 2 * i + 1] * st;
+                for (int nt = 0; nt < 4; ++nt) {
+                    const int tok = nt * 8 + g;
+                    uint32_t c[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) c[j] = group_bits(kb + o[j].x, tok * o[j].y) & mk[j];
+                    mma16816(ck[nt], A.x, A.y, A.z, A.w, codes_half2(c[0], c[1]), codes_half2(c[2], c[3]));
                 }
             }
+            // The rope mean's term: row g's coefficients of pairs kr*8 + k4 and
+            // +4 turned to the block's start, against the run tables.
+            for (int kr = 0; kr < KR; ++kr) {
+                const int p0 = kr * 8 + k4, p1 = p0 + 4;
+                const float A0 = ab[g * HD + 2 * p0], B0 = ab[g * HD + 2 * p0 + 1];
+                const float A1 = ab[g * HD + 2 * p1], B1 = ab[g * HD + 2 * p1 + 1];
+                const float c0 = cs[2 * p0], s0 = cs[2 * p0 + 1], c1 = cs[2 * p1], s1 = cs[2 * p1 + 1];
+                uint32_t a0, a1, a2, a3;
+                split_half2(A0 * c0 + B0 * s0, B0 * c0 - A0 * s0, a0, a1);
+                split_half2(A1 * c1 + B1 * s1, B1 * c1 - A1 * s1, a2, a3);
 #pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const float sv = valid ? s[r] : -INFINITY;
-                const float mnew = fmaxf(m[r], warp_max(sv));
-                // mnew is -inf only while no position of this warp was valid.
-                const float corr = mnew == -INFINITY ? 1.0f : expf(m[r] - mnew);
-                const float pj = valid ? expf(sv - mnew) : 0.0f;
-                m[r] = mnew;
-                l[r] = l[r] * corr + pj;
-                ps[r] = ps[r] * corr + pj * av;
-                pw[lane * R + r] = pj * av;
-#pragma unroll
-                for (int ci = 0; ci < CPC; ++ci) acc[r][ci] *= corr;
-            }
-            __syncwarp();
-            // Values: a lane per kept channel reads its group as a bit stream.
-#pragma unroll
-            for (int ci = 0; ci < CPC; ++ci) {
-                const int i = ci * 32 + lane;
-                if (i >= vnk) break;
-                const int2 ob = reinterpret_cast<const int2*>(voffb)[i];
-                const uint32_t* g = reinterpret_cast<const uint32_t*>(vb + ob.x);
-                const int bits = ob.y;
-                const uint32_t mask = (1u << bits) - 1u;
-                uint64_t buf = (uint64_t)g[0] | ((uint64_t)g[1] << 32);
-                int have = 64, next = 2;
-#pragma unroll 8
-                for (int j = 0; j < KV_BLOCK_TOKENS; ++j) {
-                    const float code = code_float((uint32_t)buf & mask);
-                    buf >>= bits;
-                    have -= bits;
-                    if (have <= 32 && next < bits) {
-                        buf |= (uint64_t)g[next] << have;
-                        ++next;
-                        have += 32;
-                    }
-                    float pr[R];
-                    load_rows<R>(pw + j * R, pr);
-#pragma unroll
-                    for (int r = 0; r < R; ++r) acc[r][ci] = fmaf(pr[r], code, acc[r][ci]);
+                for (int nt = 0; nt < 4; ++nt) {
+                    const uint4 T = tfrag[(kr * 4 + nt) * 32 + lane];
+                    mma16816(cr[nt], a0, a1, a2, a3, T.x, T.y);
+                    mma16816(cr[nt], a0, a1, a2, a3, T.z, T.w);
                 }
             }
-            __syncwarp();  // pw and this slot are free again
+
+            // Scores of row g at tokens nt*8 + 2k4 (+1); online softmax per row.
+            float s[4][2], av[4][2];
+            float bm = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int tok = nt * 8 + 2 * k4;
+                const float4 sc2 = *reinterpret_cast<const float4*>(scl + tok);  // {ak, av} x 2
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int p = base + tok + e;
+                    const bool on = row_on && p >= first && p < t1;
+                    const float ak = e ? sc2.z : sc2.x;
+                    av[nt][e] = e ? sc2.w : sc2.y;
+                    const float key = (ck[nt][e] + ck[nt][e + 2]) * iscg + Kg;
+                    s[nt][e] = on ? ak * key + (cr[nt][e] + cr[nt][e + 2]) * iscg : -INFINITY;
+                    bm = fmaxf(bm, s[nt][e]);
+                }
+            }
+            bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, 1));
+            bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, 2));
+            const float mnew = fmaxf(m, bm);
+            // mnew is -inf only while no position of this row was valid.
+            const float corr = mnew == -INFINITY ? 1.0f : expf(m - mnew);
+            m = mnew;
+            float pv[4][2], lsum = 0.0f, psum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float p = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - mnew);
+                    lsum += p;
+                    pv[nt][e] = p * av[nt][e];
+                    psum += pv[nt][e];
+                }
+            l = l * corr + lsum;
+            ps = ps * corr + psum;
+            // This lane's accumulators are rows 2k4 and 2k4+1 (lanes 8k4, 8k4+4 hold them).
+            const float corr0 = __shfl_sync(0xffffffffu, corr, 8 * k4);
+            const float corr1 = __shfl_sync(0xffffffffu, corr, 8 * k4 + 4);
+            // P's fragments: k-step ks2 is tokens 16ks2 .. +15, n-tiles 2ks2 and 2ks2+1.
+            uint32_t ph[2][2], pl[2][2];
+#pragma unroll
+            for (int ks2 = 0; ks2 < 2; ++ks2)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+                    split_half2(pv[2 * ks2 + h][0], pv[2 * ks2 + h][1], ph[ks2][h], pl[ks2][h]);
+            // Values: kept channels mt*16 + g and +8, token pairs 16ks2 + 2k4 (+8).
+#pragma unroll
+            for (int mt = 0; mt < KS; ++mt) {
+                acc[mt][0] *= corr0;
+                acc[mt][1] *= corr1;
+                acc[mt][2] *= corr0;
+                acc[mt][3] *= corr1;
+                if (mt >= KV) continue;
+                const int2 o0 = voffb[mt * 16 + g], o1 = voffb[mt * 16 + g + 8];
+                const uint32_t m0 = (1u << o0.y) - 1u, m1 = (1u << o1.y) - 1u;
+#pragma unroll
+                for (int ks2 = 0; ks2 < 2; ++ks2) {
+                    const int tok = 16 * ks2 + 2 * k4;
+                    uint32_t x[4];
+                    x[0] = group_bits(vb + o0.x, tok * o0.y);
+                    x[1] = group_bits(vb + o1.x, tok * o1.y);
+                    x[2] = group_bits(vb + o0.x, (tok + 8) * o0.y);
+                    x[3] = group_bits(vb + o1.x, (tok + 8) * o1.y);
+                    const uint32_t a0 = codes_half2(x[0] & m0, (x[0] >> o0.y) & m0);
+                    const uint32_t a1 = codes_half2(x[1] & m1, (x[1] >> o1.y) & m1);
+                    const uint32_t a2 = codes_half2(x[2] & m0, (x[2] >> o0.y) & m0);
+                    const uint32_t a3 = codes_half2(x[3] & m1, (x[3] >> o1.y) & m1);
+                    mma16816(acc[mt], a0, a1, a2, a3, ph[ks2][0], ph[ks2][1]);
+                    mma16816(acc[mt], a0, a1, a2, a3, pl[ks2][0], pl[ks2][1]);
+                }
+            }
+            __syncwarp();  // scl, cs and this slot are free again
         }
     __pipeline_wait_prior(0);
 
     // The warps' partial results merged into the block's, per row, in the
     // value basis: o_c = step_c acc_c + lo_c psum for kept channels.
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    ps += __shfl_xor_sync(0xffffffffu, ps, 1);
+    ps += __shfl_xor_sync(0xffffffffu, ps, 2);
+    if (k4 == 0) {
+        mw[warp * kRows + g] = m;
+        lw[warp * kRows + g] = l;
+        pw[warp * kRows + g] = ps;
+    }
     const float* vlo = a.v.lo + (size_t)kvh * hd;
     const float* vstep = a.v.step + (size_t)kvh * hd;
     const int* vkeep = a.v.keep + (size_t)kvh * hd;
-    __syncthreads();  // W and pw are free again
-    float* ob = Wall;                  // [R][hd]
-    float* mw = pwall;                 // [kWarps][R] each warp's max
-    float* lw = pwall + kWarps * R;    // [kWarps][R] its normaliser
-    for (int i = threadIdx.x; i < R * hd; i += blockDim.x) ob[i] = 0.0f;
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        const float lr = warp_sum(l[r]);
-        ps[r] = warp_sum(ps[r]);
-        if (lane == 0) {
-            mw[warp * R + r] = m[r];
-            lw[warp * R + r] = lr;
-        }
-    }
+    __syncthreads();  // the tables are free again
+    float* ob = reinterpret_cast<float*>(tfrag);  // [kRows][HD]
+    for (int i = threadIdx.x; i < kRows * HD; i += blockDim.x) ob[i] = 0.0f;
     __syncthreads();
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
+    for (int e = 0; e < 2; ++e) {
+        const int r = 2 * k4 + e;
+        if (r >= nr) continue;
         float M = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * R + r]);
-        const float f = m[r] == -INFINITY ? 0.0f : expf(m[r] - M);
+        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
+        const float mr = mw[warp * kRows + r];
+        if (mr == -INFINITY) continue;
+        const float f = expf(mr - M), psr = pw[warp * kRows + r];
 #pragma unroll
-        for (int ci = 0; ci < CPC; ++ci) {
-            const int i = ci * 32 + lane;
-            if (i < vnk && f != 0.0f) {
+        for (int mt = 0; mt < KS; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int i = mt * 16 + g + 8 * hh;
+                if (i >= vnk) continue;
                 const int c = vkeep[i];
-                atomicAdd(&ob[r * hd + c], f * (vstep[c] * acc[r][ci] + vlo[c] * ps[r]));
+                atomicAdd(&ob[r * HD + c], f * (vstep[c] * acc[mt][e + 2 * hh] + vlo[c] * psr));
             }
-        }
     }
     __syncthreads();
     for (int r = 0; r < nr; ++r) {
         float* out = a.partial + (((size_t)t * a.n_head + h0 + r) * n_entries + split) * (hd + 2);
         if (threadIdx.x == 0) {
-            float M = -INFINITY, L = 0.0f;
-            for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * R + r]);
+            float M = -INFINITY, Lsum = 0.0f;
+            for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
             for (int w = 0; w < kWarps; ++w)
-                if (mw[w * R + r] != -INFINITY) L += expf(mw[w * R + r] - M) * lw[w * R + r];
+                if (mw[w * kRows + r] != -INFINITY) Lsum += expf(mw[w * kRows + r] - M) * lw[w * kRows + r];
             out[0] = M;
-            out[1] = L;
+            out[1] = Lsum;
         }
-        for (int c = threadIdx.x; c < hd; c += blockDim.x) out[2 + c] = ob[r * hd + c];
+        for (int c = threadIdx.x; c < hd; c += blockDim.x) out[2 + c] = ob[r * HD + c];
     }
 
     // The sink positions (half y, every channel) make the last entry.
@@ -505,7 +635,8 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
     if (split != 0) return;
     const int s0 = max(lo, 0), s1 = min(KV_PCA_SINKS, own + 1);
     for (int r = warp; r < nr; r += kWarps) {
-        const float* qy = a.qprep + ((size_t)t * a.n_head + h0 + r) * (3 * hd + kQStride);
+        const float* qy = q0 + (size_t)r * qrow;
+        const float* qab = qy + 2 * hd;
         float sc[KV_PCA_SINKS];
         float mx = -INFINITY;
         for (int sp = s0; sp < s1; ++sp) {
@@ -513,7 +644,7 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
             float d = 0.0f;
             for (int c = lane; c < hd; c += 32) d += qy[c] * half_bits_to_float(ky[c]);
             for (int i = lane; i < knp; i += 32)
-                d += ab[r * hd + 2 * i] * tab[i * 64 + sp] + ab[r * hd + 2 * i + 1] * tab[i * 64 + 32 + sp];
+                d += qab[2 * i] * ktab[i * 64 + sp] + qab[2 * i + 1] * ktab[i * 64 + 32 + sp];
             sc[sp] = warp_sum(d);
             mx = fmaxf(mx, sc[sp]);
         }
@@ -536,30 +667,20 @@ __global__ void __launch_bounds__(kWarps * 32, R * CPC >= 16 ? 4 : 6)
     }
 }
 
-template <int R, int CPC>
-void launch_span_pca(dim3 grid, int hd, cudaStream_t s, const pca_span_args& a) {
-    const size_t smem = (size_t)span_smem_floats(R, hd) * sizeof(float) + span_stage_bytes(a.k, a.v);
+template <int HD>
+void launch_span_pca(dim3 grid, cudaStream_t s, const pca_span_args& a) {
+    const size_t smem = span_smem<HD>::bytes(a.k, a.v);
     static size_t raised = 48 * 1024;  // per instantiation: what it may take beyond 48 KiB
     if (smem > raised) {
-        KVRT_CUDA_CHECK(cudaFuncSetAttribute(attn_span_pca_kernel<R, CPC>,
+        KVRT_CUDA_CHECK(cudaFuncSetAttribute(attn_span_pca_kernel<HD>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         raised = smem;
     }
-    attn_span_pca_kernel<R, CPC><<<grid, kWarps * 32, smem, s>>>(a);
+    attn_span_pca_kernel<HD><<<grid, kWarps * 32, smem, s>>>(a);
 }
 
-template <int R>
-void launch_span_pca_r(dim3 grid, int hd, cudaStream_t s, const pca_span_args& a) {
-    switch (hd) {
-        case 32: launch_span_pca<R, 1>(grid, hd, s, a); break;
-        case 64: launch_span_pca<R, 2>(grid, hd, s, a); break;
-        case 128: launch_span_pca<R, 4>(grid, hd, s, a); break;
-        default: launch_span_pca<R, 8>(grid, hd, s, a); break;
-    }
-}
-
-// Rows per block for n_rep query heads per kv head.
-int rows_per_block(int n_rep) { return n_rep >= 8 ? 8 : n_rep >= 4 ? 4 : n_rep >= 2 ? 2 : 1; }
+// Row groups of n_rep query heads per kv head.
+int row_groups(int n_rep) { return (n_rep + kRows - 1) / kRows; }
 
 // Blocks of 32 positions that n positions from pos0 touch; with pos_dev the
 // start is known only on the device, so one more (it finds nothing to do
@@ -745,8 +866,7 @@ size_t cuda_attention_pca_qprep_floats(int n_tok, int n_head, int head_dim) {
 
 size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, int max_len,
                                          int n_sm) {
-    const int n_rep = p.n_head / p.n_head_kv, R = rows_per_block(n_rep);
-    const int blocks = n_tok * p.n_head_kv * ((n_rep + R - 1) / R);
+    const int blocks = n_tok * p.n_head_kv * row_groups(p.n_head / p.n_head_kv);
     const int splits = pca_splits(blocks, max_len, n_sm);
     return (size_t)n_tok * p.n_head * (splits + 1) * (p.head_dim + 2);
 }
@@ -773,20 +893,16 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     a.qprep = qprep;
     a.n_head = n_head;
     a.n_rep = n_rep;
-    const int R = rows_per_block(n_rep);
-    a.n_rg = (n_rep + R - 1) / R;
+    a.n_rg = row_groups(n_rep);
     a.sw = sliding_window;
     a.pos0 = pos0;
     a.pos_dev = pos_dev;
     a.n_split = pca_splits(n_tok * n_head_kv * a.n_rg, split_len > 0 ? split_len : pos0 + n_tok, n_sm);
     a.partial = partial;
     const dim3 grid(a.n_split, n_head_kv * a.n_rg, n_tok);
-    switch (R) {
-        case 1: launch_span_pca_r<1>(grid, hd, s, a); break;
-        case 2: launch_span_pca_r<2>(grid, hd, s, a); break;
-        case 4: launch_span_pca_r<4>(grid, hd, s, a); break;
-        default: launch_span_pca_r<8>(grid, hd, s, a); break;
-    }
+    if (hd <= 64) launch_span_pca<64>(grid, s, a);
+    else if (hd <= 128) launch_span_pca<128>(grid, s, a);
+    else launch_span_pca<256>(grid, s, a);
     KVRT_CUDA_CHECK(cudaGetLastError());
     cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1, hd, 0, v.pca.basis_t,
                          v.pca.mean, n_head, n_rep, out, s);
