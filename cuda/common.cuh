@@ -249,6 +249,10 @@ struct cuda_pca {
     // cos(w j), sin(w j) for j < KV_BLOCK_TOKENS: [h][dim/2][2][32].
     const float* pairs = nullptr;
     const float* run_tab = nullptr;
+    // The run tables as the span kernel's tensor-core fragments (kv_pca.cu),
+    // [h][dim/16][4][32]: cos and sin of 8 pairs against an 8-token tile, in
+    // high and low halves.
+    const uint4* run_frag = nullptr;
     const int64_t* head_off = nullptr; // [h] byte offset of head h's blocks in codes
     uint8_t* codes = nullptr;          // [h][block] of the kept channels' groups
     uint8_t* scale = nullptr;          // [h][n_ctx] token scale codes (kv_pca_scale_code)

@@ -393,20 +393,9 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         split_half2(x[2], x[3], f.z, f.w);
         wfrag[i] = f;
     }
-    // The run tables' fragments: k = a pair's cos and sin, n = the offset in
-    // the block; pairs kr*8 + k4 and +4; {b0, b1} high, then low.
+    const uint4* kfrag = a.k.run_frag + (size_t)kvh * (hd / 16) * 4 * 32;
+    for (int i = threadIdx.x; i < KR * 4 * 32; i += blockDim.x) tfrag[i] = kfrag[i];
     const float* ktab = a.k.run_tab + (size_t)kvh * (hd / 2) * 64;
-    for (int i = threadIdx.x; i < KR * 4 * 32; i += blockDim.x) {
-        const int kr = i / 128, nt = (i / 32) % 4, gg = (i % 32) / 4, kk = i % 4, j = nt * 8 + gg;
-        const int p0 = kr * 8 + kk, p1 = p0 + 4;
-        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (p0 < knp) x[0] = ktab[p0 * 64 + j], x[1] = ktab[p0 * 64 + 32 + j];
-        if (p1 < knp) x[2] = ktab[p1 * 64 + j], x[3] = ktab[p1 * 64 + 32 + j];
-        uint4 f;
-        split_half2(x[0], x[1], f.x, f.z);
-        split_half2(x[2], x[3], f.y, f.w);
-        tfrag[i] = f;
-    }
     __syncthreads();
 
     const bool row_on = g < nr;
@@ -460,8 +449,9 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             kb += (reinterpret_cast<uintptr_t>(kcodes + (size_t)b * kblk) & 15);
             vb += (reinterpret_cast<uintptr_t>(vcodes + (size_t)b * vblk) & 15);
 
-            // Keys: n-tile nt is tokens nt*8 .. nt*8+7; this lane's B columns
-            // are token nt*8 + g of kept channels ks*16 + 2k4 (+1, +8, +9).
+            // Keys: column n of n-tile nt is token 4n + nt, so this lane's B
+            // columns, tokens 4g .. 4g+3 of kept channels ks*16 + 2k4 (+1, +8,
+            // +9), come from one 4-code window of each channel's group.
             float ck[4][4], cr[4][4];
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt)
@@ -469,19 +459,20 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                 for (int j = 0; j < 4; ++j) ck[nt][j] = cr[nt][j] = 0.0f;
             for (int ks = 0; ks < KK; ++ks) {
                 const uint4 A = wfrag[ks * 32 + lane];
-                int2 o[4];
-                uint32_t mk[4];
+                int bits[4];
+                uint32_t mk[4], x[4];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    o[j] = koffb[ks * 16 + 2 * k4 + (j & 1) + 8 * (j >> 1)];
-                    mk[j] = (1u << o[j].y) - 1u;
+                    const int2 o = koffb[ks * 16 + 2 * k4 + (j & 1) + 8 * (j >> 1)];
+                    bits[j] = o.y;
+                    mk[j] = (1u << o.y) - 1u;
+                    x[j] = group_bits(kb + o.x, 4 * g * o.y);
                 }
 #pragma unroll
                 for (int nt = 0; nt < 4; ++nt) {
-                    const int tok = nt * 8 + g;
                     uint32_t c[4];
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) c[j] = group_bits(kb + o[j].x, tok * o[j].y) & mk[j];
+                    for (int j = 0; j < 4; ++j) c[j] = (x[j] >> (nt * bits[j])) & mk[j];
                     mma16816(ck[nt], A.x, A.y, A.z, A.w, codes_half2(c[0], c[1]), codes_half2(c[2], c[3]));
                 }
             }
@@ -503,19 +494,19 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                 }
             }
 
-            // Scores of row g at tokens nt*8 + 2k4 (+1); online softmax per row.
+            // Scores of row g at tokens 8k4 + 4e + nt (accumulator e, columns
+            // 2k4 + e); online softmax per row.
             float s[4][2], av[4][2];
             float bm = -INFINITY;
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
-                const int tok = nt * 8 + 2 * k4;
-                const float4 sc2 = *reinterpret_cast<const float4*>(scl + tok);  // {ak, av} x 2
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const int p = base + tok + e;
+                    const int tok = 8 * k4 + 4 * e + nt, p = base + tok;
                     const bool on = row_on && p >= first && p < t1;
-                    const float ak = e ? sc2.z : sc2.x;
-                    av[nt][e] = e ? sc2.w : sc2.y;
+                    const float2 sc2 = scl[tok];  // {a_k, a_v}
+                    const float ak = sc2.x;
+                    av[nt][e] = sc2.y;
                     const float key = (ck[nt][e] + ck[nt][e + 2]) * iscg + Kg;
                     s[nt][e] = on ? ak * key + (cr[nt][e] + cr[nt][e + 2]) * iscg : -INFINITY;
                     bm = fmaxf(bm, s[nt][e]);
@@ -542,14 +533,17 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             // This lane's accumulators are rows 2k4 and 2k4+1 (lanes 8k4, 8k4+4 hold them).
             const float corr0 = __shfl_sync(0xffffffffu, corr, 8 * k4);
             const float corr1 = __shfl_sync(0xffffffffu, corr, 8 * k4 + 4);
-            // P's fragments: k-step ks2 is tokens 16ks2 .. +15, n-tiles 2ks2 and 2ks2+1.
+            // P's fragments: value k-step ks2 takes n-tiles 2ks2 and 2ks2+1, so its
+            // k = 2k4, 2k4+1, 2k4+8, 2k4+9 are tokens t_i, t_i+4, t_i+1, t_i+5 with
+            // t_i = 8k4 + 2ks2.
             uint32_t ph[2][2], pl[2][2];
 #pragma unroll
             for (int ks2 = 0; ks2 < 2; ++ks2)
 #pragma unroll
                 for (int h = 0; h < 2; ++h)
                     split_half2(pv[2 * ks2 + h][0], pv[2 * ks2 + h][1], ph[ks2][h], pl[ks2][h]);
-            // Values: kept channels mt*16 + g and +8, token pairs 16ks2 + 2k4 (+8).
+            // Values: kept channels mt*16 + g and +8, tokens 8k4 .. 8k4+7 from two
+            // 4-code windows of each group.
 #pragma unroll
             for (int mt = 0; mt < KS; ++mt) {
                 acc[mt][0] *= corr0;
@@ -558,19 +552,19 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                 acc[mt][3] *= corr1;
                 if (mt >= KV) continue;
                 const int2 o0 = voffb[mt * 16 + g], o1 = voffb[mt * 16 + g + 8];
-                const uint32_t m0 = (1u << o0.y) - 1u, m1 = (1u << o1.y) - 1u;
+                const int b0 = o0.y, b1 = o1.y;
+                const uint32_t m0 = (1u << b0) - 1u, m1 = (1u << b1) - 1u;
+                const uint32_t x0 = group_bits(vb + o0.x, 8 * k4 * b0);
+                const uint32_t y0 = group_bits(vb + o0.x, (8 * k4 + 4) * b0);
+                const uint32_t x1 = group_bits(vb + o1.x, 8 * k4 * b1);
+                const uint32_t y1 = group_bits(vb + o1.x, (8 * k4 + 4) * b1);
 #pragma unroll
                 for (int ks2 = 0; ks2 < 2; ++ks2) {
-                    const int tok = 16 * ks2 + 2 * k4;
-                    uint32_t x[4];
-                    x[0] = group_bits(vb + o0.x, tok * o0.y);
-                    x[1] = group_bits(vb + o1.x, tok * o1.y);
-                    x[2] = group_bits(vb + o0.x, (tok + 8) * o0.y);
-                    x[3] = group_bits(vb + o1.x, (tok + 8) * o1.y);
-                    const uint32_t a0 = codes_half2(x[0] & m0, (x[0] >> o0.y) & m0);
-                    const uint32_t a1 = codes_half2(x[1] & m1, (x[1] >> o1.y) & m1);
-                    const uint32_t a2 = codes_half2(x[2] & m0, (x[2] >> o0.y) & m0);
-                    const uint32_t a3 = codes_half2(x[3] & m1, (x[3] >> o1.y) & m1);
+                    const int i = 2 * ks2, j = i + 1;
+                    const uint32_t a0 = codes_half2((x0 >> (i * b0)) & m0, (y0 >> (i * b0)) & m0);
+                    const uint32_t a1 = codes_half2((x1 >> (i * b1)) & m1, (y1 >> (i * b1)) & m1);
+                    const uint32_t a2 = codes_half2((x0 >> (j * b0)) & m0, (y0 >> (j * b0)) & m0);
+                    const uint32_t a3 = codes_half2((x1 >> (j * b1)) & m1, (y1 >> (j * b1)) & m1);
                     mma16816(acc[mt], a0, a1, a2, a3, ph[ks2][0], ph[ks2][1]);
                     mma16816(acc[mt], a0, a1, a2, a3, pl[ks2][0], pl[ks2][1]);
                 }
@@ -772,6 +766,29 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
         head_off[h] = off;
         off += (int64_t)blk * n_blocks;
     }
+    // The span kernel's fragments of the tables: for k-step kr, n-tile nt and
+    // lane (g, k) = (lane / 4, lane % 4), pairs kr*8 + k and +4 at offset
+    // 4g + nt, {b0, b1} in high halves, then in low halves.
+    std::vector<uint32_t> frag((size_t)nh * (hd / 16) * 4 * 32 * 4, 0);
+    auto halves = [](float x0, float x1, uint32_t& hi, uint32_t& lo) {
+        const __half_raw h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
+        const __half_raw l0 = __float2half_rn(x0 - __half2float(h0));
+        const __half_raw l1 = __float2half_rn(x1 - __half2float(h1));
+        hi = h0.x | (uint32_t)h1.x << 16;
+        lo = l0.x | (uint32_t)l1.x << 16;
+    };
+    for (int h = 0; h < nh; ++h)
+        for (int i = 0; i < (hd / 16) * 4 * 32; ++i) {
+            const int kr = i / 128, nt = (i / 32) % 4, g = (i % 32) / 4, k = i % 4, j = 4 * g + nt;
+            const int np = info[(size_t)h * 4 + 2], p0 = kr * 8 + k, p1 = p0 + 4;
+            const float* tb = &tab[(size_t)h * (hd / 2) * 64];
+            float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (p0 < np) x[0] = tb[p0 * 64 + j], x[1] = tb[p0 * 64 + 32 + j];
+            if (p1 < np) x[2] = tb[p1 * 64 + j], x[3] = tb[p1 * 64 + 32 + j];
+            uint32_t* f = &frag[((size_t)h * (hd / 16) * 4 * 32 + i) * 4];
+            halves(x[0], x[1], f[0], f[2]);
+            halves(x[2], x[3], f[1], f[3]);
+        }
     std::vector<float> freq = h0.rope_freq;
     if (freq.empty()) freq.push_back(0.0f);
 
@@ -796,6 +813,7 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
                  i_keep = add(keep.data(), keep.size() * 4), i_kbits = add(kbits.data(), kbits.size() * 4),
                  i_koff = add(koff.data(), koff.size() * 4), i_cbits = add(cbits.data(), cbits.size() * 4),
                  i_pairs = add(pairs.data(), pairs.size() * 4), i_tab = add(tab.data(), tab.size() * 4),
+                 i_frag = add(frag.data(), frag.size() * 4),
                  i_hoff = add(head_off.data(), head_off.size() * 8);
     KVRT_CUDA_CHECK(cudaMalloc(&calib_, total));
     std::vector<uint8_t> img(total, 0);
@@ -823,6 +841,7 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
     dev_.cbits = reinterpret_cast<const int*>(at(i_cbits));
     dev_.pairs = reinterpret_cast<const float*>(at(i_pairs));
     dev_.run_tab = reinterpret_cast<const float*>(at(i_tab));
+    dev_.run_frag = reinterpret_cast<const uint4*>(at(i_frag));
     dev_.head_off = reinterpret_cast<const int64_t*>(at(i_hoff));
 
     code_bytes_ = (size_t)off;
