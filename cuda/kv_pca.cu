@@ -251,13 +251,22 @@ __device__ inline void split_half2(float x0, float x1, uint32_t& hi, uint32_t& l
 //   d0, d1 = D[g][2k, 2k+1]  d2, d3 = D[g+8][2k, 2k+1]
 __device__ inline void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                 uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#error "the pca attention kernel needs compute capability 8.0 or newer (CMAKE_CUDA_ARCHITECTURES >= 80)"
-#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    // Turing: the two k = 8 halves of the product (a0, a1 with b0; a2, a3 with b1).
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a2), "r"(a3), "r"(b1));
+#elif defined(__CUDA_ARCH__)
+#error "the pca attention kernel needs compute capability 7.5 or newer (CMAKE_CUDA_ARCHITECTURES >= 75)"
+#endif
 }
 
 // Query rows of a span block: the products' 16 rows are 8 query rows' high
