@@ -17,11 +17,11 @@
 // constant K = sum qy_c lo_c, and the rope-mean coefficients). The span
 // kernel gives each warp 32-token blocks of its split (splits hold whole
 // blocks), their key and value codes copied into shared memory one block
-// ahead: a lane per token scores s = a_t (sum_kept w_c code_c + K) + q.R_t m,
-// a lane per value channel sums p_t a_t code_c (an online softmax per warp),
-// and each warp adds its share into the block's partial result; the sink
-// positions make one more. The merge (attention.cu) un-rotates once per
-// head: x = mu + P^T o.
+// ahead, and takes its products on tensor cores: the scores
+// s = a_t (sum_kept w_c code_c + K) + q.R_t m, then sum_t p_t a_t code_c
+// (an online softmax per warp); each warp adds its share into the block's
+// partial result, and the sink positions make one more. The merge
+// (attention.cu) un-rotates once per head: x = mu + P^T o.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
