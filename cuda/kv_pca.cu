@@ -685,6 +685,9 @@ void launch_span_pca(dim3 grid, cudaStream_t s, const pca_span_args& a) {
 // Row groups of n_rep query heads per kv head.
 int row_groups(int n_rep) { return (n_rep + kRows - 1) / kRows; }
 
+// Span blocks before splitting.
+int span_blocks(int n_tok, int n_head_kv, int n_rep) { return n_tok * n_head_kv * row_groups(n_rep); }
+
 // Blocks of 32 positions that n positions from pos0 touch; with pos_dev the
 // start is known only on the device, so one more (it finds nothing to do
 // when aligned).
@@ -894,9 +897,15 @@ size_t cuda_attention_pca_qprep_floats(int n_tok, int n_head, int head_dim) {
 
 size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, int max_len,
                                          int n_sm) {
-    const int blocks = n_tok * p.n_head_kv * row_groups(p.n_head / p.n_head_kv);
-    const int splits = pca_splits(blocks, max_len, n_sm);
-    return (size_t)n_tok * p.n_head * (splits + 1) * (p.head_dim + 2);
+    // The most that any batch of n <= n_tok tokens takes: fewer tokens
+    // make fewer blocks and so more splits each (with one or two kv heads,
+    // 8 to 32 tokens took less than some smaller batches).
+    size_t most = 0;
+    for (int n = 1; n <= n_tok; ++n) {
+        const int splits = pca_splits(span_blocks(n, p.n_head_kv, p.n_head / p.n_head_kv), max_len, n_sm);
+        most = std::max(most, (size_t)n * (splits + 1));
+    }
+    return most * p.n_head * (p.head_dim + 2);
 }
 
 void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q,
@@ -925,7 +934,7 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     a.sw = sliding_window;
     a.pos0 = pos0;
     a.pos_dev = pos_dev;
-    a.n_split = pca_splits(n_tok * n_head_kv * a.n_rg, split_len > 0 ? split_len : pos0 + n_tok, n_sm);
+    a.n_split = pca_splits(span_blocks(n_tok, n_head_kv, n_rep), split_len > 0 ? split_len : pos0 + n_tok, n_sm);
     a.partial = partial;
     const dim3 grid(a.n_split, n_head_kv * a.n_rg, n_tok);
     if (hd <= 64) launch_span_pca<64>(grid, s, a);
