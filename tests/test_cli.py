@@ -36,11 +36,11 @@ def test_perplexity_matches_llama_cpp(cli, model_path):
 def test_bench_table(cli, model_path):
     r = run_cli(cli, "bench", "-m", model_path, "-p", 32, "-n", 4, "-r", 2, "-d", "0,40", "-t", 2)
     assert r.returncode == 0, r.stderr
-    rows = [l for l in r.stdout.splitlines() if l.startswith("| llama")]
-    tests = [l.split("|")[7].strip() for l in rows]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| llama")]
+    tests = [row.split("|")[7].strip() for row in rows]
     assert tests == ["pp32", "tg4", "pp32 @ d40", "tg4 @ d40"]
-    for l in rows:
-        assert re.search(r"\| \d+\.\d\d ± \d+\.\d\d \|$", l), l
+    for row in rows:
+        assert re.search(r"\| \d+\.\d\d ± \d+\.\d\d \|$", row), row
     assert "KV cache:" in r.stderr
 
 
@@ -62,7 +62,7 @@ def test_bad_input_gives_one_line_error(cli, model_path, args, message):
     args = [str(model_path) if a == "MODEL" else a for a in args]
     r = run_cli(cli, *args)
     assert r.returncode != 0
-    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert message in lines[-1], r.stderr
     assert "Traceback" not in r.stderr and "terminate" not in r.stderr
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Optional
 
 import numpy as np
 
@@ -34,8 +33,8 @@ class Model:
         n_threads: int = 0,
         n_batch: int = 512,
         kv: str = "f16",
-        cache_type_k: Optional[str] = None,
-        cache_type_v: Optional[str] = None,
+        cache_type_k: str | None = None,
+        cache_type_v: str | None = None,
         kv_calib: str | os.PathLike | None = None,
         device: str = "cpu",
     ):
