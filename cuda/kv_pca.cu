@@ -203,14 +203,15 @@ __device__ inline void angle_sincos(double a, float* s, float* c) {
 // from the 16-byte boundary below the start, and the word past the end.
 __host__ __device__ inline int stage_bytes(int n) { return (12 + n + 4 + 15) / 16 * 16; }
 
+// Where src's first byte lands in a staging slot: its offset from the
+// 16-byte boundary below it.
+__device__ inline int stage_offset(const uint8_t* src) { return (int)(reinterpret_cast<uintptr_t>(src) & 15); }
+
 // The asynchronous copy of n code bytes at src (4-byte aligned) into dst, a
-// lane per 16 bytes; returns where src's first byte lands in dst.
-__device__ inline int stage_async(uint8_t* dst, const uint8_t* src, int n, int lane) {
-    const uintptr_t at = reinterpret_cast<uintptr_t>(src), base = at & ~(uintptr_t)15;
-    const int off = (int)(at - base), n16 = (off + n + 4 + 15) / 16;
-    for (int i = lane; i < n16; i += 32)
-        __pipeline_memcpy_async(dst + 16 * i, reinterpret_cast<const uint8_t*>(base) + 16 * i, 16);
-    return off;
+// lane per 16 bytes, from the 16-byte boundary below src.
+__device__ inline void stage_async(uint8_t* dst, const uint8_t* src, int n, int lane) {
+    const int off = stage_offset(src), n16 = (off + n + 4 + 15) / 16;
+    for (int i = lane; i < n16; i += 32) __pipeline_memcpy_async(dst + 16 * i, src - off + 16 * i, 16);
 }
 
 // The 32 bits of a group in shared memory from bit `bit` on (the word after
@@ -220,7 +221,7 @@ __device__ inline uint32_t group_bits(const uint8_t* group, int bit) {
     return __funnelshift_r(w[0], w[1], bit & 31);
 }
 
-__device__ inline uint32_t half2_bits(__half2 h) {
+__host__ __device__ inline uint32_t half2_bits(__half2 h) {
     uint32_t u;
     memcpy(&u, &h, sizeof u);
     return u;
@@ -236,8 +237,8 @@ __device__ inline uint32_t codes_half2(uint32_t c0, uint32_t c1) {
 }
 
 // x0, x1 as two halves each: hi = half(x), lo = half(x - hi), so that hi + lo
-// holds x to about 22 bits.
-__device__ inline void split_half2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+// holds x to about 22 bits (also on the host, for tables made on upload).
+__host__ __device__ inline void split_half2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
     const __half2 h = __floats2half2_rn(x0, x1);
     const float2 f = __half22float2(h);
     hi = half2_bits(h);
@@ -421,7 +422,15 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     const size_t kblk = kinfo[1], vblk = vinfo[1];
     const uint8_t* kscale = a.k.scale + (size_t)kvh * n_ctx;
     const uint8_t* vscale = a.v.scale + (size_t)kvh * n_ctx;
+    // This lane's rope pairs (lane, lane + 32, ...) and their frequencies.
     const float* kpairs = a.k.pairs + (size_t)kvh * (hd / 2) * 5;
+    constexpr int kLanePairs = (HD / 2 + 31) / 32;
+    float freq[kLanePairs];
+#pragma unroll
+    for (int j = 0; j < kLanePairs; ++j) {
+        const int i = lane + 32 * j;
+        freq[j] = i < knp ? kpairs[i * 5 + 4] : 0.0f;
+    }
 
     // Each warp stages its next block's key and value codes in shared memory
     // (asynchronous copies) while it works on the current one.
@@ -445,9 +454,12 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             scl[lane] = valid ? make_float2(kv_pca_scale_value(kscale[pos]), kv_pca_scale_value(vscale[pos]))
                               : make_float2(0.0f, 0.0f);
             // The rope mean's angles at the block's start, in double.
-            for (int i = lane; i < KR * 8; i += 32) {
+#pragma unroll
+            for (int j = 0; j < kLanePairs; ++j) {
+                const int i = lane + 32 * j;
+                if (i >= KR * 8) break;
                 float s0 = 0.0f, c0 = 0.0f;
-                if (i < knp) angle_sincos((double)base * (double)kpairs[i * 5 + 4], &s0, &c0);
+                if (i < knp) angle_sincos((double)base * (double)freq[j], &s0, &c0);
                 cs[2 * i] = c0;
                 cs[2 * i + 1] = s0;
             }
@@ -455,8 +467,8 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             __syncwarp();
             const uint8_t* kb = slots + (size_t)slot * (kst + vst);
             const uint8_t* vb = kb + kst;
-            kb += (reinterpret_cast<uintptr_t>(kcodes + (size_t)b * kblk) & 15);
-            vb += (reinterpret_cast<uintptr_t>(vcodes + (size_t)b * vblk) & 15);
+            kb += stage_offset(kcodes + (size_t)b * kblk);
+            vb += stage_offset(vcodes + (size_t)b * vblk);
 
             // Keys: column n of n-tile nt is token 4n + nt, so this lane's B
             // columns, tokens 4g .. 4g+3 of kept channels ks*16 + 2k4 (+1, +8,
@@ -782,13 +794,6 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
     // lane (g, k) = (lane / 4, lane % 4), pairs kr*8 + k and +4 at offset
     // 4g + nt, {b0, b1} in high halves, then in low halves.
     std::vector<uint32_t> frag((size_t)nh * (hd / 16) * 4 * 32 * 4, 0);
-    auto halves = [](float x0, float x1, uint32_t& hi, uint32_t& lo) {
-        const __half_raw h0 = __float2half_rn(x0), h1 = __float2half_rn(x1);
-        const __half_raw l0 = __float2half_rn(x0 - __half2float(h0));
-        const __half_raw l1 = __float2half_rn(x1 - __half2float(h1));
-        hi = h0.x | (uint32_t)h1.x << 16;
-        lo = l0.x | (uint32_t)l1.x << 16;
-    };
     for (int h = 0; h < nh; ++h)
         for (int i = 0; i < (hd / 16) * 4 * 32; ++i) {
             const int kr = i / 128, nt = (i / 32) % 4, g = (i % 32) / 4, k = i % 4, j = 4 * g + nt;
@@ -798,8 +803,8 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
             if (p0 < np) x[0] = tb[p0 * 64 + j], x[1] = tb[p0 * 64 + 32 + j];
             if (p1 < np) x[2] = tb[p1 * 64 + j], x[3] = tb[p1 * 64 + 32 + j];
             uint32_t* f = &frag[((size_t)h * (hd / 16) * 4 * 32 + i) * 4];
-            halves(x[0], x[1], f[0], f[2]);
-            halves(x[2], x[3], f[1], f[3]);
+            split_half2(x[0], x[1], f[0], f[2]);
+            split_half2(x[2], x[3], f[1], f[3]);
         }
     std::vector<float> freq = h0.rope_freq;
     if (freq.empty()) freq.push_back(0.0f);
