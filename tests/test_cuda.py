@@ -109,10 +109,11 @@ def test_matmul_matvec_shapes(tname, rows, cols, n, prefill):
 
 @cuda_test
 @pytest.mark.parametrize("rows", [1, 31, 32, 33])
-def test_rms_norm(rows):
-    rng = np.random.default_rng(rows)
-    x = rng.standard_normal((rows, 576)).astype(np.float32) * 3
-    w = rng.random(576).astype(np.float32) + 0.5
+@pytest.mark.parametrize("cols", [576, 4096, 8192, 67])  # float4 rows of 144 to 1024 threads; odd
+def test_rms_norm(rows, cols):
+    rng = np.random.default_rng(rows + cols)
+    x = rng.standard_normal((rows, cols)).astype(np.float32) * 3
+    w = rng.random(cols).astype(np.float32) + 0.5
     ref = np.asarray(_core.backend_rms_norm("cpu", x, w, 1e-5))
     got = np.asarray(_core.backend_rms_norm("cuda", x, w, 1e-5))
     assert rel_err(got, ref) < 1e-6
@@ -138,10 +139,10 @@ def test_rope(pos0):
 @cuda_test
 @pytest.mark.parametrize("op", [0, 1])  # RMSNorm, swiglu
 @pytest.mark.parametrize("rows", [1, 3, 33])
-def test_q16_codes_made_with_the_op(op, rows):
+@pytest.mark.parametrize("n", [576, 4096])  # 160 and 1024 threads per row for RMSNorm
+def test_q16_codes_made_with_the_op(op, rows, n):
     # The codes made in the norm's or swiglu's own launch are those of the separate pass.
-    rng = np.random.default_rng(rows + op)
-    n = 576
+    rng = np.random.default_rng(rows + op + n)
     a = rng.standard_normal((rows, n)).astype(np.float32) * 3
     a[0, :32] = 0.0  # a block of zeros (scale 0)
     a[-1, -32:] *= 1e3  # an outlier block
