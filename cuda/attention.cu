@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
 
 __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot,
                                   const float* basis_t, const float* mean, int n_head, int n_rep,
-                                  float* out) {
+                                  float* out, int16_t* qs, int2* ds) {
     const size_t row = blockIdx.x;  // t * n_head + h
     const float* first = partial + row * n_split * (hd + 2);
     __shared__ float o[kMaxHeadDim], part[kMergeThreads];
@@ -287,15 +287,19 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
     }
     __syncthreads();
     if (vrot) fwht64_shared(o, 1, hd, hd);
-    if (basis_t) {
-        // x = mean + P^T o with the value stream's basis of this row's kv
-        // head; row d of P^T is column d of P.
-        const size_t kvh = (row % n_head) / n_rep;
-        for (int d = threadIdx.x; d < hd; d += blockDim.x)
-            out[row * hd + d] = row_dot<false>(basis_t + (kvh * hd + d) * hd, o, hd, mean[kvh * hd + d]);
-        return;
+    // With basis_t: x = mean + P^T o with the value stream's basis of this
+    // row's kv head; row d of P^T is column d of P. With qs (hd a multiple of
+    // 32, at most the block's threads): the token's q16 codes too, a warp per
+    // 32-element block of the row.
+    const size_t kvh = (row % n_head) / n_rep;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        const float x = basis_t ? row_dot<false>(basis_t + (kvh * hd + d) * hd, o, hd, mean[kvh * hd + d])
+                                : o[d];
+        out[row * hd + d] = x;
+        if (qs)
+            q16_block(x, threadIdx.x % 32, row / n_head, ((row % n_head) * hd + d) / 32,
+                      (int64_t)n_head * hd, qs, ds);
     }
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) out[row * hd + d] = o[d];
 }
 
 template <int KK>
@@ -336,17 +340,23 @@ size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int m
     return (size_t)p.n_head * ((size_t)n_tok + (kSplitTarget * n_sm + b - 1) / b) * (p.head_dim + 2);
 }
 
+bool cuda_attention_writes_q16(int head_dim) { return head_dim % 32 == 0 && head_dim <= kMergeThreads; }
+
 void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
                           const float* basis_t, const float* mean, int n_head, int n_rep,
-                          float* out, cudaStream_t s) {
+                          float* out, cudaStream_t s, void* act) {
+    if (act && !cuda_attention_writes_q16(hd))
+        throw error("CUDA attention: q16 codes of the output need head_dim a multiple of 32");
+    const int64_t cols = (int64_t)n_head * hd;
     attn_merge_kernel<<<n_rows, kMergeThreads, n_entries * sizeof(float), s>>>(
-        partial, n_entries, hd, vrot, basis_t, mean, n_head, n_rep, out);
+        partial, n_entries, hd, vrot, basis_t, mean, n_head, n_rep, out,
+        act ? q16_codes(act) : nullptr, act ? q16_scales(act, n_rows / n_head, cols) : nullptr);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q, int n_tok,
                     int pos0, const cuda_attn_params& p, float* out, float* partial, int n_sm,
-                    cudaStream_t s, const int* pos_dev, int split_len) {
+                    cudaStream_t s, const int* pos_dev, int split_len, void* act) {
     if (p.head_dim % 8 != 0 || p.head_dim > kMaxHeadDim || 32 % (p.head_dim / 8) != 0)
         throw error("CUDA attention: head_dim " + std::to_string(p.head_dim) +
                     " is not supported (32, 64, 128 or 256)");
@@ -378,7 +388,7 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     cuda_attention_merge(partial, n_tok * p.n_head, a.n_split, p.head_dim, v.rot, nullptr, nullptr,
-                         p.n_head, 1, out, s);
+                         p.n_head, 1, out, s, act);
 }
 
 }  // namespace kvrt

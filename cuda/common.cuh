@@ -314,12 +314,13 @@ void cuda_kv_store_pca(const cuda_pca& p, int pos0, int n, const float* x, cudaS
 // Partial results: n_tok * n_head * (splits + 1) entries of head_dim + 2
 // floats (cuda_attention_pca_partial_floats). xk, xv: the tokens' keys and
 // values, stored first in the same launch as the query turn (as
-// cuda_kv_store_pca would); null when they are stored already.
+// cuda_kv_store_pca would); null when they are stored already. act as for
+// cuda_attention.
 void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q,
                         int n_tok, int pos0, int n_head, int sliding_window, float* out,
                         float* partial, float* qprep, int n_sm, cudaStream_t s,
                         const int* pos_dev, int split_len, const float* xk = nullptr,
-                        const float* xv = nullptr);
+                        const float* xv = nullptr, void* act = nullptr);
 // Floats of the per-query scratch cuda_attention_pca needs for n_tok tokens.
 size_t cuda_attention_pca_qprep_floats(int n_tok, int n_head, int head_dim);
 struct cuda_attn_params;
@@ -340,17 +341,23 @@ int cuda_attention_splits(int blocks, int max_len, int n_sm);
 // Merges n_entries partial results {m, l, acc[hd]} per row (t * n_head + h)
 // into out; vrot: the inverse Walsh-Hadamard turn of q8_0/q4_0 values;
 // basis_t/mean: a pca value stream's un-rotation x = mean + P^T o, per kv
-// head (n_rep query heads each), from its transposed basis.
+// head (n_rep query heads each), from its transposed basis; act as for
+// cuda_attention.
 void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
                           const float* basis_t, const float* mean, int n_head, int n_rep,
-                          float* out, cudaStream_t s);
+                          float* out, cudaStream_t s, void* act = nullptr);
+// Whether attention can write its output's q16 codes (act) for this head_dim.
+bool cuda_attention_writes_q16(int head_dim);
 // Causal attention of n_tok queries q [n_tok][n_head*head_dim] at
 // positions pos0.. over streams that already hold them; out likewise.
 void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q, int n_tok,
                     int pos0, const cuda_attn_params& p, float* out, float* partial, int n_sm,
-                    cudaStream_t s, const int* pos_dev = nullptr, int split_len = 0);
+                    cudaStream_t s, const int* pos_dev = nullptr, int split_len = 0,
+                    void* act = nullptr);
 // pos_dev as for cuda_rope_apply; split_len > 0 sizes the split over the
 // sequence for that many positions instead of pos0 + n_tok (a graph's grid
 // is fixed: it is sized for the whole context and spans follow *pos_dev).
+// act: out's q16 codes are written too, as cuda_quantize_q16 would
+// (cuda_attention_writes_q16(head_dim) must hold).
 
 }  // namespace kvrt

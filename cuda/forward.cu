@@ -222,16 +222,20 @@ private:
             if (L.q_norm) cuda_rms_norm_rows(q_, L.q_norm, q_, (int64_t)n * hp.n_head, HD, hp.rms_eps, s);
             if (L.k_norm) cuda_rms_norm_rows(k_, L.k_norm, k_, (int64_t)n * hp.n_head_kv, HD, hp.rms_eps, s);
             cuda_rope_apply(q_, n, hp.n_head, rope_, pos0 + rope_offset_, s, pos_dev, k_, hp.n_head_kv);
+            // The merge of the attention writes the o product's q16 codes.
+            void* o_act = q16_for(L.wo, n, QD) && cuda_attention_writes_q16(HD) ? q16_ : nullptr;
             if (pca_) {
                 // Keys and values stored in the launch that turns the queries.
                 cuda_attention_pca(L.k, L.v, q_, n, pos0, hp.n_head, hp.sliding_window, att_,
-                                   partial_, qprep_, n_sm_, s, pos_dev, split_len, k_, v_);
+                                   partial_, qprep_, n_sm_, s, pos_dev, split_len, k_, v_, o_act);
             } else {
                 cuda_kv_store(L.k, pos0, n, k_, s, pos_dev);
                 cuda_kv_store(L.v, pos0, n, v_, s, pos_dev);
-                cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s, pos_dev, split_len);
+                cuda_attention(L.k, L.v, q_, n, pos0, ap_, att_, partial_, n_sm_, s, pos_dev, split_len,
+                               o_act);
             }
-            mul(L.wo, att_, n, x_, false, true);  // the residual added in the product
+            if (o_act) q16_of_ = att_;
+            mul(L.wo, att_, n, x_, o_act != nullptr, true);  // the residual added in the product
             norm(x_, L.ffn_norm, n, L.w_gate);
             const dev_weight* gu[2] = {&L.w_gate, &L.w_up};
             float* const gu_out[2] = {gate_, up_};

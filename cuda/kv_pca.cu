@@ -916,7 +916,8 @@ size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, i
 void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q,
                         int n_tok, int pos0, int n_head, int sliding_window, float* out,
                         float* partial, float* qprep, int n_sm, cudaStream_t s,
-                        const int* pos_dev, int split_len, const float* xk, const float* xv) {
+                        const int* pos_dev, int split_len, const float* xk, const float* xv,
+                        void* act) {
     if (k.kind != KV_KIND_PCA || v.kind != KV_KIND_PCA)
         throw error("CUDA: KV format pca needs pca for both keys and values on CUDA");
     const int hd = k.head_dim, n_head_kv = k.n_head_kv, n_rep = n_head / n_head_kv;
@@ -947,7 +948,7 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     else launch_span_pca<256>(grid, s, a);
     KVRT_CUDA_CHECK(cudaGetLastError());
     cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1, hd, 0, v.pca.basis_t,
-                         v.pca.mean, n_head, n_rep, out, s);
+                         v.pca.mean, n_head, n_rep, out, s, act);
 }
 
 }  // namespace kvrt
