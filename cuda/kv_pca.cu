@@ -188,6 +188,7 @@ struct pca_span_args {
     cuda_pca k, v;
     const float* qprep;
     int n_head, n_rep, n_rg, sw, pos0, n_split;
+    int n_tok, tpb;  // tokens, and tokens per block (their rows share the block's reads)
     const int* pos_dev;
     float* partial;  // [(t*n_head + h) * n_entries + e] of {m, l, o[hd]}
 };
@@ -323,16 +324,24 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     float* lw = mw + kWarps * kRows;                          // its normaliser
     float* pw = lw + kWarps * kRows;                          // its sum of p a_v
 
-    const int hd = a.k.head_dim, split = blockIdx.x, t = blockIdx.z;
+    const int hd = a.k.head_dim, split = blockIdx.x;
     const int kvh = blockIdx.y / a.n_rg, rg = blockIdx.y % a.n_rg;
-    const int nr = min(kRows, a.n_rep - rg * kRows);
-    const int h0 = kvh * a.n_rep + rg * kRows;  // query head of row 0
+    // Row r is query head hh0 + r % rpt of token tk0 + r / rpt (in prefill a
+    // block takes the heads of tpb tokens when they fit in kRows rows).
+    const int rpt = min(kRows, a.n_rep - rg * kRows);
+    const int tk0 = blockIdx.z * a.tpb, ntk = min(a.tpb, a.n_tok - tk0);
+    const int nr = rpt * ntk;
+    const int hh0 = kvh * a.n_rep + rg * kRows;
+    auto row_of = [&](int r) { return (size_t)(tk0 + r / rpt) * a.n_head + hh0 + r % rpt; };
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, k4 = lane % 4;
     const int* kinfo = a.k.head + 4 * kvh;
     const int* vinfo = a.v.head + 4 * kvh;
     const int knk = kinfo[0], knp = kinfo[2], vnk = vinfo[0];
-    const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
-    const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
+    // Positions: each row's own token and window; the block spans them all.
+    const int pos_base = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + tk0;
+    auto own_of = [&](int r) { return pos_base + min(r, nr - 1) / rpt; };
+    auto lo_of = [&](int r) { return a.sw > 0 ? max(0, own_of(r) - a.sw + 1) : 0; };
+    const int own = own_of(nr - 1), lo = lo_of(0);
     // Splits take whole 32-token blocks, so no block is read by two. At
     // short context the blocks fall to splits spread over the range (with
     // one block, the last split's), so split 0's sinks run beside them.
@@ -344,11 +353,10 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     const int first = max(t0, KV_PCA_SINKS);
     const int n_entries = a.n_split + 1;
     const size_t qrow = 3 * hd + kQStride;
-    const float* q0 = a.qprep + ((size_t)t * a.n_head + h0) * qrow;
     if (first >= t1 && split != 0) {
         // Nothing here (a decode graph's splits cover the whole context).
         for (int r = 0; r < nr; ++r) {
-            float* out = a.partial + (((size_t)t * a.n_head + h0 + r) * n_entries + split) * (hd + 2);
+            float* out = a.partial + (row_of(r) * n_entries + split) * (hd + 2);
             for (int c = threadIdx.x; c < hd + 2; c += blockDim.x)
                 out[c] = c == 0 ? -INFINITY : 0.0f;
         }
@@ -358,7 +366,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     // Per row (a warp each): the scale 2^(14-e) that brings its largest weight
     // or rope coefficient |A|+|B| under 2^14, and the scaled A, B.
     for (int r = warp; r < kRows; r += kWarps) {
-        const float* qp = q0 + (size_t)min(r, nr - 1) * qrow;
+        const float* qp = a.qprep + row_of(min(r, nr - 1)) * qrow;
         float mx = 0.0f;
         if (r < nr)
             for (int i = lane; i < hd; i += 32) {
@@ -390,7 +398,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     // The key weights' fragments: row g's high halves as rows g, its low as g+8.
     for (int i = threadIdx.x; i < KK * 32; i += blockDim.x) {
         const int ks = i / 32, gg = (i % 32) / 4, kk = i % 4, r = min(gg, nr - 1);
-        const float* w = q0 + (size_t)r * qrow + hd;
+        const float* w = a.qprep + row_of(r) * qrow + hd;
         const float sc = 1.0f / isc[r];
         float x[4];
 #pragma unroll
@@ -409,6 +417,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     __syncthreads();
 
     const bool row_on = g < nr;
+    const int own_g = own_of(g), lo_g = lo_of(g);
     const float Kg = Kr[g], iscg = isc[g];
     float m = -INFINITY, l = 0.0f, ps = 0.0f;  // row g's, this lane's share of l and ps
     float acc[KS][4];  // O[kept mt*16 + g (+8)][row 2k4 (+1)]
@@ -524,7 +533,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int tok = 8 * k4 + 4 * e + nt, p = base + tok;
-                    const bool on = row_on && p >= first && p < t1;
+                    const bool on = row_on && p >= first && p < t1 && p >= lo_g && p <= own_g;
                     const float2 sc2 = scl[tok];  // {a_k, a_v}
                     const float ak = sc2.x;
                     av[nt][e] = sc2.y;
@@ -633,7 +642,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     }
     __syncthreads();
     for (int r = 0; r < nr; ++r) {
-        float* out = a.partial + (((size_t)t * a.n_head + h0 + r) * n_entries + split) * (hd + 2);
+        float* out = a.partial + (row_of(r) * n_entries + split) * (hd + 2);
         if (threadIdx.x == 0) {
             float M = -INFINITY, Lsum = 0.0f;
             for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
@@ -648,9 +657,9 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     // The sink positions (half y, every channel) make the last entry.
     // A warp per row; the angles of the first positions are the run tables'.
     if (split != 0) return;
-    const int s0 = max(lo, 0), s1 = min(KV_PCA_SINKS, own + 1);
     for (int r = warp; r < nr; r += kWarps) {
-        const float* qy = q0 + (size_t)r * qrow;
+        const int s0 = lo_of(r), s1 = min(KV_PCA_SINKS, own_of(r) + 1);
+        const float* qy = a.qprep + row_of(r) * qrow;
         const float* qab = qy + 2 * hd;
         float sc[KV_PCA_SINKS];
         float mx = -INFINITY;
@@ -663,7 +672,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             sc[sp] = warp_sum(d);
             mx = fmaxf(mx, sc[sp]);
         }
-        float* out = a.partial + (((size_t)t * a.n_head + h0 + r) * n_entries + n_entries - 1) * (hd + 2);
+        float* out = a.partial + (row_of(r) * n_entries + n_entries - 1) * (hd + 2);
         float lsum = 0.0f;
         for (int sp = s0; sp < s1; ++sp) {
             sc[sp] = expf(sc[sp] - mx);
@@ -697,8 +706,15 @@ void launch_span_pca(dim3 grid, cudaStream_t s, const pca_span_args& a) {
 // Row groups of n_rep query heads per kv head.
 int row_groups(int n_rep) { return (n_rep + kRows - 1) / kRows; }
 
+// Tokens per span block: as many tokens' query heads of a kv head as fit in
+// kRows rows, so they share the block's reads of the codes.
+int tokens_per_block(int n_rep, int n_tok) { return n_rep <= kRows ? std::min(n_tok, kRows / n_rep) : 1; }
+
 // Span blocks before splitting.
-int span_blocks(int n_tok, int n_head_kv, int n_rep) { return n_tok * n_head_kv * row_groups(n_rep); }
+int span_blocks(int n_tok, int n_head_kv, int n_rep) {
+    const int tpb = tokens_per_block(n_rep, n_tok);
+    return (n_tok + tpb - 1) / tpb * n_head_kv * row_groups(n_rep);
+}
 
 // Blocks of 32 positions that n positions from pos0 touch; with pos_dev the
 // start is known only on the device, so one more (it finds nothing to do
@@ -940,9 +956,11 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     a.sw = sliding_window;
     a.pos0 = pos0;
     a.pos_dev = pos_dev;
+    a.n_tok = n_tok;
+    a.tpb = tokens_per_block(n_rep, n_tok);
     a.n_split = pca_splits(span_blocks(n_tok, n_head_kv, n_rep), split_len > 0 ? split_len : pos0 + n_tok, n_sm);
     a.partial = partial;
-    const dim3 grid(a.n_split, n_head_kv * a.n_rg, n_tok);
+    const dim3 grid(a.n_split, n_head_kv * a.n_rg, (n_tok + a.tpb - 1) / a.tpb);
     if (hd <= 64) launch_span_pca<64>(grid, s, a);
     else if (hd <= 128) launch_span_pca<128>(grid, s, a);
     else launch_span_pca<256>(grid, s, a);
