@@ -228,10 +228,11 @@ __host__ __device__ inline uint32_t half2_bits(__half2 h) {
     return u;
 }
 
-// Two codes (< 1024) as exact halves, c0 in the low half: 1024 + c in a
-// half's bits, less 1024.
-__device__ inline uint32_t codes_half2(uint32_t c0, uint32_t c1) {
-    const uint32_t u = c0 | (c1 << 16) | 0x64006400u;
+// Two codes (< 1024) as exact halves: x0's low bits under mask m0 in the low
+// half, x1's under m1_hi = m1 << 16 in the high half; 1024 + c in a half's
+// bits, less 1024.
+__device__ inline uint32_t codes_half2(uint32_t x0, uint32_t m0, uint32_t x1, uint32_t m1_hi) {
+    const uint32_t u = (x0 & m0) | 0x64006400u | ((x1 << 16) & m1_hi);
     __half2 h;
     memcpy(&h, &u, sizeof h);
     return half2_bits(__hsub2(h, __float2half2_rn(1024.0f)));
@@ -418,7 +419,9 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
 
     const bool row_on = g < nr;
     const int own_g = own_of(g), lo_g = lo_of(g);
-    const float Kg = Kr[g], iscg = isc[g];
+    // Scores are kept in base 2 (times log2 e), so each p is one exp2.
+    constexpr float kLog2e = 1.4426950408889634f;
+    const float Kg = Kr[g] * kLog2e, iscg = isc[g] * kLog2e;
     float m = -INFINITY, l = 0.0f, ps = 0.0f;  // row g's, this lane's share of l and ps
     float acc[KS][4];  // O[kept mt*16 + g (+8)][row 2k4 (+1)]
 #pragma unroll
@@ -498,12 +501,13 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                     mk[j] = (1u << o.y) - 1u;
                     x[j] = group_bits(kb + o.x, 4 * g * o.y);
                 }
+                const uint32_t mh1 = mk[1] << 16, mh3 = mk[3] << 16;
 #pragma unroll
                 for (int nt = 0; nt < 4; ++nt) {
-                    uint32_t c[4];
+                    mma16816(ck[nt], A.x, A.y, A.z, A.w, codes_half2(x[0], mk[0], x[1], mh1),
+                             codes_half2(x[2], mk[2], x[3], mh3));
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) c[j] = (x[j] >> (nt * bits[j])) & mk[j];
-                    mma16816(ck[nt], A.x, A.y, A.z, A.w, codes_half2(c[0], c[1]), codes_half2(c[2], c[3]));
+                    for (int j = 0; j < 4; ++j) x[j] >>= bits[j];  // the next token's code
                 }
             }
             // The rope mean's term: row g's coefficients of pairs kr*8 + k4 and
@@ -545,15 +549,17 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, 1));
             bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, 2));
             const float mnew = fmaxf(m, bm);
-            // mnew is -inf only while no position of this row was valid.
-            const float corr = mnew == -INFINITY ? 1.0f : expf(m - mnew);
+            // mnew is -inf only while no position of this row was valid; then
+            // every p and corr is exp2(-inf) = 0 (and l, ps, acc are still 0).
+            const float msafe = mnew == -INFINITY ? 0.0f : mnew;
+            const float corr = exp2f(m - msafe);
             m = mnew;
             float pv[4][2], lsum = 0.0f, psum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const float p = s[nt][e] == -INFINITY ? 0.0f : expf(s[nt][e] - mnew);
+                    const float p = exp2f(s[nt][e] - msafe);
                     lsum += p;
                     pv[nt][e] = p * av[nt][e];
                     psum += pv[nt][e];
@@ -584,17 +590,24 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                 const int2 o0 = voffb[mt * 16 + g], o1 = voffb[mt * 16 + g + 8];
                 const int b0 = o0.y, b1 = o1.y;
                 const uint32_t m0 = (1u << b0) - 1u, m1 = (1u << b1) - 1u;
-                const uint32_t x0 = group_bits(vb + o0.x, 8 * k4 * b0);
-                const uint32_t y0 = group_bits(vb + o0.x, (8 * k4 + 4) * b0);
-                const uint32_t x1 = group_bits(vb + o1.x, 8 * k4 * b1);
-                const uint32_t y1 = group_bits(vb + o1.x, (8 * k4 + 4) * b1);
+                const uint32_t mh0 = m0 << 16, mh1 = m1 << 16;
+                uint32_t x0 = group_bits(vb + o0.x, 8 * k4 * b0);
+                uint32_t y0 = group_bits(vb + o0.x, (8 * k4 + 4) * b0);
+                uint32_t x1 = group_bits(vb + o1.x, 8 * k4 * b1);
+                uint32_t y1 = group_bits(vb + o1.x, (8 * k4 + 4) * b1);
+                // Codes i = 0, 1, 2, 3 of the windows in turn (each taken, then shifted out).
+                auto take = [&]() {
+                    const uint2 r = make_uint2(codes_half2(x0, m0, y0, mh0), codes_half2(x1, m1, y1, mh1));
+                    x0 >>= b0;
+                    y0 >>= b0;
+                    x1 >>= b1;
+                    y1 >>= b1;
+                    return r;
+                };
 #pragma unroll
                 for (int ks2 = 0; ks2 < 2; ++ks2) {
-                    const int i = 2 * ks2, j = i + 1;
-                    const uint32_t a0 = codes_half2((x0 >> (i * b0)) & m0, (y0 >> (i * b0)) & m0);
-                    const uint32_t a1 = codes_half2((x1 >> (i * b1)) & m1, (y1 >> (i * b1)) & m1);
-                    const uint32_t a2 = codes_half2((x0 >> (j * b0)) & m0, (y0 >> (j * b0)) & m0);
-                    const uint32_t a3 = codes_half2((x1 >> (j * b1)) & m1, (y1 >> (j * b1)) & m1);
+                    const uint2 a01 = take(), a23 = take();
+                    const uint32_t a0 = a01.x, a1 = a01.y, a2 = a23.x, a3 = a23.y;
                     mma16816(acc[mt], a0, a1, a2, a3, ph[ks2][0], ph[ks2][1]);
                     mma16816(acc[mt], a0, a1, a2, a3, pl[ks2][0], pl[ks2][1]);
                 }
@@ -629,7 +642,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
         const float mr = mw[warp * kRows + r];
         if (mr == -INFINITY) continue;
-        const float f = expf(mr - M), psr = pw[warp * kRows + r];
+        const float f = exp2f(mr - M), psr = pw[warp * kRows + r];
 #pragma unroll
         for (int mt = 0; mt < KS; ++mt)
 #pragma unroll
@@ -647,8 +660,8 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             float M = -INFINITY, Lsum = 0.0f;
             for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
             for (int w = 0; w < kWarps; ++w)
-                if (mw[w * kRows + r] != -INFINITY) Lsum += expf(mw[w * kRows + r] - M) * lw[w * kRows + r];
-            out[0] = M;
+                if (mw[w * kRows + r] != -INFINITY) Lsum += exp2f(mw[w * kRows + r] - M) * lw[w * kRows + r];
+            out[0] = M * 0.6931471805599453f;  // back to base e for the merge
             out[1] = Lsum;
         }
         for (int c = threadIdx.x; c < hd; c += blockDim.x) out[2 + c] = ob[r * HD + c];
