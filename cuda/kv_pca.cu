@@ -231,8 +231,15 @@ __host__ __device__ inline uint32_t half2_bits(__half2 h) {
 // Two codes (< 1024) as exact halves: x0's low bits under mask m0 in the low
 // half, x1's under m1_hi = m1 << 16 in the high half; 1024 + c in a half's
 // bits, less 1024.
+__device__ inline uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {  // (a & b) | c
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
 __device__ inline uint32_t codes_half2(uint32_t x0, uint32_t m0, uint32_t x1, uint32_t m1_hi) {
-    const uint32_t u = (x0 & m0) | 0x64006400u | ((x1 << 16) & m1_hi);
+    // Two three-input operations (the compiler makes three of the plain form).
+    const uint32_t u = lop3_and_or(x0, m0, lop3_and_or(x1 << 16, m1_hi, 0x64006400u));
     __half2 h;
     memcpy(&h, &u, sizeof h);
     return half2_bits(__hsub2(h, __float2half2_rn(1024.0f)));
