@@ -193,11 +193,11 @@ struct pca_span_args {
     float* partial;  // [(t*n_head + h) * n_entries + e] of {m, l, o[hd]}
 };
 
-// sin and cos of an angle a (radians, |a| < 2^40): reduced by 2 pi in double,
-// then taken in float.
+// sin and cos of an angle a (radians, |a| < 2^40): reduced by 2 pi in double
+// to [-pi, pi], where the hardware's sine and cosine are within 4e-7.
 __device__ inline void angle_sincos(double a, float* s, float* c) {
     const double r = fma(-rint(a * 0.15915494309189535), 6.283185307179586, a);
-    sincosf((float)r, s, c);
+    __sincosf((float)r, s, c);
 }
 
 // Bytes a warp stages for one block of n code bytes: whole 16-byte pieces
