@@ -313,6 +313,243 @@ void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
     }
 }
 
+// ---- prefill over f16 caches: a tiled flash attention on tensor cores ----
+// A block takes 64 query rows of one kv head (row r: query head r % n_rep of
+// token r / n_rep, so the heads that share the kv head share every key and
+// value tile), a warp 16 of them, and walks the keys in tiles of 64 copied
+// into shared memory one tile ahead. Scores S = Q K^T and the output
+// O += P V are m16n8k16 products; queries and p are split into high and low
+// halves (two products each), so they keep about 22 bits against the f16
+// keys and values, as the float path does. Softmax in base 2.
+constexpr int kFaRows = 64, kFaKeys = 64, kFaThreads = 128;
+constexpr int kFaMinTokens = 16;  // fewer query tokens take the span kernels
+
+struct fa_args {
+    const uint8_t* k;
+    const uint8_t* v;
+    size_t krec, vrec;
+    const float* q;
+    float* out;
+    int n_head, n_head_kv, n_tok, pos0, sw;
+    float scale;
+};
+
+__device__ inline uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+// Four 8x8 matrices of halves from shared memory (lanes 8i .. 8i+7 give the
+// rows of matrix i), in the mma fragment layout; .trans: transposed.
+__device__ inline void ldmatrix_x4(uint32_t* r, const __half* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ inline void ldmatrix_x4_trans(uint32_t* r, const __half* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// 16 bytes copied asynchronously, or zeros where !valid (src is then not
+// read); before compute capability 8.0, a plain copy.
+__device__ inline void copy16_async(__half* dst, const uint8_t* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+#else
+    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+#endif
+}
+__device__ inline void copies_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;");
+#endif
+}
+template <int N>
+__device__ inline void copies_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+#endif
+}
+
+template <int HD>
+struct fa_smem {
+    static constexpr int P = HD + 8;  // halves per row: rows 16 bytes apart in the banks
+    static constexpr size_t bytes = (size_t)(2 * kFaRows + 4 * kFaKeys) * P * sizeof(__half);
+};
+
+template <int HD>
+__global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args a) {
+    constexpr int P = fa_smem<HD>::P, ND = HD / 8;
+    constexpr float kLog2e = 1.4426950408889634f;
+    extern __shared__ __align__(16) uint8_t fa_sm[];
+    __half* Qh = reinterpret_cast<__half*>(fa_sm);  // [kFaRows][P] high halves
+    __half* Ql = Qh + kFaRows * P;                   // low halves
+    __half* Ks = Ql + kFaRows * P;                   // [2][kFaKeys][P]
+    __half* Vs = Ks + 2 * kFaKeys * P;               // [2][kFaKeys][P]
+    const int kvh = blockIdx.y, n_rep = a.n_head / a.n_head_kv;
+    const int n_rows = a.n_tok * n_rep, r0 = blockIdx.x * kFaRows;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, k4 = lane % 4;
+    auto q_index = [&](int rr) { return ((size_t)(rr / n_rep) * a.n_head + kvh * n_rep + rr % n_rep) * HD; };
+
+    // The block's queries, scaled (by log2 e too), as high and low halves.
+    for (int i = threadIdx.x; i < kFaRows * HD / 2; i += kFaThreads) {
+        const int r = i / (HD / 2), d = 2 * (i % (HD / 2)), rr = r0 + r;
+        float x0 = 0.0f, x1 = 0.0f;
+        if (rr < n_rows) {
+            const float* q = a.q + q_index(rr) + d;
+            x0 = q[0] * a.scale * kLog2e;
+            x1 = q[1] * a.scale * kLog2e;
+        }
+        uint32_t hi, lo;
+        split_half2(x0, x1, hi, lo);
+        *reinterpret_cast<uint32_t*>(Qh + r * P + d) = hi;
+        *reinterpret_cast<uint32_t*>(Ql + r * P + d) = lo;
+    }
+    // Positions: this lane's rows g and g+8 of its warp, and the keys the block needs.
+    const int last_row = min(n_rows, r0 + kFaRows) - 1;
+    const int own_last = a.pos0 + last_row / n_rep;
+    const int lo_first = a.sw > 0 ? max(0, a.pos0 + r0 / n_rep - a.sw + 1) : 0;
+    int own[2], lo[2];
+    bool row_on[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int rr = r0 + warp * 16 + g + 8 * h;
+        row_on[h] = rr < n_rows;
+        own[h] = a.pos0 + min(rr, last_row) / n_rep;
+        lo[h] = a.sw > 0 ? max(0, own[h] - a.sw + 1) : 0;
+    }
+    const int kt_first = lo_first / kFaKeys * kFaKeys;
+    const int n_tiles = own_last / kFaKeys - kt_first / kFaKeys + 1;
+    auto load_tile = [&](int kt, int buf) {
+        for (int i = threadIdx.x; i < kFaKeys * ND; i += kFaThreads) {
+            const int j = i / ND, c = (i % ND) * 8, pos = kt + j;
+            const bool ok = pos <= own_last;
+            const size_t rec = (size_t)(ok ? pos : 0) * a.n_head_kv + kvh;
+            copy16_async(Ks + (buf * kFaKeys + j) * P + c, a.k + rec * a.krec + c * 2, ok);
+            copy16_async(Vs + (buf * kFaKeys + j) * P + c, a.v + rec * a.vrec + c * 2, ok);
+        }
+    };
+
+    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
+    load_tile(kt_first, 0);
+    copies_commit();
+    for (int it = 0; it < n_tiles; ++it) {
+        const int kt = kt_first + it * kFaKeys, buf = it & 1;
+        if (it + 1 < n_tiles) load_tile(kt + kFaKeys, buf ^ 1);
+        copies_commit();
+        copies_wait<1>();  // this tile's copies
+        __syncthreads();   // and every thread's, and the queries
+        const __half* K = Ks + buf * kFaKeys * P;
+        const __half* V = Vs + buf * kFaKeys * P;
+        // S (16 rows x 64 keys): n-tile nt is keys nt*8 .. nt*8+7.
+        float s[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ++ks) {
+            uint32_t ah[4], al[4];
+            const int qoff = (warp * 16 + lane % 16) * P + ks * 16 + (lane / 16) * 8;
+            ldmatrix_x4(ah, Qh + qoff);
+            ldmatrix_x4(al, Ql + qoff);
+#pragma unroll
+            for (int np = 0; np < 4; ++np) {
+                uint32_t b[4];  // b0, b1 of n-tiles 2np and 2np+1
+                ldmatrix_x4(b, K + (np * 16 + lane % 8 + (lane / 16) * 8) * P + ks * 16 + ((lane / 8) % 2) * 8);
+                mma16816(s[2 * np], ah[0], ah[1], ah[2], ah[3], b[0], b[1]);
+                mma16816(s[2 * np], al[0], al[1], al[2], al[3], b[0], b[1]);
+                mma16816(s[2 * np + 1], ah[0], ah[1], ah[2], ah[3], b[2], b[3]);
+                mma16816(s[2 * np + 1], al[0], al[1], al[2], al[3], b[2], b[3]);
+            }
+        }
+        // Causal and window masks; online softmax of rows g (entries 0, 1) and g+8 (2, 3).
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e / 2, key = kt + nt * 8 + 2 * k4 + (e & 1);
+                const bool on = row_on[h] && key <= own[h] && key >= lo[h];
+                s[nt][e] = on ? s[nt][e] : -INFINITY;
+                mx[h] = fmaxf(mx[h], s[nt][e]);
+            }
+        float corr[2], msafe[2], lsum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            const float mnew = fmaxf(m[h], mx[h]);
+            msafe[h] = mnew == -INFINITY ? 0.0f : mnew;  // no key yet: every p is 0
+            corr[h] = exp2f(m[h] - msafe[h]);
+            m[h] = mnew;
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[nt][e] = exp2f(s[nt][e] - msafe[e / 2]);
+                lsum[e / 2] += s[nt][e];
+            }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) l[h] = l[h] * corr[h] + lsum[h];
+#pragma unroll
+        for (int nd = 0; nd < ND; ++nd) {
+            o[nd][0] *= corr[0];
+            o[nd][1] *= corr[0];
+            o[nd][2] *= corr[1];
+            o[nd][3] *= corr[1];
+        }
+        // O += P V: k-step kk is keys kk*16 .., whose P fragments are the
+        // accumulators of n-tiles 2kk and 2kk+1.
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            uint32_t ph[4], pl[4];
+            split_half2(s[2 * kk][0], s[2 * kk][1], ph[0], pl[0]);
+            split_half2(s[2 * kk][2], s[2 * kk][3], ph[1], pl[1]);
+            split_half2(s[2 * kk + 1][0], s[2 * kk + 1][1], ph[2], pl[2]);
+            split_half2(s[2 * kk + 1][2], s[2 * kk + 1][3], ph[3], pl[3]);
+#pragma unroll
+            for (int nd2 = 0; nd2 < ND / 2; ++nd2) {
+                uint32_t b[4];  // b0, b1 of dimension tiles 2nd2 and 2nd2+1
+                ldmatrix_x4_trans(b, V + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * P + nd2 * 16 + (lane / 16) * 8);
+                mma16816(o[2 * nd2], ph[0], ph[1], ph[2], ph[3], b[0], b[1]);
+                mma16816(o[2 * nd2], pl[0], pl[1], pl[2], pl[3], b[0], b[1]);
+                mma16816(o[2 * nd2 + 1], ph[0], ph[1], ph[2], ph[3], b[2], b[3]);
+                mma16816(o[2 * nd2 + 1], pl[0], pl[1], pl[2], pl[3], b[2], b[3]);
+            }
+        }
+        __syncthreads();  // the buffer is refilled next
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (!row_on[h]) continue;
+        float* out = a.out + q_index(r0 + warp * 16 + g + 8 * h);
+        const float inv = 1.0f / l[h];
+#pragma unroll
+        for (int nd = 0; nd < ND; ++nd)
+            *reinterpret_cast<float2*>(out + nd * 8 + 2 * k4) = make_float2(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
+    }
+}
+
+template <int HD>
+void launch_prefill_f16(const fa_args& a, cudaStream_t s) {
+    const size_t smem = fa_smem<HD>::bytes;
+    static bool raised = false;
+    if (!raised) {
+        KVRT_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_f16_kernel<HD>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        raised = true;
+    }
+    const dim3 grid((a.n_tok * (a.n_head / a.n_head_kv) + kFaRows - 1) / kFaRows, a.n_head_kv);
+    attn_prefill_f16_kernel<HD><<<grid, kFaThreads, smem, s>>>(a);
+}
+
 }  // namespace
 
 int cuda_attention_splits(int blocks, int max_len, int n_sm) {
@@ -360,6 +597,18 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     if (p.head_dim % 8 != 0 || p.head_dim > kMaxHeadDim || 32 % (p.head_dim / 8) != 0)
         throw error("CUDA attention: head_dim " + std::to_string(p.head_dim) +
                     " is not supported (32, 64, 128 or 256)");
+    const int hd = p.head_dim;
+    if (k.kind == KV_KIND_F16 && v.kind == KV_KIND_F16 && (hd == 64 || hd == 128) &&
+        n_tok >= kFaMinTokens && !pos_dev && k.rec == (size_t)hd * 2 && v.rec == (size_t)hd * 2) {
+        // Prefill: the tiled kernel writes out directly (no spans to merge).
+        const fa_args f{k.d, v.d, k.rec, v.rec, q, out, p.n_head, p.n_head_kv, n_tok, pos0,
+                        p.sliding_window, 1.0f / std::sqrt((float)hd)};
+        if (hd == 64) launch_prefill_f16<64>(f, s);
+        else launch_prefill_f16<128>(f, s);
+        KVRT_CUDA_CHECK(cudaGetLastError());
+        if (act) cuda_quantize_q16(out, n_tok, (int64_t)p.n_head * hd, act, s);
+        return;
+    }
     span_args a;
     a.k = k.d;
     a.v = v.d;

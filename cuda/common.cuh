@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -150,6 +151,47 @@ __device__ inline float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+// ---- tensor-core helpers (kv_pca.cu, attention.cu) ----
+__host__ __device__ inline uint32_t half2_bits(__half2 h) {
+    uint32_t u;
+    memcpy(&u, &h, sizeof u);
+    return u;
+}
+
+// x0, x1 as two halves each: hi = half(x), lo = half(x - hi), so that hi + lo
+// holds x to about 22 bits (also on the host, for tables made on upload).
+__host__ __device__ inline void split_half2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+    const __half2 h = __floats2half2_rn(x0, x1);
+    const float2 f = __half22float2(h);
+    hi = half2_bits(h);
+    lo = half2_bits(__floats2half2_rn(x0 - f.x, x1 - f.y));
+}
+
+// d += A B on a warp's tensor cores (m16n8k16, halves in, floats summed), in
+// PTX's fragment layout; with g = lane / 4 and k = lane % 4:
+//   a0 = A[g][2k, 2k+1]  a1 = A[g+8][2k, 2k+1]  a2 = A[g][2k+8, 2k+9]  a3 = A[g+8][2k+8, 2k+9]
+//   b0 = B[2k, 2k+1][g]  b1 = B[2k+8, 2k+9][g]
+//   d0, d1 = D[g][2k, 2k+1]  d2, d3 = D[g+8][2k, 2k+1]
+__device__ inline void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    // Turing: the two k = 8 halves of the product (a0, a1 with b0; a2, a3 with b1).
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a2), "r"(a3), "r"(b1));
+#elif defined(__CUDA_ARCH__)
+#error "the tensor-core kernels (pca and prefill attention) need compute capability 7.5 or newer (CMAKE_CUDA_ARCHITECTURES >= 75)"
+#endif
 }
 
 // ---- q16 activation codes (matmul.cu's matvec reads them) ----

@@ -222,12 +222,6 @@ __device__ inline uint32_t group_bits(const uint8_t* group, int bit) {
     return __funnelshift_r(w[0], w[1], bit & 31);
 }
 
-__host__ __device__ inline uint32_t half2_bits(__half2 h) {
-    uint32_t u;
-    memcpy(&u, &h, sizeof u);
-    return u;
-}
-
 // Two codes (< 1024) as exact halves: x0's low bits under mask m0 in the low
 // half, x1's under m1_hi = m1 << 16 in the high half; 1024 + c in a half's
 // bits, less 1024.
@@ -243,40 +237,6 @@ __device__ inline uint32_t codes_half2(uint32_t x0, uint32_t m0, uint32_t x1, ui
     __half2 h;
     memcpy(&h, &u, sizeof h);
     return half2_bits(__hsub2(h, __float2half2_rn(1024.0f)));
-}
-
-// x0, x1 as two halves each: hi = half(x), lo = half(x - hi), so that hi + lo
-// holds x to about 22 bits (also on the host, for tables made on upload).
-__host__ __device__ inline void split_half2(float x0, float x1, uint32_t& hi, uint32_t& lo) {
-    const __half2 h = __floats2half2_rn(x0, x1);
-    const float2 f = __half22float2(h);
-    hi = half2_bits(h);
-    lo = half2_bits(__floats2half2_rn(x0 - f.x, x1 - f.y));
-}
-
-// d += A B on a warp's tensor cores (m16n8k16, halves in, floats summed), in
-// PTX's fragment layout; with g = lane / 4 and k = lane % 4:
-//   a0 = A[g][2k, 2k+1]  a1 = A[g+8][2k, 2k+1]  a2 = A[g][2k+8, 2k+9]  a3 = A[g+8][2k+8, 2k+9]
-//   b0 = B[2k, 2k+1][g]  b1 = B[2k+8, 2k+9][g]
-//   d0, d1 = D[g][2k, 2k+1]  d2, d3 = D[g+8][2k, 2k+1]
-__device__ inline void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-    // Turing: the two k = 8 halves of the product (a0, a1 with b0; a2, a3 with b1).
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(b0));
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a2), "r"(a3), "r"(b1));
-#elif defined(__CUDA_ARCH__)
-#error "the pca attention kernel needs compute capability 7.5 or newer (CMAKE_CUDA_ARCHITECTURES >= 75)"
-#endif
 }
 
 // Query rows of a span block: the products' 16 rows are 8 query rows' high
