@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <cuda_pipeline.h>
+
 #include "common.cuh"
 
 namespace kvrt {
@@ -349,28 +351,6 @@ __device__ inline void ldmatrix_x4_trans(uint32_t* r, const __half* p) {
                  : "r"(smem_u32(p)));
 }
 
-// 16 bytes copied asynchronously, or zeros where !valid (src is then not
-// read); before compute capability 8.0, a plain copy.
-__device__ inline void copy16_async(__half* dst, const uint8_t* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src),
-                 "r"(valid ? 16 : 0));
-#else
-    *reinterpret_cast<uint4*>(dst) = valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-#endif
-}
-__device__ inline void copies_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;");
-#endif
-}
-template <int N>
-__device__ inline void copies_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;" ::"n"(N));
-#endif
-}
-
 template <int HD>
 struct fa_smem {
     static constexpr int P = HD + 8;  // halves per row: rows 16 bytes apart in the banks
@@ -423,10 +403,11 @@ __global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args
     auto load_tile = [&](int kt, int buf) {
         for (int i = threadIdx.x; i < kFaKeys * ND; i += kFaThreads) {
             const int j = i / ND, c = (i % ND) * 8, pos = kt + j;
+            // Past the last position: 16 zero bytes, nothing read.
             const bool ok = pos <= own_last;
-            const size_t rec = (size_t)(ok ? pos : 0) * a.n_head_kv + kvh;
-            copy16_async(Ks + (buf * kFaKeys + j) * P + c, a.k + rec * a.krec + c * 2, ok);
-            copy16_async(Vs + (buf * kFaKeys + j) * P + c, a.v + rec * a.vrec + c * 2, ok);
+            const size_t rec = (size_t)(ok ? pos : 0) * a.n_head_kv + kvh, zfill = ok ? 0 : 16;
+            __pipeline_memcpy_async(Ks + (buf * kFaKeys + j) * P + c, a.k + rec * a.krec + c * 2, 16, zfill);
+            __pipeline_memcpy_async(Vs + (buf * kFaKeys + j) * P + c, a.v + rec * a.vrec + c * 2, 16, zfill);
         }
     };
 
@@ -434,12 +415,12 @@ __global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args
 #pragma unroll
     for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
     load_tile(kt_first, 0);
-    copies_commit();
+    __pipeline_commit();
     for (int it = 0; it < n_tiles; ++it) {
         const int kt = kt_first + it * kFaKeys, buf = it & 1;
         if (it + 1 < n_tiles) load_tile(kt + kFaKeys, buf ^ 1);
-        copies_commit();
-        copies_wait<1>();  // this tile's copies
+        __pipeline_commit();
+        __pipeline_wait_prior(1);  // this tile's copies
         __syncthreads();   // and every thread's, and the queries
         const __half* K = Ks + buf * kFaKeys * P;
         const __half* V = Vs + buf * kFaKeys * P;
