@@ -131,6 +131,16 @@ struct cuda_rope {
 void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int pos0,
                      cudaStream_t s, const int* pos_dev = nullptr, float* x2 = nullptr,
                      int n_heads2 = 0);
+struct cuda_kv_stream;
+// Whether cuda_rope_apply_store can store into k and v (float streams, f16
+// or f32, of the same heads).
+bool cuda_rope_stores(const cuda_kv_stream& k, const cuda_kv_stream& v);
+// cuda_rope_apply of the queries q and keys k, which also stores the turned
+// keys and the values v at positions store_pos0.. (+ *pos_dev) of sk and sv
+// as cuda_kv_store would: a decode step's rope and two stores in one launch.
+void cuda_rope_apply_store(float* q, int n_tok, int n_heads, const cuda_rope& r, int pos0,
+                           cudaStream_t s, const int* pos_dev, float* k, const float* v,
+                           const cuda_kv_stream& sk, const cuda_kv_stream& sv, int store_pos0);
 
 // ---- swiglu.cu ----
 // n_rows x cols elements; with act (cols a multiple of 32), y's q16 codes

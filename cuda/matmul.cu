@@ -50,6 +50,7 @@ constexpr int kTokChunk = 8;      // tokens per matvec launch chunk
 constexpr int kRowsPerBlock = 4;  // float types: a warp per row, 4 per block
 constexpr int kMvRows = 2;        // block types: weight rows per warp
 constexpr int kMvWarps = 4;       // block types: warps per block
+constexpr int kMvSplitBelow = 2048;  // decode: fewer blocks than this split each row's blocks over the warps
 
 __device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
 __device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
@@ -217,7 +218,7 @@ __device__ inline int dot_piece(int4 a, uint32_t lo, uint32_t hi, int c) {
 
 // Up to three weights of one type and width in one launch (q, k, v; gate,
 // up): their blocks follow each other along blockIdx.x,
-// mv_row_blocks(rows) each.
+// mv_row_blocks<KS>(rows) each.
 struct mv_target {
     const uint8_t* w;
     int64_t rows;
@@ -228,8 +229,9 @@ struct mv_set {
     int count;
 };
 
+template <int KS>
 __host__ __device__ inline int64_t mv_row_blocks(int64_t rows) {
-    constexpr int per_block = kMvRows * kMvWarps;
+    constexpr int per_block = kMvRows * kMvWarps / KS;
     return (rows + per_block - 1) / per_block;
 }
 
@@ -238,15 +240,21 @@ __host__ __device__ inline int64_t mv_row_blocks(int64_t rows) {
 // the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127); else the block
 // dequantized and multiplied with x in f32. NT: tokens per chunk (1 for
 // decode, which then holds fewer registers, or kTokChunk).
-template <int T, bool Q16, int NT>
+// KS: warps that share a warp's rows and split their blocks (1 or kMvWarps);
+// with kMvWarps a block takes kMvRows rows, so a matrix of few rows still
+// makes enough blocks to keep the memory busy, and the warps' sums are added
+// in shared memory.
+template <int T, bool Q16, int NT, int KS>
 __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
         mv_set set, int64_t cols, const int16_t* aq, const int2* ad, const float* x, int n, int add) {
+    static_assert(KS == 1 || KS == kMvWarps, "KS: 1 or kMvWarps");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int kw = KS == 1 ? 0 : warp;  // the warp's share of the blocks
     // The target by constant indices (a computed index would copy the set
     // to local memory).
     int64_t bx = blockIdx.x;
     mv_target tg = set.t[0];
-    const int64_t b0 = mv_row_blocks(set.t[0].rows), b1 = mv_row_blocks(set.t[1].rows);
+    const int64_t b0 = mv_row_blocks<KS>(set.t[0].rows), b1 = mv_row_blocks<KS>(set.t[1].rows);
     if (set.count > 1 && bx >= b0) {
         bx -= b0;
         tg = set.t[1];
@@ -256,7 +264,7 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
         }
     }
     const int64_t rows = tg.rows;
-    const int64_t r0 = (bx * kMvWarps + warp) * kMvRows;
+    const int64_t r0 = (bx * (kMvWarps / KS) + (KS == 1 ? warp : 0)) * kMvRows;
     if (r0 >= rows) return;
     const int t0 = blockIdx.y * NT;
     const int nt = min(NT, n - t0);
@@ -271,7 +279,7 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
 #pragma unroll
         for (int i = 0; i < kMvRows; ++i) acc[t][i] = 0.0f;
 #pragma unroll 2
-    for (int64_t b = lane; b < nb; b += 32) {
+    for (int64_t b = lane + 32 * kw; b < nb; b += 32 * KS) {
         uint32_t lo[kMvRows][4], hi[kMvRows][4];
         float dw[kMvRows], mw[kMvRows];
 #pragma unroll
@@ -313,12 +321,33 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
             }
         }
     }
+    if constexpr (KS > 1) {
+        __shared__ float red[KS][NT][kMvRows];
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int i = 0; i < kMvRows; ++i) {
+                const float s = warp_sum(acc[t][i]);
+                if (lane == 0) red[warp][t][i] = s;
+            }
+        __syncthreads();
+        if (warp > 0) return;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int i = 0; i < kMvRows; ++i) {
+                float s = 0.0f;
+#pragma unroll
+                for (int w = 0; w < KS; ++w) s += red[w][t][i];
+                acc[t][i] = s;
+            }
+    }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
         if (t >= nt) break;
 #pragma unroll
         for (int i = 0; i < kMvRows; ++i) {
-            const float s = warp_sum(acc[t][i]);
+            const float s = KS == 1 ? warp_sum(acc[t][i]) : acc[t][i];
             if (lane == 0 && r0 + i < rows) {
                 float* o = tg.out + (size_t)(t0 + t) * rows + r0 + i;
                 *o = add ? *o + s : s;
@@ -511,7 +540,15 @@ namespace {
 void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n, const void* act,
                           const float* x, bool add, cudaStream_t s) {
     int64_t blocks = 0;
-    for (int k = 0; k < set.count; ++k) blocks += mv_row_blocks(set.t[k].rows);
+    for (int k = 0; k < set.count; ++k) blocks += mv_row_blocks<1>(set.t[k].rows);
+    // A decode token over fewer rows than make kMvSplitBelow blocks: the
+    // warps of a block split the blocks of the same rows (o and down of an
+    // 8B shape, 4096 rows: 512 blocks become 2048).
+    const bool split = n == 1 && blocks < kMvSplitBelow;
+    if (split) {
+        blocks = 0;
+        for (int k = 0; k < set.count; ++k) blocks += mv_row_blocks<kMvWarps>(set.t[k].rows);
+    }
     const int nt = n == 1 ? 1 : kTokChunk;
     const dim3 grid((unsigned)blocks, (unsigned)((n + nt - 1) / nt));
     const int16_t* aq = act ? q16_codes(act) : nullptr;
@@ -519,10 +556,14 @@ void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n
     with_block_type(type, [&](auto T) {
         constexpr int t = T();
         const dim3 block(32 * kMvWarps);
-        if (act && n == 1) matvec_blocks_kernel<t, true, 1><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
-        else if (act) matvec_blocks_kernel<t, true, kTokChunk><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
-        else if (n == 1) matvec_blocks_kernel<t, false, 1><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
-        else matvec_blocks_kernel<t, false, kTokChunk><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add);
+#define KVRT_MVB(Q16, NT, KS) matvec_blocks_kernel<t, Q16, NT, KS><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add)
+        if (split && act) KVRT_MVB(true, 1, kMvWarps);
+        else if (split) KVRT_MVB(false, 1, kMvWarps);
+        else if (act && n == 1) KVRT_MVB(true, 1, 1);
+        else if (act) KVRT_MVB(true, kTokChunk, 1);
+        else if (n == 1) KVRT_MVB(false, 1, 1);
+        else KVRT_MVB(false, kTokChunk, 1);
+#undef KVRT_MVB
     });
     KVRT_CUDA_CHECK(cudaGetLastError());
 }

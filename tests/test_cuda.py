@@ -86,7 +86,8 @@ def test_matmul(tname, n, prefill):
     "rows,cols",
     # one row; rows odd (the block kernel takes two per warp, eight per block); columns of 1 and 3 blocks, not
     # a multiple of 256, a row whose blocks leave some warps idle or wrap the warps' stride
-    [(1, 32), (7, 96), (33, 288), (130, 2080), (5, 4128)],
+    # a decode token's warps split the blocks of fewer than 16384 rows: 16400 take a warp per two rows
+    [(1, 32), (7, 96), (33, 288), (130, 2080), (5, 4128), (16400, 64)],
 )
 @pytest.mark.parametrize("n", [1, 3, 9])  # 9: two launch chunks of tokens
 @pytest.mark.parametrize("prefill", [0, 3, 8])
