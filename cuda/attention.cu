@@ -521,12 +521,8 @@ __global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args
 template <int HD>
 void launch_prefill_f16(const fa_args& a, cudaStream_t s) {
     const size_t smem = fa_smem<HD>::bytes;
-    static bool raised = false;
-    if (!raised) {
-        KVRT_CUDA_CHECK(cudaFuncSetAttribute(attn_prefill_f16_kernel<HD>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        raised = true;
-    }
+    static size_t allowed = 48 * 1024;
+    allow_dynamic_smem(attn_prefill_f16_kernel<HD>, smem, allowed);
     const dim3 grid((a.n_tok * (a.n_head / a.n_head_kv) + kFaRows - 1) / kFaRows, a.n_head_kv);
     attn_prefill_f16_kernel<HD><<<grid, kFaThreads, smem, s>>>(a);
 }
@@ -580,7 +576,7 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
                     " is not supported (32, 64, 128 or 256)");
     const int hd = p.head_dim;
     if (k.kind == KV_KIND_F16 && v.kind == KV_KIND_F16 && (hd == 64 || hd == 128) &&
-        n_tok >= kFaMinTokens && !pos_dev && k.rec == (size_t)hd * 2 && v.rec == (size_t)hd * 2) {
+        n_tok >= kFaMinTokens && !pos_dev) {
         // Prefill: the tiled kernel writes out directly (no spans to merge).
         const fa_args f{k.d, v.d, k.rec, v.rec, q, out, p.n_head, p.n_head_kv, n_tok, pos0,
                         p.sliding_window, 1.0f / std::sqrt((float)hd)};

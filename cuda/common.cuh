@@ -132,8 +132,8 @@ void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int p
                      cudaStream_t s, const int* pos_dev = nullptr, float* x2 = nullptr,
                      int n_heads2 = 0);
 struct cuda_kv_stream;
-// Whether cuda_rope_apply_store can store into k and v (float streams, f16
-// or f32, of the same heads).
+// Whether cuda_rope_apply_store can store into k and v (both f16 or f32
+// streams).
 bool cuda_rope_stores(const cuda_kv_stream& k, const cuda_kv_stream& v);
 // cuda_rope_apply of the queries q and keys k, which also stores the turned
 // keys and the values v at positions store_pos0.. (+ *pos_dev) of sk and sv
@@ -161,6 +161,22 @@ __device__ inline float warp_max(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+// Element i of an f16 (else f32) cache stream at base, from x (rope.cu and
+// kv_encode.cu store the same way).
+__device__ inline void store_kv_elem(uint8_t* base, bool f16, int64_t i, float x) {
+    if (f16) reinterpret_cast<__half*>(base)[i] = __float2half_rn(x);
+    else reinterpret_cast<float*>(base)[i] = x;
+}
+
+// Lets kernel take `bytes` of dynamic shared memory (beyond the default 48
+// KiB); `allowed` is the caller's per-kernel record of what it asked for.
+template <class K>
+void allow_dynamic_smem(K* kernel, size_t bytes, size_t& allowed) {
+    if (bytes <= allowed) return;
+    KVRT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    allowed = bytes;
 }
 
 // ---- tensor-core helpers (kv_pca.cu, attention.cu) ----

@@ -50,8 +50,7 @@ __global__ void store_float_kernel(kv_kind kind, uint8_t* base, size_t pos_bytes
     if (pos_dev) base += (size_t)*pos_dev * pos_bytes;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
-        if (kind == KV_KIND_F32) reinterpret_cast<float*>(base)[i] = x[i];
-        else reinterpret_cast<__half*>(base)[i] = __float2half_rn(x[i]);
+        store_kv_elem(base, kind == KV_KIND_F16, i, x[i]);
     }
 }
 

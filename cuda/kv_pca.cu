@@ -674,12 +674,8 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
 template <int HD>
 void launch_span_pca(dim3 grid, cudaStream_t s, const pca_span_args& a) {
     const size_t smem = span_smem<HD>::bytes(a.k, a.v);
-    static size_t raised = 48 * 1024;  // per instantiation: what it may take beyond 48 KiB
-    if (smem > raised) {
-        KVRT_CUDA_CHECK(cudaFuncSetAttribute(attn_span_pca_kernel<HD>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        raised = smem;
-    }
+    static size_t allowed = 48 * 1024;  // per instantiation
+    allow_dynamic_smem(attn_span_pca_kernel<HD>, smem, allowed);
     attn_span_pca_kernel<HD><<<grid, kWarps * 32, smem, s>>>(a);
 }
 

@@ -20,11 +20,6 @@ struct rope_kv_out {
     const float* vsrc = nullptr;  // the values, [n_tok][n_heads2*head_dim]
 };
 
-__device__ inline void put_elem(uint8_t* base, int f16, int64_t i, float x) {
-    if (f16) reinterpret_cast<__half*>(base)[i] = __float2half_rn(x);
-    else reinterpret_cast<float*>(base)[i] = x;
-}
-
 // Index idx over x's pairs, then x2's. STORE: x2 (the keys) is stored as it
 // is turned, then the values and the keys' unturned dimensions, past total.
 template <bool STORE>
@@ -47,11 +42,11 @@ __global__ void rope_kernel(float* x, int n_heads, float* x2, int n_heads2, int 
         if (STORE && idx >= total) {
             const int64_t j = idx - total;
             if (j < n_v) {
-                put_elem(kv.v, kv.v_f16, j, kv.vsrc[j]);
+                store_kv_elem(kv.v, kv.v_f16, j, kv.vsrc[j]);
             } else {  // dimension n_rot + j % (head_dim - n_rot) of key row j / (head_dim - n_rot)
                 const int64_t jt = j - n_v, w = head_dim - n_rot;
                 const int64_t e = jt / w * head_dim + n_rot + jt % w;
-                put_elem(kv.k, kv.k_f16, e, x2[e]);
+                store_kv_elem(kv.k, kv.k_f16, e, x2[e]);
             }
             continue;
         }
@@ -70,8 +65,8 @@ __global__ void rope_kernel(float* x, int n_heads, float* x2, int n_heads2, int 
         xh[ia] = y0;
         xh[ib] = y1;
         if (STORE && second) {
-            put_elem(kv.k, kv.k_f16, th * head_dim + ia, y0);
-            put_elem(kv.k, kv.k_f16, th * head_dim + ib, y1);
+            store_kv_elem(kv.k, kv.k_f16, th * head_dim + ia, y0);
+            store_kv_elem(kv.k, kv.k_f16, th * head_dim + ib, y1);
         }
     }
 }
@@ -106,9 +101,7 @@ void cuda_rope_apply(float* x, int n_tok, int n_heads, const cuda_rope& r, int p
 }
 
 bool cuda_rope_stores(const cuda_kv_stream& k, const cuda_kv_stream& v) {
-    return float_stream(k) && float_stream(v) && k.n_head_kv == v.n_head_kv &&
-           k.head_dim == v.head_dim && k.rec / (k.kind == KV_KIND_F16 ? 2 : 4) == (size_t)k.head_dim &&
-           v.rec / (v.kind == KV_KIND_F16 ? 2 : 4) == (size_t)v.head_dim;
+    return float_stream(k) && float_stream(v);
 }
 
 void cuda_rope_apply_store(float* q, int n_tok, int n_heads, const cuda_rope& r, int pos0,
