@@ -110,7 +110,8 @@ def test_matmul_matvec_shapes(tname, rows, cols, n, prefill):
 
 @cuda_test
 @pytest.mark.parametrize("rows", [1, 31, 32, 33])
-@pytest.mark.parametrize("cols", [576, 4096, 8192, 67])  # float4 rows of 144 to 1024 threads; odd
+# one row in parts of 256 (not 67); 31-33 rows a block each, float4 rows of 144 to 1024 threads; odd
+@pytest.mark.parametrize("cols", [576, 4096, 8192, 67])
 def test_rms_norm(rows, cols):
     rng = np.random.default_rng(rows + cols)
     x = rng.standard_normal((rows, cols)).astype(np.float32) * 3
@@ -140,7 +141,8 @@ def test_rope(pos0):
 @cuda_test
 @pytest.mark.parametrize("op", [0, 1])  # RMSNorm, swiglu
 @pytest.mark.parametrize("rows", [1, 3, 33])
-@pytest.mark.parametrize("n", [576, 4096])  # 160 and 1024 threads per row for RMSNorm
+# RMSNorm: rows 1 and 3 in parts of 256 (576: the last of 64), 33 a block of 160 or 1024 threads per row
+@pytest.mark.parametrize("n", [576, 4096])
 def test_q16_codes_made_with_the_op(op, rows, n):
     # The codes made in the norm's or swiglu's own launch are those of the separate pass.
     rng = np.random.default_rng(rows + op + n)
