@@ -50,6 +50,7 @@ constexpr int kTokChunk = 8;      // tokens per matvec launch chunk
 constexpr int kRowsPerBlock = 4;  // float types: a warp per row, 4 per block
 constexpr int kMvRows = 2;        // block types: weight rows per warp
 constexpr int kMvWarps = 4;       // block types: warps per block
+constexpr int kMvAhead = 1;       // block types: warp steps whose loads are issued together
 constexpr int kMvSplitBelow = 2048;  // decode: fewer blocks than this split each row's blocks over the warps
 
 __device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
@@ -129,44 +130,54 @@ __device__ inline uint32_t spread_hi_bits(uint32_t g) {
     return ((g & 1) << 4) | ((g & 2) << 11) | ((g & 4) << 18) | ((g & 8) << 25);
 }
 
-// Block rb (= row * nb + block) of a block type as one code a byte: word k
-// of lo holds elements 4k..4k+3, of hi 16+4k..16+4k+3; d the scale, m the
-// minimum (0 for the _0 types, whose offset is kCodeOffset).
+// The bytes of block rb (= row * nb + block) of a block type, as loaded:
+// its codes (q1: q8_0's second half), 5th bits and scale (and minimum).
 template <int T>
-__device__ inline void load_block(const plane_ptrs& p, int64_t rb, uint32_t (&lo)[4],
-                                  uint32_t (&hi)[4], float& d, float& m) {
+struct raw_block {
+    uint4 q, q1;
+    uint32_t h, sc;
+};
+
+template <int T>
+__device__ inline raw_block<T> fetch_block(const plane_ptrs& p, int64_t rb) {
     constexpr weight_planes P = planes_of((ggml_type)T);
-    const uint4 q = __ldg(reinterpret_cast<const uint4*>(p.qs + rb * P.qs));
-    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+    raw_block<T> r{};
+    r.q = __ldg(reinterpret_cast<const uint4*>(p.qs + rb * P.qs));
+    if constexpr (T == GGML_TYPE_Q8_0) r.q1 = __ldg(reinterpret_cast<const uint4*>(p.qs + rb * P.qs + 16));
+    if constexpr (T != GGML_TYPE_Q8_0 && P.qh != 0) r.h = __ldg(reinterpret_cast<const uint32_t*>(p.qh + rb * P.qh));
+    if constexpr (P.sc == 4) r.sc = __ldg(reinterpret_cast<const uint32_t*>(p.sc + rb * 4));
+    else r.sc = __ldg(reinterpret_cast<const unsigned short*>(p.sc + rb * 2));
+    return r;
+}
+
+// A fetched block as one code a byte: word k of lo holds elements 4k..4k+3,
+// of hi 16+4k..16+4k+3; d the scale, m the minimum (0 for the _0 types,
+// whose offset is kCodeOffset).
+template <int T>
+__device__ inline void unpack_block(const raw_block<T>& r, uint32_t (&lo)[4], uint32_t (&hi)[4],
+                                    float& d, float& m) {
+    constexpr weight_planes P = planes_of((ggml_type)T);
+    const uint32_t w[4] = {r.q.x, r.q.y, r.q.z, r.q.w};
     if constexpr (T == GGML_TYPE_Q8_0) {
-        const uint4 q1 = __ldg(reinterpret_cast<const uint4*>(p.qs + rb * P.qs + 16));
-        const uint32_t w1[4] = {q1.x, q1.y, q1.z, q1.w};
+        const uint32_t w1[4] = {r.q1.x, r.q1.y, r.q1.z, r.q1.w};
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             lo[k] = w[k];
             hi[k] = w1[k];
         }
     } else {
-        uint32_t h = 0;
-        if constexpr (P.qh != 0) h = __ldg(reinterpret_cast<const uint32_t*>(p.qh + rb * P.qh));
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             lo[k] = w[k] & 0x0F0F0F0Fu;
             hi[k] = (w[k] >> 4) & 0x0F0F0F0Fu;
             if constexpr (P.qh != 0) {
-                lo[k] |= spread_hi_bits((h >> (4 * k)) & 0xF);
-                hi[k] |= spread_hi_bits((h >> (16 + 4 * k)) & 0xF);
+                lo[k] |= spread_hi_bits((r.h >> (4 * k)) & 0xF);
+                hi[k] |= spread_hi_bits((r.h >> (16 + 4 * k)) & 0xF);
             }
         }
     }
-    if constexpr (P.sc == 4) {
-        const uint32_t dm = __ldg(reinterpret_cast<const uint32_t*>(p.sc + rb * 4));
-        d = h2f_bits(dm & 0xFFFF);
-        m = h2f_bits(dm >> 16);
-    } else {
-        d = h2f_bits(__ldg(reinterpret_cast<const unsigned short*>(p.sc + rb * 2)));
-        m = 0.0f;
-    }
+    d = h2f_bits(r.sc & 0xFFFF);
+    m = P.sc == 4 ? h2f_bits(r.sc >> 16) : 0.0f;
 }
 
 // Byte i of a word of codes as an integer (q8_0's signed).
@@ -218,7 +229,7 @@ __device__ inline int dot_piece(int4 a, uint32_t lo, uint32_t hi, int c) {
 
 // Up to three weights of one type and width in one launch (q, k, v; gate,
 // up): their blocks follow each other along blockIdx.x,
-// mv_row_blocks<KS>(rows) each.
+// mv_row_blocks<KS, R>(rows) each.
 struct mv_target {
     const uint8_t* w;
     int64_t rows;
@@ -229,22 +240,32 @@ struct mv_set {
     int count;
 };
 
-template <int KS>
+template <int KS, int R = kMvRows>
 __host__ __device__ inline int64_t mv_row_blocks(int64_t rows) {
-    constexpr int per_block = kMvRows * kMvWarps / KS;
+    constexpr int per_block = R * kMvWarps / KS;
     return (rows + per_block - 1) / per_block;
 }
 
-// kMvRows weight rows per warp, a lane per 32-element block of both. Q16:
+// Token tok's q16 codes of block b (four 8-code pieces) and its {scale, sum}.
+__device__ inline void act_block(const int16_t* aq, const int2* ad, int tok, int64_t stride,
+                                 int64_t nb, int64_t b, int4 (&a)[4], int2& ds) {
+    const int4* ap = reinterpret_cast<const int4*>(aq + (size_t)tok * stride) + (b / 32) * 128 + b % 32;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) a[k] = __ldg(ap + 32 * k);
+    ds = __ldg(ad + (size_t)tok * nb + b);
+}
+
+// R weight rows per warp (kMvRows in the launches), a lane per 32-element
+// block of both. Q16:
 // per block the CPU's sum d_w * d_a * dot(q_w, q_a) + m_w * d_a * sum(q_a),
 // the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127); else the block
 // dequantized and multiplied with x in f32. NT: tokens per chunk (1 for
 // decode, which then holds fewer registers, or kTokChunk).
 // KS: warps that share a warp's rows and split their blocks (1 or kMvWarps);
-// with kMvWarps a block takes kMvRows rows, so a matrix of few rows still
+// with kMvWarps a block takes R rows, so a matrix of few rows still
 // makes enough blocks to keep the memory busy, and the warps' sums are added
 // in shared memory.
-template <int T, bool Q16, int NT, int KS>
+template <int T, bool Q16, int NT, int KS, int R = kMvRows, int U = kMvAhead>
 __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
         mv_set set, int64_t cols, const int16_t* aq, const int2* ad, const float* x, int n, int add) {
     static_assert(KS == 1 || KS == kMvWarps, "KS: 1 or kMvWarps");
@@ -254,7 +275,7 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
     // to local memory).
     int64_t bx = blockIdx.x;
     mv_target tg = set.t[0];
-    const int64_t b0 = mv_row_blocks<KS>(set.t[0].rows), b1 = mv_row_blocks<KS>(set.t[1].rows);
+    const int64_t b0 = mv_row_blocks<KS, R>(set.t[0].rows), b1 = mv_row_blocks<KS, R>(set.t[1].rows);
     if (set.count > 1 && bx >= b0) {
         bx -= b0;
         tg = set.t[1];
@@ -264,69 +285,91 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
         }
     }
     const int64_t rows = tg.rows;
-    const int64_t r0 = (bx * (kMvWarps / KS) + (KS == 1 ? warp : 0)) * kMvRows;
+    const int64_t r0 = (bx * (kMvWarps / KS) + (KS == 1 ? warp : 0)) * R;
     if (r0 >= rows) return;
     const int t0 = blockIdx.y * NT;
     const int nt = min(NT, n - t0);
     const int64_t nb = cols / 32, stride = q16_stride(cols);
     const plane_ptrs p = plane_ptrs_of((ggml_type)T, tg.w, rows * nb);
-    int64_t rb[kMvRows];
+    int64_t rb[R];
 #pragma unroll
-    for (int i = 0; i < kMvRows; ++i) rb[i] = min(r0 + i, rows - 1) * nb;
-    float acc[NT][kMvRows];
+    for (int i = 0; i < R; ++i) rb[i] = min(r0 + i, rows - 1) * nb;
+    float acc[NT][R];
 #pragma unroll
     for (int t = 0; t < NT; ++t)
 #pragma unroll
-        for (int i = 0; i < kMvRows; ++i) acc[t][i] = 0.0f;
-#pragma unroll 2
-    for (int64_t b = lane + 32 * kw; b < nb; b += 32 * KS) {
-        uint32_t lo[kMvRows][4], hi[kMvRows][4];
-        float dw[kMvRows], mw[kMvRows];
+        for (int i = 0; i < R; ++i) acc[t][i] = 0.0f;
+    // U (kMvAhead in the launches) of the warp's steps at a time: every
+    // load of them issued (indices past the row clamped to its last block)
+    // before the first product waits on one, so a warp has that many steps'
+    // bytes in flight.
+    const int64_t step = 32 * KS;
+    for (int64_t bs = lane + 32 * kw; bs < nb; bs += step * U) {
+        raw_block<T> rw[U][R];
+        int4 a1[U][4];  // one token's activation codes (NT == 1)
+        int2 ds1[U];
 #pragma unroll
-        for (int i = 0; i < kMvRows; ++i) load_block<T>(p, rb[i] + b, lo[i], hi[i], dw[i], mw[i]);
+        for (int u = 0; u < U; ++u) {
+            const int64_t b = min(bs + step * u, nb - 1);
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-            if (t >= nt) break;
-            if constexpr (Q16) {
-                const int4* ap = reinterpret_cast<const int4*>(aq + (size_t)(t0 + t) * stride) +
-                                 (b / 32) * 128 + b % 32;
-                int4 a[4];
+            for (int i = 0; i < R; ++i) rw[u][i] = fetch_block<T>(p, rb[i] + b);
+            if constexpr (Q16 && NT == 1) act_block(aq, ad, t0, stride, nb, b, a1[u], ds1[u]);
+        }
 #pragma unroll
-                for (int k = 0; k < 4; ++k) a[k] = __ldg(ap + 32 * k);
-                const int2 ds = __ldg(ad + (size_t)(t0 + t) * nb + b);
-                const float da = __int_as_float(ds.x);
+        for (int u = 0; u < U; ++u) {
+            const int64_t b = bs + step * u;
+            if (b >= nb) break;
+            uint32_t lo[R][4], hi[R][4];
+            float dw[R], mw[R];
 #pragma unroll
-                for (int i = 0; i < kMvRows; ++i) {
-                    int dot = 0;
+            for (int i = 0; i < R; ++i) unpack_block<T>(rw[u][i], lo[i], hi[i], dw[i], mw[i]);
 #pragma unroll
-                    for (int k = 0; k < 4; ++k) dot = dot_piece(a[k], lo[i][k], hi[i][k], dot);
-                    if constexpr (kCodeOffset<T> != 0) dot -= kCodeOffset<T> * ds.y;
-                    acc[t][i] += (float)dot * (dw[i] * da);
-                    if constexpr (kWithMin<T>) acc[t][i] += mw[i] * (da * (float)ds.y);
-                }
-            } else {
-                const float* xb = x + (size_t)(t0 + t) * cols + b * 32;
+            for (int t = 0; t < NT; ++t) {
+                if (t >= nt) break;
+                if constexpr (Q16) {
+                    int4 a[4];
+                    int2 ds;
+                    if constexpr (NT == 1) {
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
-                    const float4 pl = *reinterpret_cast<const float4*>(xb + 4 * k);
-                    const float4 ph = *reinterpret_cast<const float4*>(xb + 16 + 4 * k);
-                    const float xl[4] = {pl.x, pl.y, pl.z, pl.w}, xh[4] = {ph.x, ph.y, ph.z, ph.w};
+                        for (int k = 0; k < 4; ++k) a[k] = a1[u][k];
+                        ds = ds1[u];
+                    } else {
+                        act_block(aq, ad, t0 + t, stride, nb, b, a, ds);
+                    }
+                    const float da = __int_as_float(ds.x);
 #pragma unroll
-                    for (int i = 0; i < kMvRows; ++i)
+                    for (int i = 0; i < R; ++i) {
+                        int dot = 0;
 #pragma unroll
-                        for (int e = 0; e < 4; ++e)
-                            acc[t][i] += ((float)code_byte<T>(lo[i][k], e) * dw[i] + mw[i]) * xl[e] +
-                                         ((float)code_byte<T>(hi[i][k], e) * dw[i] + mw[i]) * xh[e];
+                        for (int k = 0; k < 4; ++k) dot = dot_piece(a[k], lo[i][k], hi[i][k], dot);
+                        if constexpr (kCodeOffset<T> != 0) dot -= kCodeOffset<T> * ds.y;
+                        acc[t][i] += (float)dot * (dw[i] * da);
+                        if constexpr (kWithMin<T>) acc[t][i] += mw[i] * (da * (float)ds.y);
+                    }
+                } else {
+                    const float* xb = x + (size_t)(t0 + t) * cols + b * 32;
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const float4 pl = *reinterpret_cast<const float4*>(xb + 4 * k);
+                        const float4 ph = *reinterpret_cast<const float4*>(xb + 16 + 4 * k);
+                        const float xl[4] = {pl.x, pl.y, pl.z, pl.w}, xh[4] = {ph.x, ph.y, ph.z, ph.w};
+#pragma unroll
+                        for (int i = 0; i < R; ++i)
+#pragma unroll
+                            for (int e = 0; e < 4; ++e)
+                                acc[t][i] += ((float)code_byte<T>(lo[i][k], e) * dw[i] + mw[i]) * xl[e] +
+                                             ((float)code_byte<T>(hi[i][k], e) * dw[i] + mw[i]) * xh[e];
+                    }
                 }
             }
         }
     }
     if constexpr (KS > 1) {
-        __shared__ float red[KS][NT][kMvRows];
+        __shared__ float red[KS][NT][R];
 #pragma unroll
         for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int i = 0; i < kMvRows; ++i) {
+            for (int i = 0; i < R; ++i) {
                 const float s = warp_sum(acc[t][i]);
                 if (lane == 0) red[warp][t][i] = s;
             }
@@ -335,7 +378,7 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
 #pragma unroll
         for (int t = 0; t < NT; ++t)
 #pragma unroll
-            for (int i = 0; i < kMvRows; ++i) {
+            for (int i = 0; i < R; ++i) {
                 float s = 0.0f;
 #pragma unroll
                 for (int w = 0; w < KS; ++w) s += red[w][t][i];
@@ -346,7 +389,7 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
     for (int t = 0; t < NT; ++t) {
         if (t >= nt) break;
 #pragma unroll
-        for (int i = 0; i < kMvRows; ++i) {
+        for (int i = 0; i < R; ++i) {
             const float s = KS == 1 ? warp_sum(acc[t][i]) : acc[t][i];
             if (lane == 0 && r0 + i < rows) {
                 float* o = tg.out + (size_t)(t0 + t) * rows + r0 + i;
@@ -416,7 +459,7 @@ __global__ void dequant_blocks_kernel(const uint8_t* w, int64_t n_blocks, O* out
          i += (int64_t)gridDim.x * blockDim.x) {
         uint32_t lo[4], hi[4];
         float d, m;
-        load_block<T>(p, i, lo, hi, d, m);
+        unpack_block<T>(fetch_block<T>(p, i), lo, hi, d, m);
         float v[32];
 #pragma unroll
         for (int k = 0; k < 4; ++k)
