@@ -383,12 +383,14 @@ void cuda_kv_store_pca(const cuda_pca& p, int pos0, int n, const float* x, cudaS
 // floats (cuda_attention_pca_partial_floats). xk, xv: the tokens' keys and
 // values, stored first in the same launch as the query turn (as
 // cuda_kv_store_pca would); null when they are stored already. act as for
-// cuda_attention.
+// cuda_attention. rope (with xk): q and xk not turned yet; the launch that
+// reads them turns them, cache position p by p + rope_off.
 void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const float* q,
                         int n_tok, int pos0, int n_head, int sliding_window, float* out,
                         float* partial, float* qprep, int n_sm, cudaStream_t s,
                         const int* pos_dev, int split_len, const float* xk = nullptr,
-                        const float* xv = nullptr, void* act = nullptr);
+                        const float* xv = nullptr, void* act = nullptr,
+                        const cuda_rope* rope = nullptr, int rope_off = 0);
 // Floats of the per-query scratch cuda_attention_pca needs for n_tok tokens.
 size_t cuda_attention_pca_qprep_floats(int n_tok, int n_head, int head_dim);
 struct cuda_attn_params;

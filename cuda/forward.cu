@@ -221,19 +221,21 @@ private:
             if (L.bv) cuda_add_bias_rows(v_, L.bv, n, KVD, s);
             if (L.q_norm) cuda_rms_norm_rows(q_, L.q_norm, q_, (int64_t)n * hp.n_head, HD, hp.rms_eps, s);
             if (L.k_norm) cuda_rms_norm_rows(k_, L.k_norm, k_, (int64_t)n * hp.n_head_kv, HD, hp.rms_eps, s);
-            // Float caches: the keys and values stored by the launch that turns them.
+            // Float caches: the keys and values stored by the launch that turns them
+            // (pca: turned by the launch that stores them, below).
             const bool stored = !pca_ && cuda_rope_stores(L.k, L.v);
             if (stored)
                 cuda_rope_apply_store(q_, n, hp.n_head, rope_, pos0 + rope_offset_, s, pos_dev, k_, v_,
                                       L.k, L.v, pos0);
-            else
+            else if (!pca_)
                 cuda_rope_apply(q_, n, hp.n_head, rope_, pos0 + rope_offset_, s, pos_dev, k_, hp.n_head_kv);
             // The merge of the attention writes the o product's q16 codes.
             void* o_act = q16_for(L.wo, n, QD) && cuda_attention_writes_q16(HD) ? q16_ : nullptr;
             if (pca_) {
-                // Keys and values stored in the launch that turns the queries.
+                // Keys and values stored (and both turned by rope) in the launch that turns the queries.
                 cuda_attention_pca(L.k, L.v, q_, n, pos0, hp.n_head, hp.sliding_window, att_,
-                                   partial_, qprep_, n_sm_, s, pos_dev, split_len, k_, v_, o_act);
+                                   partial_, qprep_, n_sm_, s, pos_dev, split_len, k_, v_, o_act,
+                                   &rope_, rope_offset_);
             } else {
                 if (!stored) {
                     cuda_kv_store(L.k, pos0, n, k_, s, pos_dev);

@@ -45,12 +45,37 @@ constexpr int kMinSpan = 128;      // positions below which a span is not split
 
 __device__ inline float half_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
+// ---- rope on load ----
+
+// The rotary embedding the keys and queries still need when the attention
+// launch reads them (none where inv_freq is null): position pos of the cache
+// turns by pos + off, as cuda_rope_apply would at pos0 + off.
+struct pca_rope {
+    const float* inv_freq = nullptr;
+    int n_rot = 0, neox = 0, off = 0;
+};
+
+// Element c of head row xh turned for position pos, as rope_kernel computes
+// it (the pair's angle and its cosine and sine in double, rounded to float).
+__device__ inline float rope_at(const float* xh, int c, int pos, const pca_rope& r) {
+    if (!r.inv_freq || c >= r.n_rot) return xh[c];
+    const int half = r.n_rot / 2;
+    const bool first = r.neox ? c < half : c % 2 == 0;
+    const int i = r.neox ? (first ? c : c - half) : c / 2;
+    const int ia = r.neox ? i : 2 * i, ib = ia + (r.neox ? half : 1);
+    const double theta = (double)(pos + r.off) * (double)r.inv_freq[i];
+    const float cs = (float)cos(theta), sn = (float)sin(theta);
+    const float x0 = xh[ia], x1 = xh[ib];
+    return first ? __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn))
+                 : __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
+}
+
 // ---- encoder ----
 
 // Block bx of the 32-token blocks that positions base .. base+n-1 touch, kv
-// head h; a thread per channel.
+// head h; a thread per channel. x turned by rope as it is read.
 __device__ void store_pca_block(const cuda_pca& p, int pos0, const int* pos_dev, int n,
-                                const float* x, int bx, int h) {
+                                const float* x, int bx, int h, const pca_rope& rope = pca_rope{}) {
     const int hd = p.head_dim, c = threadIdx.x;
     const int base = pos0 + (pos_dev ? *pos_dev : 0);
     const int blk = base / KV_BLOCK_TOKENS + bx;
@@ -67,7 +92,7 @@ __device__ void store_pca_block(const cuda_pca& p, int pos0, const int* pos_dev,
     const float* rm = p.rope_mean + (size_t)h * hd;
     const int bits = p.cbits[(size_t)h * hd + c];
     for (int pos = p0; pos < p1; ++pos) {
-        float xv = x[((size_t)(pos - base) * p.n_head_kv + h) * hd + c];
+        float xv = rope_at(x + ((size_t)(pos - base) * p.n_head_kv + h) * hd, c, pos, rope);
         if (n_pairs > 0) {
             // kv_pca_rope_mean_at: every rotary pair, angles in double.
             ms[c] = 0.0f;
@@ -128,13 +153,14 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
 
 // Per query row (t * n_head + h): qy = P_k (q * scale) [hd], the kept key
 // channels' weights w_i = qy_c step_c [hd], the rope-mean coefficients
-// A_i, B_i of the scaled query [hd], K = sum_kept qy_c lo_c.
+// A_i, B_i of the scaled query [hd], K = sum_kept qy_c lo_c. q turned by
+// rope as it is read, token t at position base + t.
 __device__ void pca_query_row(const cuda_pca& k, const float* q, int n_head, int n_rep, float scale,
-                              float* qprep, int row) {
+                              float* qprep, int row, int base, const pca_rope& rope) {
     const int h = row % n_head, kvh = h / n_rep;
     const int hd = k.head_dim, c = threadIdx.x;
     __shared__ float qs[kMaxDim], ys[kMaxDim], red[kMaxDim / 32];
-    qs[c] = q[(size_t)row * hd + c] * scale;
+    qs[c] = rope_at(q + (size_t)row * hd, c, base + row / n_head, rope) * scale;
     __syncthreads();
     const float y = row_dot<false>(k.basis + ((size_t)kvh * hd + c) * hd, qs, hd, 0.0f);
     ys[c] = y;
@@ -165,8 +191,9 @@ __device__ void pca_query_row(const cuda_pca& k, const float* q, int n_head, int
 }
 
 __global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_head,
-                                                           int n_rep, float scale, float* qprep) {
-    pca_query_row(k, q, n_head, n_rep, scale, qprep, blockIdx.x);
+                                                           int n_rep, float scale, float* qprep,
+                                                           int pos0, const int* pos_dev, pca_rope rope) {
+    pca_query_row(k, q, n_head, n_rep, scale, qprep, blockIdx.x, pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 // One launch for a layer's keys and values stored and its queries turned:
@@ -175,13 +202,13 @@ __global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const fl
 __global__ void __launch_bounds__(kMaxDim)
     pca_store_query_kernel(cuda_pca k, cuda_pca v, int pos0, const int* pos_dev, int n,
                            const float* xk, const float* xv, int nb, const float* q, int n_head,
-                           int n_rep, float scale, float* qprep) {
+                           int n_rep, float scale, float* qprep, pca_rope rope) {
     const int n_store = nb * k.n_head_kv;
     int b = blockIdx.x;
-    if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb);
+    if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb, rope);
     b -= n_store;
     if (b < n_store) return store_pca_block(v, pos0, pos_dev, n, xv, b % nb, b / nb);
-    pca_query_row(k, q, n_head, n_rep, scale, qprep, b - n_store);
+    pca_query_row(k, q, n_head, n_rep, scale, qprep, b - n_store, pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 struct pca_span_args {
@@ -909,17 +936,24 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
                         int n_tok, int pos0, int n_head, int sliding_window, float* out,
                         float* partial, float* qprep, int n_sm, cudaStream_t s,
                         const int* pos_dev, int split_len, const float* xk, const float* xv,
-                        void* act) {
+                        void* act, const cuda_rope* rope, int rope_off) {
     if (k.kind != KV_KIND_PCA || v.kind != KV_KIND_PCA)
         throw error("CUDA: KV format pca needs pca for both keys and values on CUDA");
     const int hd = k.head_dim, n_head_kv = k.n_head_kv, n_rep = n_head / n_head_kv;
     const float scale = 1.0f / std::sqrt((float)hd);
+    pca_rope pr;
+    if (rope) {
+        if (rope->head_dim != hd) throw error("CUDA pca attention: rope of another head size");
+        pr = pca_rope{rope->inv_freq, rope->n_rot, rope->neox, rope_off};
+    }
     if (xk) {
         const int nb = store_blocks(pos0, n_tok, pos_dev);
         pca_store_query_kernel<<<2 * nb * n_head_kv + n_tok * n_head, hd, 0, s>>>(
-            k.pca, v.pca, pos0, pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep);
+            k.pca, v.pca, pos0, pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
     } else {
-        pca_query_kernel<<<n_tok * n_head, hd, 0, s>>>(k.pca, q, n_head, n_rep, scale, qprep);
+        if (rope) throw error("CUDA pca attention: keys stored already were turned already");
+        pca_query_kernel<<<n_tok * n_head, hd, 0, s>>>(k.pca, q, n_head, n_rep, scale, qprep, pos0,
+                                                      pos_dev, pr);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     pca_span_args a;
