@@ -106,6 +106,7 @@ struct span_args {
 // the end into the split's partial entry of each query head.
 template <int KK, int VK>
 __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
+    pdl_begin();
     constexpr int kWarps = kThreads / 32;
     const int split = blockIdx.x, t = blockIdx.z;
     const int n_rep = a.n_head / a.n_head_kv;
@@ -245,6 +246,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
 __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot,
                                   const float* basis_t, const float* mean, int n_head, int n_rep,
                                   float* out, int16_t* qs, int2* ds) {
+    pdl_begin();
     const size_t row = blockIdx.x;  // t * n_head + h
     const float* first = partial + row * n_split * (hd + 2);
     __shared__ float o[kMaxHeadDim], part[kMergeThreads];
@@ -307,10 +309,10 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
 template <int KK>
 void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
     switch (vk) {
-        case KV_KIND_F32: attn_span_kernel<KK, KV_KIND_F32><<<grid, kThreads, 0, s>>>(a); break;
-        case KV_KIND_F16: attn_span_kernel<KK, KV_KIND_F16><<<grid, kThreads, 0, s>>>(a); break;
-        case KV_KIND_Q8_0: attn_span_kernel<KK, KV_KIND_Q8_0><<<grid, kThreads, 0, s>>>(a); break;
-        case KV_KIND_Q4_0: attn_span_kernel<KK, KV_KIND_Q4_0><<<grid, kThreads, 0, s>>>(a); break;
+        case KV_KIND_F32: launch_pdl(attn_span_kernel<KK, KV_KIND_F32>, grid, kThreads, 0, s, a); break;
+        case KV_KIND_F16: launch_pdl(attn_span_kernel<KK, KV_KIND_F16>, grid, kThreads, 0, s, a); break;
+        case KV_KIND_Q8_0: launch_pdl(attn_span_kernel<KK, KV_KIND_Q8_0>, grid, kThreads, 0, s, a); break;
+        case KV_KIND_Q4_0: launch_pdl(attn_span_kernel<KK, KV_KIND_Q4_0>, grid, kThreads, 0, s, a); break;
         default: throw error("CUDA attention: unsupported value format");
     }
 }
@@ -562,9 +564,9 @@ void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int h
     if (act && !cuda_attention_writes_q16(hd))
         throw error("CUDA attention: q16 codes of the output need head_dim a multiple of 32");
     const int64_t cols = (int64_t)n_head * hd;
-    attn_merge_kernel<<<n_rows, kMergeThreads, n_entries * sizeof(float), s>>>(
-        partial, n_entries, hd, vrot, basis_t, mean, n_head, n_rep, out,
-        act ? q16_codes(act) : nullptr, act ? q16_scales(act, n_rows / n_head, cols) : nullptr);
+    launch_pdl(attn_merge_kernel, n_rows, kMergeThreads, n_entries * sizeof(float), s, partial, n_entries,
+               hd, vrot, basis_t, mean, n_head, n_rep, out, act ? q16_codes(act) : nullptr,
+               act ? q16_scales(act, n_rows / n_head, cols) : nullptr);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

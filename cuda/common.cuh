@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -31,6 +32,43 @@ void cuda_check(cudaError_t e, const char* what);
 void cublas_check(cublasStatus_t s, const char* what);
 #define KVRT_CUBLAS_CHECK(x) ::kvrt::cublas_check((x), #x)
 #endif
+
+// ---- programmatic dependent launch (compute capability 9.0 and newer) ----
+// A decode step is a chain of small kernels, each waiting on the one before.
+// Launched with launch_pdl, a kernel's blocks may be scheduled while the one
+// before still runs; pdl_begin, every such kernel's first statement (before
+// any return), holds each thread until the kernel before has completed and
+// its writes are visible, then lets the next kernel be scheduled. So only
+// the launch and the blocks' scheduling overlap, never the work. Without
+// the attribute (older GPUs, $KVRT_CUDA_PDL=0) both are no-ops.
+__device__ inline void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether launch_pdl asks for the overlap (on streams other than the legacy
+// default stream): the current device is 9.0 or newer and $KVRT_CUDA_PDL is
+// not "0" (asked once per process).
+bool cuda_pdl_enabled();
+
+// kernel<<<grid, block, smem, s>>>(args...) with the overlap where enabled;
+// the kernel must begin with pdl_begin().
+template <class... P, class... A>
+void launch_pdl(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A&&... args) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = s != nullptr && cuda_pdl_enabled() ? 1 : 0;  // not on the legacy default stream
+    KVRT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
+}
 
 // A weight matrix on the device in its file type: rows of `cols` elements.
 // Float types row by row as in the file. Block types keep the file's bytes

@@ -46,6 +46,7 @@ namespace {
 
 __global__ void store_float_kernel(kv_kind kind, uint8_t* base, size_t pos_bytes,
                                    const int* pos_dev, const float* x, int64_t total) {
+    pdl_begin();
     // [pos][head][dim] of the stream equals [t][head*dim] of x, shifted by pos0.
     if (pos_dev) base += (size_t)*pos_dev * pos_bytes;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
@@ -108,6 +109,7 @@ __device__ void fwht64(float* x) {
 __global__ void store_quant_kernel(kv_kind kind, int rot, int n_head_kv, int head_dim,
                                    size_t rec, uint8_t* base, const int* pos_dev, const float* x,
                                    int64_t total) {
+    pdl_begin();
     if (pos_dev) base += (size_t)*pos_dev * n_head_kv * rec;
     const int chunk = rot ? 64 : 32;
     const int per_head = head_dim / chunk;
@@ -141,13 +143,13 @@ void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cu
     if (st.kind == KV_KIND_F32 || st.kind == KV_KIND_F16) {
         const int64_t total = (int64_t)n * st.n_head_kv * st.head_dim;
         const int blocks = (int)std::min<int64_t>((total + 255) / 256, 4096);
-        store_float_kernel<<<blocks, 256, 0, s>>>(st.kind, base, (size_t)st.n_head_kv * st.rec,
-                                                  pos_dev, x, total);
+        launch_pdl(store_float_kernel, blocks, 256, 0, s, st.kind, base, (size_t)st.n_head_kv * st.rec,
+                   pos_dev, x, total);
     } else {
         const int64_t total = (int64_t)n * st.n_head_kv * (st.head_dim / (st.rot ? 64 : 32));
         const int blocks = (int)std::min<int64_t>((total + 127) / 128, 4096);
-        store_quant_kernel<<<blocks, 128, 0, s>>>(st.kind, st.rot, st.n_head_kv, st.head_dim,
-                                                  st.rec, base, pos_dev, x, total);
+        launch_pdl(store_quant_kernel, blocks, 128, 0, s, st.kind, st.rot, st.n_head_kv, st.head_dim,
+                   st.rec, base, pos_dev, x, total);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
 }

@@ -203,6 +203,7 @@ __global__ void __launch_bounds__(kMaxDim)
     pca_store_query_kernel(cuda_pca k, cuda_pca v, int pos0, const int* pos_dev, int n,
                            const float* xk, const float* xv, int nb, const float* q, int n_head,
                            int n_rep, float scale, float* qprep, pca_rope rope) {
+    pdl_begin();
     const int n_store = nb * k.n_head_kv;
     int b = blockIdx.x;
     if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb, rope);
@@ -305,6 +306,7 @@ struct span_smem {
 template <int HD>
 __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     attn_span_pca_kernel(pca_span_args a) {
+    pdl_begin();
     using L = span_smem<HD>;
     constexpr int KS = L::KS;
     extern __shared__ __align__(16) uint8_t smb[];
@@ -703,7 +705,7 @@ void launch_span_pca(dim3 grid, cudaStream_t s, const pca_span_args& a) {
     const size_t smem = span_smem<HD>::bytes(a.k, a.v);
     static size_t allowed = 48 * 1024;  // per instantiation
     allow_dynamic_smem(attn_span_pca_kernel<HD>, smem, allowed);
-    attn_span_pca_kernel<HD><<<grid, kWarps * 32, smem, s>>>(a);
+    launch_pdl(attn_span_pca_kernel<HD>, grid, kWarps * 32, smem, s, a);
 }
 
 // Row groups of n_rep query heads per kv head.
@@ -948,8 +950,8 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     }
     if (xk) {
         const int nb = store_blocks(pos0, n_tok, pos_dev);
-        pca_store_query_kernel<<<2 * nb * n_head_kv + n_tok * n_head, hd, 0, s>>>(
-            k.pca, v.pca, pos0, pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
+        launch_pdl(pca_store_query_kernel, 2 * nb * n_head_kv + n_tok * n_head, hd, 0, s, k.pca, v.pca, pos0,
+                   pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
     } else {
         if (rope) throw error("CUDA pca attention: keys stored already were turned already");
         pca_query_kernel<<<n_tok * n_head, hd, 0, s>>>(k.pca, q, n_head, n_rep, scale, qprep, pos0,

@@ -13,6 +13,7 @@
 // dequantized (f32, or f16 for the tensor cores) and one cuBLAS GEMM with
 // f32 accumulation, at the price of a dequantization pass per batch.
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -24,6 +25,18 @@ namespace kvrt {
 void cuda_check(cudaError_t e, const char* what) {
     if (e != cudaSuccess)
         throw error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+}
+
+bool cuda_pdl_enabled() {
+    static const bool on = [] {
+        if (const char* e = std::getenv("KVRT_CUDA_PDL"))
+            if (std::string(e) == "0") return false;
+        int dev = 0, major = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess) return false;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+        return major >= 9;
+    }();
+    return on;
 }
 
 #if defined(KVRT_CUBLAS)
@@ -192,6 +205,7 @@ __device__ inline int code_byte(uint32_t w, int i) {
 // One warp per 32-element block.
 __global__ void quantize_q16_kernel(const float* x, int64_t cols, int64_t n_blocks, int16_t* qs,
                                     int2* ds) {
+    pdl_begin();
     const int lane = threadIdx.x % 32;
     const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     if (blk >= n_blocks) return;
@@ -268,6 +282,7 @@ __device__ inline void act_block(const int16_t* aq, const int2* ad, int tok, int
 template <int T, bool Q16, int NT, int KS, int R = kMvRows, int U = kMvAhead>
 __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
         mv_set set, int64_t cols, const int16_t* aq, const int2* ad, const float* x, int n, int add) {
+    pdl_begin();
     static_assert(KS == 1 || KS == kMvWarps, "KS: 1 or kMvWarps");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int kw = KS == 1 ? 0 : warp;  // the warp's share of the blocks
@@ -512,12 +527,14 @@ __global__ void to_f16_kernel(const float* x, __half* y, int64_t n) {
 #endif
 
 __global__ void get_rows_kernel(wview w, int64_t cols, const int32_t* ids, float* out) {
+    pdl_begin();
     const int64_t r = ids[blockIdx.x];
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x)
         out[(size_t)blockIdx.x * cols + i] = dequant_at(w, r, i);
 }
 
 __global__ void add_bias_kernel(float* x, const float* b, int64_t n, int64_t total) {
+    pdl_begin();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x)
         x[i] += b[i % n];
@@ -571,8 +588,8 @@ void cuda_quantize_q16(const float* x, int n, int64_t cols, void* act, cudaStrea
     if (cols % 32) throw error("CUDA: q16 activations need a multiple of 32 columns");
     const int64_t n_blocks = (int64_t)n * (cols / 32);
     constexpr int kWarps = 8;
-    quantize_q16_kernel<<<(unsigned)((n_blocks + kWarps - 1) / kWarps), 32 * kWarps, 0, s>>>(
-            x, cols, n_blocks, q16_codes(act), q16_scales(act, n, cols));
+    launch_pdl(quantize_q16_kernel, (unsigned)((n_blocks + kWarps - 1) / kWarps), 32 * kWarps, 0, s, x,
+               cols, n_blocks, q16_codes(act), q16_scales(act, n, cols));
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -599,7 +616,7 @@ void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n
     with_block_type(type, [&](auto T) {
         constexpr int t = T();
         const dim3 block(32 * kMvWarps);
-#define KVRT_MVB(Q16, NT, KS) matvec_blocks_kernel<t, Q16, NT, KS><<<grid, block, 0, s>>>(set, cols, aq, ad, x, n, add)
+#define KVRT_MVB(Q16, NT, KS) launch_pdl(matvec_blocks_kernel<t, Q16, NT, KS>, grid, block, 0, s, set, cols, aq, ad, x, n, (int)add)
         if (split && act) KVRT_MVB(true, 1, kMvWarps);
         else if (split) KVRT_MVB(false, 1, kMvWarps);
         else if (act && n == 1) KVRT_MVB(true, 1, 1);
@@ -675,12 +692,12 @@ void cuda_matmul_gemm(const dev_weight& w, const float* x, int n, float* out, ge
 #endif
 
 void cuda_get_rows(const dev_weight& w, const int32_t* ids, int n, float* out, cudaStream_t s) {
-    get_rows_kernel<<<n, 256, 0, s>>>(view_of(w), w.cols, ids, out);
+    launch_pdl(get_rows_kernel, n, 256, 0, s, view_of(w), w.cols, ids, out);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
 void cuda_add_bias_rows(float* x, const float* b, int n_rows, int64_t n, cudaStream_t s) {
-    add_bias_kernel<<<grid_for((int64_t)n_rows * n, 256), 256, 0, s>>>(x, b, n, (int64_t)n_rows * n);
+    launch_pdl(add_bias_kernel, grid_for((int64_t)n_rows * n, 256), 256, 0, s, x, b, n, (int64_t)n_rows * n);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

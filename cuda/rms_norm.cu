@@ -31,6 +31,7 @@ int rms_threads(int64_t n) {
 __global__ void __launch_bounds__(kMaxThreads)
     rms_norm_kernel(const float* x, const float* w, float* y, int64_t n, int64_t chunk, float eps,
                     int16_t* qs, int2* ds, bool vec) {
+    pdl_begin();
     extern __shared__ float xs[];
     __shared__ double part[kMaxThreads / 32];
     __shared__ float scale_s;
@@ -110,9 +111,9 @@ void cuda_rms_norm_rows(const float* x, const float* w, float* y, int64_t n_rows
     const size_t smem = 2 * (size_t)chunk * sizeof(float);
     const bool fused = act && smem <= 48 * 1024;
     const bool vec = n % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(y);
-    rms_norm_kernel<<<dim3((unsigned)n_rows, n_parts), parts ? kPart : rms_threads(n), fused ? smem : 0, s>>>(
-            x, w, y, n, chunk, eps, fused ? q16_codes(act) : nullptr,
-            fused ? q16_scales(act, n_rows, n) : nullptr, vec);
+    launch_pdl(rms_norm_kernel, dim3((unsigned)n_rows, n_parts), parts ? kPart : rms_threads(n),
+               fused ? smem : 0, s, x, w, y, n, chunk, eps, fused ? q16_codes(act) : nullptr,
+               fused ? q16_scales(act, n_rows, n) : nullptr, vec);
     if (act && !fused) cuda_quantize_q16(y, (int)n_rows, n, act, s);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }

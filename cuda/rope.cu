@@ -26,6 +26,7 @@ template <bool STORE>
 __global__ void rope_kernel(float* x, int n_heads, float* x2, int n_heads2, int head_dim,
                             int n_rot, int neox, const float* inv_freq, int pos0,
                             const int* pos_dev, int64_t total1, int64_t total, rope_kv_out kv) {
+    pdl_begin();
     const int half = n_rot / 2;
     if (pos_dev) pos0 += *pos_dev;
     if constexpr (STORE) {
@@ -79,13 +80,9 @@ void launch_rope(float* x, int n_tok, int n_heads, const cuda_rope& r, int pos0,
     const int64_t end = total + (kv ? n2 * (2 * r.head_dim - r.n_rot) : 0);
     if (end <= 0) return;
     const int blocks = (int)std::min<int64_t>((end + 255) / 256, 4096);
-    if (kv)
-        rope_kernel<true><<<blocks, 256, 0, s>>>(x, n_heads, x2, n_heads2, r.head_dim, r.n_rot, r.neox,
-                                                 r.inv_freq, pos0, pos_dev, total1, total, *kv);
-    else
-        rope_kernel<false><<<blocks, 256, 0, s>>>(x, n_heads, x2, n_heads2, r.head_dim, r.n_rot,
-                                                  r.neox, r.inv_freq, pos0, pos_dev, total1, total,
-                                                  rope_kv_out{});
+    launch_pdl(kv ? rope_kernel<true> : rope_kernel<false>, blocks, 256, 0, s, x, n_heads, x2, n_heads2,
+               r.head_dim, r.n_rot, r.neox, r.inv_freq, pos0, pos_dev, total1, total,
+               kv ? *kv : rope_kv_out{});
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -15,6 +15,8 @@ CUDA fails with one line naming the reason.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import kvrt
@@ -406,6 +408,37 @@ def test_decode_graph_matches_kernel_by_kernel(path, monkeypatch):
     for t in ids[600:700]:
         a, b = graph.eval([t]), plain.eval([t])
         assert np.max(np.abs(a - b)) < 1e-4 * max(1.0, float(np.max(np.abs(b))))
+
+
+DECODE_LOGITS = """
+import sys
+import kvrt
+import numpy as np
+ids = np.load(sys.argv[2]).tolist()
+m = kvrt.Model(sys.argv[1], n_ctx=1024, kv=sys.argv[4], device="cuda")
+m.eval(ids[:300])
+np.save(sys.argv[3], np.stack([m.eval([t]) for t in ids[300:330]]))
+"""
+
+
+@cuda_test
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+@pytest.mark.parametrize("path", MODELS[:1], ids=[p.stem for p in MODELS[:1]])
+def test_decode_overlapped_launches_match_plain(path, kv, tmp_path):
+    """Kernels launched to overlap the one before (programmatic dependent launch, on by default
+    on compute capability 9.0+) give the logits of plain launches ($KVRT_CUDA_PDL=0), bit for bit:
+    only the launches overlap, not the work."""
+    ids = text_tokens(kvrt.Model(path, n_ctx=1024), 330)
+    np.save(tmp_path / "ids.npy", np.asarray(ids, np.int64))
+    out = {}
+    for pdl in ("1", "0"):
+        env = dict(os.environ, KVRT_CUDA_PDL=pdl)
+        dst = tmp_path / f"logits{pdl}.npy"
+        args = [str(path), str(tmp_path / "ids.npy"), str(dst), kv]
+        subprocess.run([sys.executable, "-c", DECODE_LOGITS, *args], env=env, check=True, timeout=300)
+        out[pdl] = np.load(dst)
+    assert out["1"].shape[0] == 30 and np.all(np.isfinite(out["1"]))
+    assert np.array_equal(out["1"], out["0"])
 
 
 @cuda_test
