@@ -351,12 +351,10 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     const int n_entries = a.n_split + 1;
     const size_t qrow = 3 * hd + kQStride;
     if (first >= t1 && split != 0) {
-        // Nothing here (a decode graph's splits cover the whole context).
-        for (int r = 0; r < nr; ++r) {
-            float* out = a.partial + (row_of(r) * n_entries + split) * (hd + 2);
-            for (int c = threadIdx.x; c < hd + 2; c += blockDim.x)
-                out[c] = c == 0 ? -INFINITY : 0.0f;
-        }
+        // Nothing here (a decode graph's splits cover the whole context): an
+        // empty entry, {m, l} = {-inf, 0}, whose output the merge skips.
+        for (int i = threadIdx.x; i < 2 * nr; i += blockDim.x)
+            a.partial[(row_of(i / 2) * n_entries + split) * (hd + 2) + i % 2] = i % 2 == 0 ? -INFINITY : 0.0f;
         return;
     }
 
