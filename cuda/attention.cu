@@ -6,16 +6,18 @@
 // merges the spans of each (token, head). Decode at long context thus spreads
 // one token over many blocks; prefill rows take one span.
 // Mirrors cpp/cpu/attention.cpp; keys and values are read in their stream
-// format (f32, f16, q8_0, q4_0; kv_layout.h), never dequantized to a copy.
-// q8_0 / q4_0 streams hold Hadamard-rotated vectors (64-channel blocks):
-// queries are rotated once, values accumulated rotated and turned back after
-// the merge, as the CPU streams' scores()/finish() do.
+// format (f32, f16, q8_0, q4_0, rot; kv_layout.h), never dequantized to a
+// copy. q8_0 / q4_0 streams hold Hadamard-rotated vectors (64-channel
+// blocks), rot streams vectors turned by signs and a Hadamard transform over
+// the whole head: queries are rotated once, values accumulated rotated and
+// turned back after the merge, as the CPU streams' scores()/finish() do.
 #include <algorithm>
 #include <cmath>
 
 #include <cuda_pipeline.h>
 
 #include "common.cuh"
+#include "kv_layout.h"
 
 namespace kvrt {
 
@@ -32,9 +34,9 @@ __device__ inline float h2f_at(const uint8_t* p) {
     return __half2float(__ushort_as_half((uint16_t)(p[0] | (p[1] << 8))));
 }
 
-// Elements e0 .. e0+7 (e0 a multiple of 8) of a record.
+// Elements e0 .. e0+7 (e0 a multiple of 8) of a record (bits: rot's).
 template <int K>
-__device__ inline void load8(const uint8_t* rec, int e0, float* v) {
+__device__ inline void load8(const uint8_t* rec, int e0, float* v, int bits) {
     if constexpr (K == KV_KIND_F32) {
         const float4* p = reinterpret_cast<const float4*>(rec + (size_t)e0 * 4);
         const float4 a = p[0], b = p[1];
@@ -49,6 +51,16 @@ __device__ inline void load8(const uint8_t* rec, int e0, float* v) {
             v[2 * i] = f.x;
             v[2 * i + 1] = f.y;
         }
+    } else if constexpr (K == KV_KIND_ROT) {
+        // { half scale; half min; groups of 32 codes }: the 8 codes are
+        // `bits` whole bytes of their group, from byte (e0 % 32) / 8 * bits.
+        const float sc = h2f_at(rec), mn = h2f_at(rec + 2);
+        const uint8_t* p = rec + 4 + (e0 / 32) * kv_group_bytes(bits) + (e0 % 32) / 8 * bits;
+        uint64_t w = 0;
+        for (int k = 0; k < bits; ++k) w |= (uint64_t)p[k] << (8 * k);
+        const uint32_t mask = (1u << bits) - 1u;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = fmaf(sc, (float)((uint32_t)(w >> (i * bits)) & mask), mn);
     } else if constexpr (K == KV_KIND_Q8_0) {
         const uint8_t* blk = rec + (size_t)(e0 / 32) * sizeof(block_q8_0);
         const float d = h2f_at(blk);
@@ -66,23 +78,35 @@ __device__ inline void load8(const uint8_t* rec, int e0, float* v) {
     }
 }
 
-// In-place Walsh-Hadamard transform (scaled by 1/8) of the 64-blocks of
-// `rows` vectors of hd floats, `stride` apart in shared memory: each stage a
-// butterfly per thread, the same operations as one thread per block would
-// do. Every thread of the block calls it; it syncs after each stage.
-__device__ void fwht64_shared(float* x, int rows, int stride, int hd) {
-    const int half = hd / 2;
-    for (int len = 1; len < 64; len <<= 1) {
+// In-place Walsh-Hadamard transform (scaled by 1/sqrt(nb)) of the nb-blocks
+// of `rows` vectors of hd floats, `stride` apart in shared memory, as
+// kv_fwht: each stage a butterfly per thread, the same operations as one
+// thread per block would do. pre / post: signs multiplied in before the
+// transform (rot's queries) or after it (rot's values), where given. Every
+// thread of the block calls it; it syncs after each stage.
+__device__ void fwht_shared(float* x, int rows, int stride, int hd, int nb, const float* pre,
+                            const float* post) {
+    if (pre) {
+        for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) x[(i / hd) * stride + i % hd] *= pre[i % hd];
+        __syncthreads();
+    }
+    const int half = hd / 2, bh = nb / 2;
+    for (int len = 1; len < nb; len <<= 1) {
         for (int i = threadIdx.x; i < rows * half; i += blockDim.x) {
-            const int k = i % half, j = k % 32;  // pair j of 64-block k / 32
-            float* y = x + (i / half) * stride + (k / 32) * 64 + (j / len) * 2 * len + j % len;
+            const int k = i % half, j = k % bh;  // pair j of nb-block k / bh
+            float* y = x + (i / half) * stride + (k / bh) * nb + (j / len) * 2 * len + j % len;
             const float a = y[0], c = y[len];
             y[0] = a + c;
             y[len] = a - c;
         }
         __syncthreads();
     }
-    for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) x[(i / hd) * stride + i % hd] *= 0.125f;
+    const float norm = 1.0f / sqrtf((float)nb);
+    for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+        float& e = x[(i / hd) * stride + i % hd];
+        e *= norm;
+        if (post) e *= post[i % hd];
+    }
     __syncthreads();
 }
 
@@ -90,7 +114,9 @@ struct span_args {
     const uint8_t* k;
     const uint8_t* v;
     size_t krec, vrec;
-    int krot;
+    int krot;                // the keys' Hadamard block (queries turned alike), 0: none
+    int kbits, vbits;        // rot's bits per code
+    const float* ksigns;     // rot's signs, turned into the queries first
     const float* q;
     int n_head, n_head_kv, n_rg, hd, sw, pos0, n_split;
     const int* pos_dev;  // added to pos0 when set
@@ -141,7 +167,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
         qs[r][d] = r < nr ? a.q[((size_t)t * a.n_head + h0 + r) * hd + d] * a.scale : 0.0f;
     }
     __syncthreads();
-    if (a.krot) fwht64_shared(&qs[0][0], kRows, kMaxHeadDim, hd);
+    if (a.krot) fwht_shared(&qs[0][0], kRows, kMaxHeadDim, hd, a.krot, a.ksigns, nullptr);
     float qv[kRows][8], acc[kRows][8], m[kRows], l[kRows];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
@@ -170,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
             for (int r = 0; r < kRows; ++r) s[r] = 0.0f;
             if (j < nt) {
                 float k8[8];
-                load8<KK>(kbase + (size_t)(c0 + j) * kstride, e0, k8);
+                load8<KK>(kbase + (size_t)(c0 + j) * kstride, e0, k8, a.kbits);
 #pragma unroll
                 for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -203,7 +229,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
             const int j = j0 + sub;
             if (j < nt) {
                 float v8[8];
-                load8<VK>(vbase + (size_t)(c0 + j) * vstride, e0, v8);
+                load8<VK>(vbase + (size_t)(c0 + j) * vstride, e0, v8, a.vbits);
 #pragma unroll
                 for (int r = 0; r < kRows; ++r) {
                     const float p = scw[j][r];
@@ -245,7 +271,7 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
 
 __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot,
                                   const float* basis_t, const float* mean, int n_head, int n_rep,
-                                  float* out, int16_t* qs, int2* ds) {
+                                  float* out, int16_t* qs, int2* ds, const float* vsigns) {
     pdl_begin();
     const size_t row = blockIdx.x;  // t * n_head + h
     const float* first = partial + row * n_split * (hd + 2);
@@ -290,7 +316,7 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
         o[d] = s / l;
     }
     __syncthreads();
-    if (vrot) fwht64_shared(o, 1, hd, hd);
+    if (vrot) fwht_shared(o, 1, hd, hd, vrot, nullptr, vsigns);
     // With basis_t: x = mean + P^T o with the value stream's basis of this
     // row's kv head; row d of P^T is column d of P. With qs (hd a multiple of
     // 32, at most the block's threads): the token's q16 codes too, a warp per
@@ -313,6 +339,7 @@ void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
         case KV_KIND_F16: launch_pdl(attn_span_kernel<KK, KV_KIND_F16>, grid, kThreads, 0, s, a); break;
         case KV_KIND_Q8_0: launch_pdl(attn_span_kernel<KK, KV_KIND_Q8_0>, grid, kThreads, 0, s, a); break;
         case KV_KIND_Q4_0: launch_pdl(attn_span_kernel<KK, KV_KIND_Q4_0>, grid, kThreads, 0, s, a); break;
+        case KV_KIND_ROT: launch_pdl(attn_span_kernel<KK, KV_KIND_ROT>, grid, kThreads, 0, s, a); break;
         default: throw error("CUDA attention: unsupported value format");
     }
 }
@@ -560,13 +587,13 @@ bool cuda_attention_writes_q16(int head_dim) { return head_dim % 32 == 0 && head
 
 void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
                           const float* basis_t, const float* mean, int n_head, int n_rep,
-                          float* out, cudaStream_t s, void* act) {
+                          float* out, cudaStream_t s, void* act, const float* vsigns) {
     if (act && !cuda_attention_writes_q16(hd))
         throw error("CUDA attention: q16 codes of the output need head_dim a multiple of 32");
     const int64_t cols = (int64_t)n_head * hd;
     launch_pdl(attn_merge_kernel, n_rows, kMergeThreads, n_entries * sizeof(float), s, partial, n_entries,
                hd, vrot, basis_t, mean, n_head, n_rep, out, act ? q16_codes(act) : nullptr,
-               act ? q16_scales(act, n_rows / n_head, cols) : nullptr);
+               act ? q16_scales(act, n_rows / n_head, cols) : nullptr, vsigns);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -594,6 +621,9 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     a.krec = k.rec;
     a.vrec = v.rec;
     a.krot = k.rot;
+    a.kbits = k.bits;
+    a.vbits = v.bits;
+    a.ksigns = k.signs;
     a.q = q;
     a.n_head = p.n_head;
     a.n_head_kv = p.n_head_kv;
@@ -612,11 +642,12 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
         case KV_KIND_F16: launch_span<KV_KIND_F16>(v.kind, grid, s, a); break;
         case KV_KIND_Q8_0: launch_span<KV_KIND_Q8_0>(v.kind, grid, s, a); break;
         case KV_KIND_Q4_0: launch_span<KV_KIND_Q4_0>(v.kind, grid, s, a); break;
+        case KV_KIND_ROT: launch_span<KV_KIND_ROT>(v.kind, grid, s, a); break;
         default: throw error("CUDA attention: unsupported key format");
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     cuda_attention_merge(partial, n_tok * p.n_head, a.n_split, p.head_dim, v.rot, nullptr, nullptr,
-                         p.n_head, 1, out, s, act);
+                         p.n_head, 1, out, s, act, v.signs);
 }
 
 }  // namespace kvrt

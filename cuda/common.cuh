@@ -373,15 +373,18 @@ struct cuda_kv_stream {
     kv_kind kind = KV_KIND_F16;
     int n_head_kv = 0, head_dim = 0;
     size_t rec = 0;  // bytes per (position, head)
-    int rot = 0;     // q8_0/q4_0: Hadamard block (64) applied before quantizing, 0: none
+    int rot = 0;     // Hadamard block applied before quantizing (q8_0/q4_0: 64, rot: head_dim), 0: none
+    int bits = 0;    // rot: bits per code
+    const float* signs = nullptr;  // rot: [head_dim] signs applied before the turn (device; the caller's)
     uint8_t* d = nullptr;
     cuda_pca pca;    // kind KV_KIND_PCA
 };
 // Whether the CUDA backend has this format; the supported names.
 bool cuda_kv_kind_supported(kv_kind k);
 const char* cuda_kv_kinds_supported();
-// Record size and rotation as the CPU stream of kind k uses them.
-cuda_kv_stream cuda_kv_stream_shape(kv_kind k, int n_head_kv, int head_dim);
+// Record size and rotation as the CPU stream of type t uses them (rot: the
+// caller sets signs, kv_random_signs of the stream's seed, in device memory).
+cuda_kv_stream cuda_kv_stream_shape(const kv_type& t, int n_head_kv, int head_dim);
 // Encodes x [n][n_head_kv*head_dim] at positions pos0.. byte for byte as the
 // CPU stream's store() does.
 // pos_dev as for cuda_rope_apply.
@@ -447,13 +450,15 @@ size_t cuda_attention_partial_floats(const cuda_attn_params& p, int n_tok, int m
 // Splits over the sequence for `blocks` blocks of work at most max_len deep.
 int cuda_attention_splits(int blocks, int max_len, int n_sm);
 // Merges n_entries partial results {m, l, acc[hd]} per row (t * n_head + h)
-// into out; vrot: the inverse Walsh-Hadamard turn of q8_0/q4_0 values;
+// into out; vrot: the inverse Walsh-Hadamard turn of the values (blocks of
+// vrot channels, then vsigns where given: q8_0/q4_0 64, rot head_dim);
 // basis_t/mean: a pca value stream's un-rotation x = mean + P^T o, per kv
 // head (n_rep query heads each), from its transposed basis; act as for
 // cuda_attention.
 void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int hd, int vrot,
                           const float* basis_t, const float* mean, int n_head, int n_rep,
-                          float* out, cudaStream_t s, void* act = nullptr);
+                          float* out, cudaStream_t s, void* act = nullptr,
+                          const float* vsigns = nullptr);
 // Whether attention can write its output's q16 codes (act) for this head_dim.
 bool cuda_attention_writes_q16(int head_dim);
 // Causal attention of n_tok queries q [n_tok][n_head*head_dim] at

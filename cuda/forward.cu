@@ -13,6 +13,7 @@
 #include "common.cuh"
 #include "cpu/ops.h"
 #include "gpu_forward.h"
+#include "kv_formats.h"
 
 namespace kvrt {
 
@@ -98,8 +99,9 @@ public:
             D.w_gate = upload(L.w_gate);
             D.w_up = upload(L.w_up);
             D.w_down = upload(L.w_down);
-            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il]) : alloc_stream(type_k.kind);
-            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il]) : alloc_stream(type_v.kind);
+            // Seeds as kv_cache gives its streams (rot's signs).
+            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il]) : alloc_stream(type_k, 2 * il);
+            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il]) : alloc_stream(type_v, 2 * il + 1);
         }
         rope_table rt;
         rt.init(hp);
@@ -368,9 +370,13 @@ private:
         return bufs_.back()->as<float>();
     }
 
-    cuda_kv_stream alloc_stream(kv_kind k) {
+    cuda_kv_stream alloc_stream(const kv_type& t, uint32_t seed) {
         const hparams& hp = m_.hp();
-        cuda_kv_stream st = cuda_kv_stream_shape(k, hp.n_head_kv, hp.head_dim);
+        cuda_kv_stream st = cuda_kv_stream_shape(t, hp.n_head_kv, hp.head_dim);
+        if (t.kind == KV_KIND_ROT) {
+            const std::vector<float> signs = kv_random_signs(hp.head_dim, seed);
+            st.signs = upload_floats(signs.data(), signs.size());
+        }
         const size_t bytes = (size_t)n_ctx_ * hp.n_head_kv * st.rec;
         bufs_.push_back(std::make_unique<dev_buf>(bytes));
         KVRT_CUDA_CHECK(cudaMemset(bufs_.back()->p, 0, bytes));

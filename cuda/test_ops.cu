@@ -7,6 +7,7 @@
 #include "common.cuh"
 #include "cpu/ops.h"
 #include "gpu_forward.h"
+#include "kv_formats.h"
 
 namespace kvrt {
 
@@ -141,7 +142,10 @@ std::vector<float> gpu_test_swiglu(const float* g, const float* u, int64_t n) {
 std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_head_kv,
                                         int head_dim) {
     need_gpu();
-    cuda_kv_stream st = cuda_kv_stream_shape(t.kind, n_head_kv, head_dim);
+    cuda_kv_stream st = cuda_kv_stream_shape(t, n_head_kv, head_dim);
+    const std::vector<float> signs = kv_random_signs(head_dim, 0);  // the test streams' seed
+    dev_copy ds(signs.data(), sizeof(float) * signs.size());
+    if (t.kind == KV_KIND_ROT) st.signs = ds.as<float>();
     const size_t bytes = (size_t)n * n_head_kv * st.rec;
     dev_copy dx(x, sizeof(float) * n * n_head_kv * head_dim), dd(nullptr, bytes);
     st.d = dd.as<uint8_t>();
@@ -154,8 +158,12 @@ std::vector<float> gpu_test_attention(kv_type type_k, kv_type type_v, const floa
                                       int n_head, int n_head_kv, int head_dim, int sliding_window) {
     need_gpu();
     const int len = pos0 + n_tok;
-    cuda_kv_stream ks = cuda_kv_stream_shape(type_k.kind, n_head_kv, head_dim);
-    cuda_kv_stream vs = cuda_kv_stream_shape(type_v.kind, n_head_kv, head_dim);
+    cuda_kv_stream ks = cuda_kv_stream_shape(type_k, n_head_kv, head_dim);
+    cuda_kv_stream vs = cuda_kv_stream_shape(type_v, n_head_kv, head_dim);
+    const std::vector<float> signs = kv_random_signs(head_dim, 0);  // the test streams' seed
+    dev_copy ds(signs.data(), sizeof(float) * signs.size());
+    if (type_k.kind == KV_KIND_ROT) ks.signs = ds.as<float>();
+    if (type_v.kind == KV_KIND_ROT) vs.signs = ds.as<float>();
     const size_t kvn = (size_t)len * n_head_kv * head_dim;
     dev_copy dk(k, sizeof(float) * kvn), dv(v, sizeof(float) * kvn);
     dev_copy kb(nullptr, (size_t)len * n_head_kv * ks.rec), vb(nullptr, (size_t)len * n_head_kv * vs.rec);

