@@ -111,7 +111,7 @@ std::vector<cli_option> cli_model_options() {
         {{"--kv-calib"}, "FILE", "KV calibration sidecar of pca", "<model>.kvcal.gguf"},
         {{"--device"}, "DEV",
          "where the forward pass runs: cpu, or cuda (needs a build with -DKVRT_CUDA=ON; KV "
-         "formats f32, f16, q8_0, q4_0, rot, pca so far)",
+         "formats: all but pca's windows)",
          "cpu"},
         {{"-ngl", "--n-gpu-layers"}, "N", "llama.cpp's spelling: N > 0 means --device cuda", ""},
     };

@@ -76,7 +76,7 @@ std::vector<float> gpu_test_swiglu(const float* g, const float* u, int64_t n);
 // The bytes a KV stream of kind t (f32, f16, q8_0, q4_0) holds after storing
 // x [n][n_head_kv*head_dim] at positions 0..n-1.
 std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_head_kv,
-                                        int head_dim);
+                                        int head_dim, bool is_key = true);
 // pca: the bytes a stream of n_ctx positions with quantizers `heads` holds
 // (code blocks, token scales, sinks: kv_stream::packed_bytes parts 0, 1, 2
 // in turn) after the stores (pos0, n) of `stores` in turn, each taking the
@@ -84,6 +84,11 @@ std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_
 std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>& heads, int n_ctx,
                                             const std::vector<std::pair<int, int>>& stores,
                                             const float* x);
+// affine keys: a stream's blocks, then its staging area, after the stores
+// (pos0, n) of `stores` in turn, as gpu_test_kv_encode_pca takes them.
+std::vector<uint8_t> gpu_test_kv_encode_affine_keys(kv_type t, int n_ctx, int n_head_kv, int head_dim,
+                                                    const std::vector<std::pair<int, int>>& stores,
+                                                    const float* x);
 // gpu_test_attention over pca keys and values with these quantizers.
 std::vector<float> gpu_test_attention_pca(const std::vector<kv_pca_head>& heads_k,
                                           const std::vector<kv_pca_head>& heads_v, const float* q,

@@ -258,6 +258,20 @@ public:
         return (size_t)n_head_kv_ * n_blocks_ * blk_ + stage_.size() * sizeof(uint16_t);
     }
 
+    // Part 0: the blocks [head][block] (those no store has filled are not
+    // initialised); part 1: the staging area [head][32][dim] of halves.
+    const uint8_t* packed_bytes(int part, size_t* n) const override {
+        if (part == 0) {
+            *n = (size_t)n_head_kv_ * n_blocks_ * blk_;
+            return data_.get();
+        }
+        if (part == 1) {
+            *n = stage_.size() * sizeof(uint16_t);
+            return reinterpret_cast<const uint8_t*>(stage_.data());
+        }
+        return nullptr;
+    }
+
     void decode(int pos, float* x) const override {
         for (int h = 0; h < n_head_kv_; ++h) {
             float* xh = x + (size_t)h * hd_;

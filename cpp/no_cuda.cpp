@@ -40,7 +40,12 @@ std::vector<float> gpu_test_rope(const model&, const float*, int, int, int) { no
 
 std::vector<float> gpu_test_swiglu(const float*, const float*, int64_t) { no_cuda(); }
 
-std::vector<uint8_t> gpu_test_kv_encode(kv_type, const float*, int, int, int) { no_cuda(); }
+std::vector<uint8_t> gpu_test_kv_encode(kv_type, const float*, int, int, int, bool) { no_cuda(); }
+
+std::vector<uint8_t> gpu_test_kv_encode_affine_keys(kv_type, int, int, int,
+                                                    const std::vector<std::pair<int, int>>&, const float*) {
+    no_cuda();
+}
 
 std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>&, int,
                                             const std::vector<std::pair<int, int>>&, const float*) {

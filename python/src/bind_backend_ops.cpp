@@ -48,10 +48,11 @@ kvrt::weight make_weight(int type, const bytes_in& w, int64_t rows, int64_t cols
 }
 
 // The bytes the CPU stream of format t holds after storing x
-// [n][n_head_kv*head_dim] (token-major formats: f32, f16, q8_0, q4_0, ...).
+// [n][n_head_kv*head_dim] (token-major formats: f32, f16, q8_0, q4_0, rot,
+// affine values).
 std::vector<uint8_t> cpu_kv_encode(const kvrt::kv_type& t, const float* x, int n, int n_head_kv,
-                                   int hd) {
-    auto s = kvrt::kv_stream_create(t, true, n, n_head_kv, hd);
+                                   int hd, bool is_key) {
+    auto s = kvrt::kv_stream_create(t, is_key, n, n_head_kv, hd);
     s->store(0, n, x);
     std::vector<uint8_t> out;
     for (int pos = 0; pos < n; ++pos) {
@@ -189,13 +190,48 @@ void init_backend_ops(nb::module_& m) {
     });
 
     m.def("backend_kv_encode",
-          [](const std::string& dev, const std::string& fmt, floats_nd x, int n_head_kv, int head_dim) {
+          [](const std::string& dev, const std::string& fmt, floats_nd x, int n_head_kv, int head_dim,
+             bool values) {
               const kvrt::kv_type t = kvrt::kv_type_from_name(fmt);
               const size_t w = (size_t)n_head_kv * head_dim;
               need(w > 0 && x.size() % w == 0, "x must be [n][n_head_kv*head_dim]");
               const int n = (int)(x.size() / w);
-              if (dev == "cuda") return to_numpy(kvrt::gpu_test_kv_encode(t, x.data(), n, n_head_kv, head_dim));
-              return to_numpy(cpu_kv_encode(t, x.data(), n, n_head_kv, head_dim));
+              if (dev == "cuda")
+                  return to_numpy(kvrt::gpu_test_kv_encode(t, x.data(), n, n_head_kv, head_dim, !values));
+              return to_numpy(cpu_kv_encode(t, x.data(), n, n_head_kv, head_dim, !values));
+          },
+          nb::arg("dev"), nb::arg("fmt"), nb::arg("x"), nb::arg("n_head_kv"), nb::arg("head_dim"),
+          nb::arg("values") = false);
+
+    m.def("backend_kv_encode_affine_keys",
+          [](const std::string& dev, const std::string& fmt, int n_ctx, int n_head_kv, int head_dim,
+             std::vector<std::pair<int, int>> stores, floats_nd x) {
+              const kvrt::kv_type t = kvrt::kv_type_from_name(fmt);
+              need(t.kind == kvrt::KV_KIND_AFFINE, "an affine format");
+              const size_t w = (size_t)n_head_kv * head_dim;
+              size_t rows = 0;
+              for (const auto& sn : stores) {
+                  need(sn.first >= 0 && sn.second >= 0 && sn.first + sn.second <= n_ctx,
+                       "a store outside the context");
+                  rows += (size_t)sn.second;
+              }
+              need(x.size() == rows * w, "x must hold the stores' rows of n_head_kv*head_dim");
+              if (dev == "cuda")
+                  return to_numpy(kvrt::gpu_test_kv_encode_affine_keys(t, n_ctx, n_head_kv, head_dim, stores,
+                                                                       x.data()));
+              auto s = kvrt::kv_stream_create(t, true, n_ctx, n_head_kv, head_dim);
+              size_t at = 0;
+              for (const auto& sn : stores) {
+                  s->store(sn.first, sn.second, x.data() + at * w);
+                  at += (size_t)sn.second;
+              }
+              std::vector<uint8_t> out;
+              for (int part = 0; part < 2; ++part) {
+                  size_t len = 0;
+                  const uint8_t* b = s->packed_bytes(part, &len);
+                  out.insert(out.end(), b, b + len);
+              }
+              return to_numpy(std::move(out));
           });
 
     m.def("backend_kv_encode_pca",
