@@ -34,6 +34,17 @@ __device__ inline float h2f_at(const uint8_t* p) {
     return __half2float(__ushort_as_half((uint16_t)(p[0] | (p[1] << 8))));
 }
 
+// Eight halves as floats.
+__device__ inline void halves8(const uint4 u, float* v) {
+    const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+    }
+}
+
 // Eight b-bit codes from the `bits` bytes at p (codes e0 .. e0+7 of a
 // packed group, e0 a multiple of 8, start on a byte): min + scale * code.
 __device__ inline void codes8(const uint8_t* p, int bits, float sc, float mn, float* v) {
@@ -54,14 +65,7 @@ __device__ inline void load8(const uint8_t* rec, int e0, float* v, int bits) {
         v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
         v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
     } else if constexpr (K == KV_KIND_F16) {
-        const uint4 u = *reinterpret_cast<const uint4*>(rec + (size_t)e0 * 2);
-        const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 f = __half22float2(h[i]);
-            v[2 * i] = f.x;
-            v[2 * i + 1] = f.y;
-        }
+        halves8(*reinterpret_cast<const uint4*>(rec + (size_t)e0 * 2), v);
     } else if constexpr (K == KV_KIND_ROT) {
         // { half scale; half min; groups of 32 codes }: the 8 codes are
         // `bits` whole bytes of their group, from byte (e0 % 32) / 8 * bits.
@@ -145,15 +149,9 @@ struct span_args {
 __device__ inline void affine_key8(const span_args& a, int kvh, int pos, int e0, int stage0, float* v) {
     const int hd = a.hd;
     if (pos >= stage0) {
-        const uint4 u = *reinterpret_cast<const uint4*>(
-            a.kstage + (((size_t)kvh * KV_BLOCK_TOKENS + (pos - stage0)) * hd + e0) * 2);
-        const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 f = __half22float2(h[i]);
-            v[2 * i] = f.x;
-            v[2 * i + 1] = f.y;
-        }
+        halves8(*reinterpret_cast<const uint4*>(
+                        a.kstage + (((size_t)kvh * KV_BLOCK_TOKENS + (pos - stage0)) * hd + e0) * 2),
+                v);
         return;
     }
     const uint8_t* bp = a.k + ((size_t)kvh * a.kblocks + pos / KV_BLOCK_TOKENS) * a.kblk;

@@ -154,6 +154,22 @@ std::vector<uint8_t> gpu_test_kv_encode(kv_type t, const float* x, int n, int n_
     return to_host<uint8_t>(dd, bytes);
 }
 
+// The stores (pos0, n) of x's rows (row floats each) into st in turn, synchronised.
+static void run_stores(const cuda_kv_stream& st, int n_ctx, size_t row, const std::vector<std::pair<int, int>>& stores,
+                const float* x) {
+    size_t rows = 0;
+    for (const auto& sn : stores) rows += (size_t)sn.second;
+    dev_copy dx(x, sizeof(float) * rows * row);
+    size_t at = 0;
+    for (const auto& sn : stores) {
+        if (sn.first < 0 || sn.second < 0 || sn.first + sn.second > n_ctx)
+            throw error("backend ops: a store outside the context");
+        cuda_kv_store(st, sn.first, sn.second, dx.as<float>() + at * row, 0);
+        at += (size_t)sn.second;
+    }
+    KVRT_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 std::vector<uint8_t> gpu_test_kv_encode_affine_keys(kv_type t, int n_ctx, int n_head_kv, int head_dim,
                                                     const std::vector<std::pair<int, int>>& stores,
                                                     const float* x) {
@@ -165,18 +181,7 @@ std::vector<uint8_t> gpu_test_kv_encode_affine_keys(kv_type t, int n_ctx, int n_
     st.d = dd.as<uint8_t>();
     st.stage = ds.as<uint8_t>();
     st.len = dl.as<int>();
-    const size_t row = (size_t)n_head_kv * head_dim;
-    size_t rows = 0;
-    for (const auto& sn : stores) rows += (size_t)sn.second;
-    dev_copy dx(x, sizeof(float) * rows * row);
-    size_t at = 0;
-    for (const auto& sn : stores) {
-        if (sn.first < 0 || sn.second < 0 || sn.first + sn.second > n_ctx)
-            throw error("gpu_test_kv_encode_affine_keys: store outside the context");
-        cuda_kv_store(st, sn.first, sn.second, dx.as<float>() + at * row, 0);
-        at += (size_t)sn.second;
-    }
-    KVRT_CUDA_CHECK(cudaDeviceSynchronize());
+    run_stores(st, n_ctx, (size_t)n_head_kv * head_dim, stores, x);
     std::vector<uint8_t> out = to_host<uint8_t>(dd, data);
     const std::vector<uint8_t> s = to_host<uint8_t>(ds, stage);
     out.insert(out.end(), s.begin(), s.end());
@@ -226,18 +231,7 @@ std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>& head
     need_gpu();
     cuda_pca_stream st(heads, n_ctx);
     const cuda_kv_stream view = st.view();
-    const size_t row = heads.size() * heads[0].mean.size();
-    size_t rows = 0;
-    for (const auto& sn : stores) rows += (size_t)sn.second;
-    dev_copy dx(x, sizeof(float) * rows * row);
-    size_t at = 0;
-    for (const auto& sn : stores) {
-        if (sn.first < 0 || sn.second < 0 || sn.first + sn.second > n_ctx)
-            throw error("gpu_test_kv_encode_pca: store outside the context");
-        cuda_kv_store(view, sn.first, sn.second, dx.as<float>() + at * row, 0);
-        at += (size_t)sn.second;
-    }
-    KVRT_CUDA_CHECK(cudaDeviceSynchronize());
+    run_stores(view, n_ctx, heads.size() * heads[0].mean.size(), stores, x);
     std::vector<uint8_t> out(st.bytes());
     KVRT_CUDA_CHECK(cudaMemcpy(out.data(), view.pca.codes, st.code_bytes(), cudaMemcpyDeviceToHost));
     KVRT_CUDA_CHECK(cudaMemcpy(out.data() + st.code_bytes(), view.pca.scale, st.scale_bytes(),

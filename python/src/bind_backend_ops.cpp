@@ -64,6 +64,33 @@ std::vector<uint8_t> cpu_kv_encode(const kvrt::kv_type& t, const float* x, int n
     return out;
 }
 
+// Stores (pos0, n) inside n_ctx, and x holding their rows of w floats.
+void check_stores(const std::vector<std::pair<int, int>>& stores, int n_ctx, size_t x_size, size_t w) {
+    size_t rows = 0;
+    for (const auto& sn : stores) {
+        need(sn.first >= 0 && sn.second >= 0 && sn.first + sn.second <= n_ctx, "a store outside the context");
+        rows += (size_t)sn.second;
+    }
+    need(x_size == rows * w, "x must hold the stores' rows of n_head_kv*head_dim");
+}
+
+// The CPU stream's packed_bytes parts 0 .. n_parts-1 after the stores in turn.
+std::vector<uint8_t> cpu_store_parts(kvrt::kv_stream& s, const std::vector<std::pair<int, int>>& stores,
+                                     const float* x, size_t w, int n_parts) {
+    size_t at = 0;
+    for (const auto& sn : stores) {
+        s.store(sn.first, sn.second, x + at * w);
+        at += (size_t)sn.second;
+    }
+    std::vector<uint8_t> out;
+    for (int part = 0; part < n_parts; ++part) {
+        size_t len = 0;
+        const uint8_t* b = s.packed_bytes(part, &len);
+        out.insert(out.end(), b, b + len);
+    }
+    return out;
+}
+
 // pca quantizers from (basis (nh, hd, hd), mean, sigma (nh, hd), bits (nh, hd)
 // uint8, lo, step (nh, hd), rope_mean (nh, hd) or empty, rope_freq (nf),
 // pair_stride, pair_gap).
@@ -208,30 +235,12 @@ void init_backend_ops(nb::module_& m) {
              std::vector<std::pair<int, int>> stores, floats_nd x) {
               const kvrt::kv_type t = kvrt::kv_type_from_name(fmt);
               need(t.kind == kvrt::KV_KIND_AFFINE, "an affine format");
-              const size_t w = (size_t)n_head_kv * head_dim;
-              size_t rows = 0;
-              for (const auto& sn : stores) {
-                  need(sn.first >= 0 && sn.second >= 0 && sn.first + sn.second <= n_ctx,
-                       "a store outside the context");
-                  rows += (size_t)sn.second;
-              }
-              need(x.size() == rows * w, "x must hold the stores' rows of n_head_kv*head_dim");
+              check_stores(stores, n_ctx, x.size(), (size_t)n_head_kv * head_dim);
               if (dev == "cuda")
                   return to_numpy(kvrt::gpu_test_kv_encode_affine_keys(t, n_ctx, n_head_kv, head_dim, stores,
                                                                        x.data()));
-              auto s = kvrt::kv_stream_create(t, true, n_ctx, n_head_kv, head_dim);
-              size_t at = 0;
-              for (const auto& sn : stores) {
-                  s->store(sn.first, sn.second, x.data() + at * w);
-                  at += (size_t)sn.second;
-              }
-              std::vector<uint8_t> out;
-              for (int part = 0; part < 2; ++part) {
-                  size_t len = 0;
-                  const uint8_t* b = s->packed_bytes(part, &len);
-                  out.insert(out.end(), b, b + len);
-              }
-              return to_numpy(std::move(out));
+              return to_numpy(cpu_store_parts(*kvrt::kv_stream_create(t, true, n_ctx, n_head_kv, head_dim),
+                                              stores, x.data(), (size_t)n_head_kv * head_dim, 2));
           });
 
     m.def("backend_kv_encode_pca",
@@ -239,28 +248,11 @@ void init_backend_ops(nb::module_& m) {
              std::vector<std::pair<int, int>> stores, floats_nd x) {
               const std::vector<kvrt::kv_pca_head> heads = pca_heads(heads_t);
               const size_t w = heads.size() * heads[0].mean.size();
-              size_t rows = 0;
-              for (const auto& sn : stores) {
-                  need(sn.first >= 0 && sn.second >= 0 && sn.first + sn.second <= n_ctx,
-                       "a store outside the context");
-                  rows += (size_t)sn.second;
-              }
-              need(x.size() == rows * w, "x must hold the stores' rows of n_head_kv*head_dim");
+              check_stores(stores, n_ctx, x.size(), w);
               if (dev == "cuda") return to_numpy(kvrt::gpu_test_kv_encode_pca(heads, n_ctx, stores, x.data()));
               auto s = kvrt::kv_stream_create(kvrt::kv_type{kvrt::KV_KIND_PCA, 0, 0}, true, n_ctx,
                                               (int)heads.size(), (int)heads[0].mean.size(), 0, &heads);
-              size_t at = 0;
-              for (const auto& sn : stores) {
-                  s->store(sn.first, sn.second, x.data() + at * w);
-                  at += (size_t)sn.second;
-              }
-              std::vector<uint8_t> out;
-              for (int part = 0; part < 3; ++part) {
-                  size_t len = 0;
-                  const uint8_t* b = s->packed_bytes(part, &len);
-                  out.insert(out.end(), b, b + len);
-              }
-              return to_numpy(std::move(out));
+              return to_numpy(cpu_store_parts(*s, stores, x.data(), w, 3));
           });
 
     m.def("backend_attention_pca",
