@@ -173,8 +173,8 @@ def test_swiglu():
 
 
 @cuda_test
-# rot: 1, 3, 4 and 8 bits (codes across byte edges, whole bytes)
-@pytest.mark.parametrize("fmt", ["f32", "f16", "q8_0", "q4_0", "rot:1", "rot:3", "rot:4", "rot:8"])
+# rot: every bit width it takes (2, 3, 4, 8: codes across byte edges, whole bytes)
+@pytest.mark.parametrize("fmt", ["f32", "f16", "q8_0", "q4_0", "rot:2", "rot:3", "rot:4", "rot:8"])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 @pytest.mark.parametrize("n", [1, 33])
 def test_kv_encode_byte_identical(fmt, head_dim, n):
@@ -188,7 +188,7 @@ def test_kv_encode_byte_identical(fmt, head_dim, n):
 
 
 @cuda_test
-@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("head_dim", [32, 128])
 @pytest.mark.parametrize("n", [1, 33])
 def test_kv_encode_affine_values_byte_identical(bits, head_dim, n):
@@ -264,7 +264,7 @@ ATTN_SHAPES = [(8, 2, 64), (8, 2, 128), (10, 2, 64), (3, 3, 128), (8, 2, 32), (4
 @pytest.mark.parametrize(
     "kv",
     [("f16", "f16"), ("f32", "f32"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("q8_0", "f16"),
-     ("rot:3", "rot:3"), ("rot:4", "f16"), ("f16", "rot:5"),
+     ("rot:3", "rot:3"), ("rot:4", "f16"), ("f16", "rot:2"),
      ("affine:4", "affine:4"), ("affine:2", "f16"), ("f16", "affine:3")],
 )
 @pytest.mark.parametrize("shape", ATTN_SHAPES, ids=lambda s: "h{}_kv{}_d{}".format(*s))
