@@ -217,6 +217,39 @@ void allow_dynamic_smem(K* kernel, size_t bytes, size_t& allowed) {
     allowed = bytes;
 }
 
+// In-place Walsh-Hadamard transform (scaled by 1/sqrt(nb)) of the nb-blocks
+// of `rows` vectors of hd floats, `stride` apart in shared memory, as
+// kv_fwht (cpp/cpu/kv_kernels.cpp, the same sums and products in the same
+// order): each stage a butterfly per thread, the same operations as one
+// thread per block would do. pre / post: signs multiplied in before the
+// transform (rot's encoder and queries) or after it (rot's values). Every
+// thread of the block calls it; it syncs after each stage.
+__device__ inline void fwht_shared(float* x, int rows, int stride, int hd, int nb, const float* pre,
+                                   const float* post) {
+    if (pre) {
+        for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) x[(i / hd) * stride + i % hd] *= pre[i % hd];
+        __syncthreads();
+    }
+    const int half = hd / 2, bh = nb / 2;
+    for (int len = 1; len < nb; len <<= 1) {
+        for (int i = threadIdx.x; i < rows * half; i += blockDim.x) {
+            const int k = i % half, j = k % bh;  // pair j of nb-block k / bh
+            float* y = x + (i / half) * stride + (k / bh) * nb + (j / len) * 2 * len + j % len;
+            const float a = y[0], c = y[len];
+            y[0] = a + c;
+            y[len] = a - c;
+        }
+        __syncthreads();
+    }
+    const float norm = 1.0f / sqrtf((float)nb);
+    for (int i = threadIdx.x; i < rows * hd; i += blockDim.x) {
+        float& e = x[(i / hd) * stride + i % hd];
+        e *= norm;
+        if (post) e *= post[i % hd];
+    }
+    __syncthreads();
+}
+
 // ---- tensor-core helpers (kv_pca.cu, attention.cu) ----
 __host__ __device__ inline uint32_t half2_bits(__half2 h) {
     uint32_t u;

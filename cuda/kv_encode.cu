@@ -253,8 +253,7 @@ constexpr int kRotThreads = 128;
 constexpr int kRotMaxDim = 256;
 
 // rot:b, the CPU's encode_rot: a block per (token, head). y = x * signs, then
-// kv_fwht over the whole head (each stage's butterflies are independent, so
-// a thread per pair gives the CPU's sums), scaled by 1/sqrt(dim); one scale
+// kv_fwht over the whole head (fwht_shared), scaled by 1/sqrt(dim); one scale
 // and minimum over the head as halves; codes rint((y - min) / scale) in
 // [0, 2^b - 1], packed a thread per 32-channel group.
 __global__ void __launch_bounds__(kRotThreads)
@@ -267,20 +266,9 @@ __global__ void __launch_bounds__(kRotThreads)
     __shared__ int red[2][kRotThreads / 32];
     const size_t th = blockIdx.x;  // token * n_head_kv + head
     const int tid = threadIdx.x, nt = blockDim.x;
-    for (int d = tid; d < hd; d += nt) y[d] = __fmul_rn(x[th * hd + d], signs[d]);
+    for (int d = tid; d < hd; d += nt) y[d] = x[th * hd + d];
     __syncthreads();
-    for (int len = 1; len < hd; len <<= 1) {
-        for (int p = tid; p < hd / 2; p += nt) {
-            const int j = (p / len) * 2 * len + p % len;
-            const float a = y[j], b = y[j + len];
-            y[j] = __fadd_rn(a, b);
-            y[j + len] = __fsub_rn(a, b);
-        }
-        __syncthreads();
-    }
-    const float norm = __fdiv_rn(1.0f, __fsqrt_rn((float)hd));
-    for (int d = tid; d < hd; d += nt) y[d] = __fmul_rn(y[d], norm);
-    __syncthreads();
+    fwht_shared(y, 1, hd, hd, hd, signs, nullptr);
     // The CPU's running std::min / std::max from y[0] keep the first of equal
     // values (-0 and +0 among them): the index of the first smallest and of
     // the first largest.
