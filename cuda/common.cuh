@@ -396,6 +396,17 @@ struct cuda_pca {
     uint8_t* codes = nullptr;          // [h][block] of the kept channels' groups
     uint8_t* scale = nullptr;          // [h][n_ctx] token scale codes (kv_pca_scale_code)
     uint16_t* sinks = nullptr;         // [h][KV_PCA_SINKS][dim] half y
+    // pca:B:wN / pca:B:eN, the CPU stream's recent window: win positions, a
+    // record of y per position and head (rec bytes: dim halves, or with
+    // tier8 a half scale and dim signed bytes). The last store's records in
+    // batch [t][h] (up to max_batch tokens), folded into the ring [slot][h]
+    // (slot = pos % win) by the next store; ring_pos[slot] the position a
+    // slot holds (-1: none); bstate {first position, tokens} of the batch.
+    int win = 0, tier8 = 0, rec = 0, max_batch = 0;
+    uint8_t* ring = nullptr;
+    int* ring_pos = nullptr;
+    uint8_t* batch = nullptr;
+    int* bstate = nullptr;
 };
 
 // ---- kv_encode.cu ----
@@ -444,7 +455,10 @@ void cuda_kv_store(const cuda_kv_stream& st, int pos0, int n, const float* x, cu
 // from the CPU stream's quantizers and freed with its owner.
 class cuda_pca_stream {
 public:
-    cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ctx);
+    // window / window8: pca:B:wN / :eN (at most one), for stores of up to
+    // max_batch tokens.
+    cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ctx, int window = 0, int window8 = 0,
+                    int max_batch = 0);
     ~cuda_pca_stream();
     cuda_pca_stream(const cuda_pca_stream&) = delete;
     cuda_pca_stream& operator=(const cuda_pca_stream&) = delete;
@@ -454,13 +468,14 @@ public:
     size_t code_bytes() const { return code_bytes_; }
     size_t scale_bytes() const { return scale_bytes_; }
     size_t sink_bytes() const { return sink_bytes_; }
-    size_t bytes() const { return code_bytes_ + scale_bytes_ + sink_bytes_; }
+    size_t bytes() const { return code_bytes_ + scale_bytes_ + sink_bytes_ + ring_bytes_; }
 
 private:
     cuda_pca dev_;
-    size_t code_bytes_ = 0, scale_bytes_ = 0, sink_bytes_ = 0;
+    size_t code_bytes_ = 0, scale_bytes_ = 0, sink_bytes_ = 0, ring_bytes_ = 0;
     void* calib_ = nullptr;
     void* cache_ = nullptr;
+    void* window_ = nullptr;
 };
 // The pca encoder: x [n][n_head_kv*head_dim] at positions pos0.. (+ *pos_dev).
 void cuda_kv_store_pca(const cuda_pca& p, int pos0, int n, const float* x, cudaStream_t s,

@@ -59,10 +59,9 @@ public:
         if (pca_ && (type_k.kind != KV_KIND_PCA || type_v.kind != KV_KIND_PCA))
             throw error("KV format " + kv_type_name(type_k.kind == KV_KIND_PCA ? type_k : type_v) +
                         " on CUDA needs pca for both keys and values (use --device cpu to mix)");
-        const auto windowed = [](const kv_type& t) { return t.window > 0 || t.window8 > 0; };
-        if (windowed(type_k) || windowed(type_v))
-            throw error("KV format " + kv_type_name(windowed(type_k) ? type_k : type_v) +
-                        ": the recent window runs on the CPU only for now (use pca:B on CUDA)");
+        if (type_k.window != type_v.window || type_k.window8 != type_v.window8)
+            throw error("KV format " + kv_type_name(type_k) + " / " + kv_type_name(type_v) +
+                        ": on CUDA keys and values take the same recent window (use --device cpu to mix)");
         if (pca_ && (!kv || (int)kv->pca_heads(false).size() != hp.n_layer ||
                      (int)kv->pca_heads(true).size() != hp.n_layer))
             throw error("CUDA: KV format pca needs the calibration's quantizers");
@@ -100,8 +99,8 @@ public:
             D.w_up = upload(L.w_up);
             D.w_down = upload(L.w_down);
             // Seeds as kv_cache gives its streams (rot's signs).
-            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il]) : alloc_stream(type_k, 2 * il, true);
-            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il]) : alloc_stream(type_v, 2 * il + 1, false);
+            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il], type_k) : alloc_stream(type_k, 2 * il, true);
+            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il], type_v) : alloc_stream(type_v, 2 * il + 1, false);
         }
         rope_table rt;
         rt.init(hp);
@@ -395,8 +394,9 @@ private:
 
     // A pca stream's device arrays and calibration (kv_pca.cu), laid out as
     // the CPU stream's.
-    cuda_kv_stream alloc_pca(const std::vector<kv_pca_head>& heads) {
-        pca_streams_.push_back(std::make_unique<cuda_pca_stream>(heads, n_ctx_));
+    cuda_kv_stream alloc_pca(const std::vector<kv_pca_head>& heads, const kv_type& t) {
+        pca_streams_.push_back(
+            std::make_unique<cuda_pca_stream>(heads, n_ctx_, t.window, t.window8, std::max(n_batch_, 1)));
         kv_bytes_ += pca_streams_.back()->bytes();
         return pca_streams_.back()->view();
     }

@@ -72,6 +72,85 @@ __device__ inline float rope_at(const float* xh, int c, int pos, const pca_rope&
 
 // ---- encoder ----
 
+// The CPU stream's window_record of one position and head, a thread per
+// channel c holding y_c: y as halves (:wN), or (:eN) the half scale a of
+// max_c |half(y_c)| / sigma_c and codes rint(half(y_c) / (a sigma_c / 127))
+// in -127..127. Every thread of the block calls it (a barrier inside).
+__device__ void window_record(const cuda_pca& p, float y, uint8_t* rec, int h, float* red) {
+    const int c = threadIdx.x, hd = p.head_dim;
+    const __half yh = __float2half_rn(y);
+    if (!p.tier8) {
+        reinterpret_cast<__half*>(rec)[c] = yh;
+        return;
+    }
+    const float sg = p.sigma[(size_t)h * hd + c], yf = __half2float(yh);
+    float m = fabsf(__fdiv_rn(yf, sg));
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if (c % 32 == 0) red[c / 32] = m;
+    __syncthreads();
+    m = 0.0f;
+    for (int w = 0; w < hd / 32; ++w) m = fmaxf(m, red[w]);
+    __syncthreads();  // red is free again
+    const __half ah = __float2half_rn(m);
+    if (c == 0) *reinterpret_cast<__half*>(rec) = ah;
+    const float a = __half2float(ah);
+    int8_t code = 0;
+    if (a > 0.0f) {
+        const float u = __fdiv_rn(__fmul_rn(a, sg), 127.0f);
+        code = (int8_t)fminf(fmaxf(rintf(__fdiv_rn(yf, u)), -127.0f), 127.0f);
+    }
+    reinterpret_cast<int8_t*>(rec + 2)[c] = code;
+}
+
+// y of a window record, channel c.
+__device__ inline float window_y(const cuda_pca& p, const uint8_t* rec, int h, int c) {
+    if (!p.tier8) return __half2float(reinterpret_cast<const __half*>(rec)[c]);
+    const float a = __half2float(*reinterpret_cast<const __half*>(rec));
+    if (!(a > 0.0f)) return 0.0f;
+    return (float)reinterpret_cast<const int8_t*>(rec + 2)[c] * (a * p.sigma[(size_t)h * p.head_dim + c] / 127.0f);
+}
+
+// The record of position t of head h where the window holds it (the last
+// store's batch, or the ring slot that has it), else null. b: bstate.
+__device__ inline const uint8_t* window_rec(const cuda_pca& p, int b0, int bn, int h, int t) {
+    if (t >= b0 && t < b0 + bn) return p.batch + ((size_t)(t - b0) * p.n_head_kv + h) * p.rec;
+    const int slot = t % p.win;
+    if (p.ring_pos[slot] != t) return nullptr;
+    return p.ring + ((size_t)slot * p.n_head_kv + h) * p.rec;
+}
+
+// begin_batch of the CPU stream, for a store of n positions from pos0 (+
+// *pos_dev): the last batch's newest win positions before pos0 go into the
+// ring, slots holding positions from pos0 on are emptied, and the batch is
+// the new store's. One block, for k and (n_streams 2) v.
+__global__ void pca_window_begin_kernel(cuda_pca k, cuda_pca v, int n_streams, int pos0, const int* pos_dev,
+                                        int n) {
+    pdl_begin();
+    pos0 += pos_dev ? *pos_dev : 0;
+    for (int sv = 0; sv < n_streams; ++sv) {
+        const cuda_pca& p = sv == 0 ? k : v;
+        const int b0 = p.bstate[0], bn = p.bstate[1];
+        const int t_lo = max(b0, b0 + bn - p.win), t_hi = min(b0 + bn, pos0);
+        const size_t w = (size_t)p.n_head_kv * p.rec;
+        for (size_t i = threadIdx.x; i < (size_t)max(0, t_hi - t_lo) * w; i += blockDim.x) {
+            const int t = t_lo + (int)(i / w);
+            p.ring[(size_t)(t % p.win) * w + i % w] = p.batch[(size_t)(t - b0) * w + i % w];
+        }
+        __syncthreads();  // every thread read bstate and the batch
+        for (int s = threadIdx.x; s < p.win; s += blockDim.x) {
+            // The one position of [t_lo, t_hi) in slot s, if any (the range is at most win long).
+            const int t = t_lo + ((s - t_lo % p.win) % p.win + p.win) % p.win;
+            if (t < t_hi) p.ring_pos[s] = t;
+            else if (p.ring_pos[s] >= pos0) p.ring_pos[s] = -1;
+        }
+        if (threadIdx.x == 0) {
+            p.bstate[0] = pos0;
+            p.bstate[1] = n;
+        }
+        __syncthreads();
+    }
+}
+
 // Block bx of the 32-token blocks that positions base .. base+n-1 touch, kv
 // head h; a thread per channel. x turned by rope as it is read.
 __device__ void store_pca_block(const cuda_pca& p, int pos0, const int* pos_dev, int n,
@@ -85,6 +164,7 @@ __device__ void store_pca_block(const cuda_pca& p, int pos0, const int* pos_dev,
     __shared__ float xs[kMaxDim], ms[kMaxDim];
     __shared__ uint8_t codes[KV_BLOCK_TOKENS][kMaxDim];
     __shared__ double red[kMaxDim / 32];
+    __shared__ float wred[kMaxDim / 32];
     const int* info = p.head + 4 * h;
     const int nk = info[0], n_pairs = info[2];
     const float* P = p.basis + ((size_t)h * hd + c) * hd;  // row c
@@ -112,6 +192,7 @@ __device__ void store_pca_block(const cuda_pca& p, int pos0, const int* pos_dev,
         __syncthreads();
         // kv_pca_project: products rounded, summed in channel order.
         const float y = row_dot<true>(P, xs, hd, 0.0f);
+        if (p.win > 0) window_record(p, y, p.batch + ((size_t)(pos - base) * p.n_head_kv + h) * p.rec, h, wred);
         if (pos < KV_PCA_SINKS) {
             p.sinks[((size_t)h * KV_PCA_SINKS + pos) * hd + c] = __half_as_ushort(__float2half_rn(y));
         } else {
@@ -303,7 +384,8 @@ struct span_smem {
 //           accumulators already in the layout the values' product takes.
 // Weights are scaled per row by a power of two so their largest is near
 // 2^14 (halves keep their low part's bits), and the scores scaled back.
-template <int HD>
+// WIN: the streams keep a recent window (pca:B:wN / :eN).
+template <int HD, bool WIN>
 __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     attn_span_pca_kernel(pca_span_args a) {
     pdl_begin();
@@ -348,7 +430,9 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     const int t0 = max(lo, (b_lo + (int)((int64_t)nbk * split / a.n_split)) * KV_BLOCK_TOKENS);
     const int t1 = min(own + 1, (b_lo + (int)((int64_t)nbk * (split + 1) / a.n_split)) * KV_BLOCK_TOKENS);
     const int first = max(t0, KV_PCA_SINKS);
-    const int n_entries = a.n_split + 1;
+    // Entries per row: the splits', the sinks' and, with a window, the window's.
+    const int n_entries = a.n_split + 1 + (a.k.win > 0);
+    const int wb0 = a.k.win > 0 ? a.k.bstate[0] : 0, wbn = a.k.win > 0 ? a.k.bstate[1] : 0;
     const size_t qrow = 3 * hd + kQStride;
     if (first >= t1 && split != 0) {
         // Nothing here (a decode graph's splits cover the whole context): an
@@ -526,12 +610,24 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             // 2k4 + e); online softmax per row.
             float s[4][2], av[4][2];
             float bm = -INFINITY;
+            // Bit 2nt + e: this lane's token 8k4 + 4e + nt is in row g's window
+            // and held there, so it takes its exact y in the window's entry,
+            // not the codes (a loop kept rolled: rarely any, and little code).
+            uint32_t held = 0;
+            if (WIN && base + KV_BLOCK_TOKENS > own_g - a.k.win + 1) {
+#pragma unroll 1
+                for (int i = 0; i < 8; ++i) {
+                    const int p = base + 8 * k4 + 4 * (i & 1) + (i >> 1);
+                    if (p > own_g - a.k.win && p <= own_g && window_rec(a.k, wb0, wbn, kvh, p)) held |= 1u << i;
+                }
+            }
 #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int tok = 8 * k4 + 4 * e + nt, p = base + tok;
-                    const bool on = row_on && p >= first && p < t1 && p >= lo_g && p <= own_g;
+                    const bool on = row_on && p >= first && p < t1 && p >= lo_g && p <= own_g &&
+                                    !(held >> (2 * nt + e) & 1);
                     const float2 sc2 = scl[tok];  // {a_k, a_v}
                     const float ak = sc2.x;
                     av[nt][e] = sc2.y;
@@ -679,7 +775,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             sc[sp] = warp_sum(d);
             mx = fmaxf(mx, sc[sp]);
         }
-        float* out = a.partial + (row_of(r) * n_entries + n_entries - 1) * (hd + 2);
+        float* out = a.partial + (row_of(r) * n_entries + a.n_split) * (hd + 2);
         float lsum = 0.0f;
         for (int sp = s0; sp < s1; ++sp) {
             sc[sp] = expf(sc[sp] - mx);
@@ -696,14 +792,60 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             out[2 + c] = o;
         }
     }
+    // The window's entry: each row's held window positions (past the sinks),
+    // scored from the keys' exact y plus the rope mean's term at the
+    // position, their values' exact y summed. A warp per row, a position at
+    // a time (the window is short).
+    if constexpr (WIN) {
+        for (int r = warp; r < nr; r += kWarps) {
+            const int own = own_of(r), w0 = max(max(lo_of(r), KV_PCA_SINKS), own - a.k.win + 1);
+            const float* qy = a.qprep + row_of(r) * qrow;
+            const float* qab = qy + 2 * hd;
+            float* out = a.partial + (row_of(r) * n_entries + a.n_split + 1) * (hd + 2);
+            float mx = -INFINITY, lsum = 0.0f, o[kMaxDim / 32];
+#pragma unroll
+            for (int j = 0; j < kMaxDim / 32; ++j) o[j] = 0.0f;
+            for (int t = w0; t <= own; ++t) {
+                const uint8_t* krec = window_rec(a.k, wb0, wbn, kvh, t);
+                const uint8_t* vrec = window_rec(a.v, a.v.bstate[0], a.v.bstate[1], kvh, t);
+                if (!krec || !vrec) continue;
+                float d = 0.0f;
+                for (int c = lane; c < hd; c += 32) d += qy[c] * window_y(a.k, krec, kvh, c);
+                for (int i = lane; i < knp; i += 32) {
+                    double sn, cs;
+                    sincos((double)t * (double)kpairs[i * 5 + 4], &sn, &cs);
+                    d += qab[2 * i] * (float)cs + qab[2 * i + 1] * (float)sn;
+                }
+                const float sv = warp_sum(d);
+                // Online softmax over the positions, the output kept per lane's channels.
+                const float mnew = fmaxf(mx, sv), corr = expf(mx - mnew), p = expf(sv - mnew);
+                mx = mnew;
+                lsum = lsum * corr + p;
+#pragma unroll
+                for (int j = 0; j < kMaxDim / 32; ++j) {
+                    const int c = lane + 32 * j;
+                    if (c < hd) o[j] = o[j] * corr + p * window_y(a.v, vrec, kvh, c);
+                }
+            }
+            if (lane == 0) {
+                out[0] = mx;
+                out[1] = lsum;
+            }
+#pragma unroll
+            for (int j = 0; j < kMaxDim / 32; ++j) {
+                const int c = lane + 32 * j;
+                if (c < hd) out[2 + c] = o[j];
+            }
+        }
+    }
 }
 
-template <int HD>
+template <int HD, bool WIN>
 void launch_span_pca(dim3 grid, cudaStream_t s, const pca_span_args& a) {
     const size_t smem = span_smem<HD>::bytes(a.k, a.v);
     static size_t allowed = 48 * 1024;  // per instantiation
-    allow_dynamic_smem(attn_span_pca_kernel<HD>, smem, allowed);
-    launch_pdl(attn_span_pca_kernel<HD>, grid, kWarps * 32, smem, s, a);
+    allow_dynamic_smem(attn_span_pca_kernel<HD, WIN>, smem, allowed);
+    launch_pdl(attn_span_pca_kernel<HD, WIN>, grid, kWarps * 32, smem, s, a);
 }
 
 // Row groups of n_rep query heads per kv head.
@@ -738,7 +880,8 @@ int pca_splits(int blocks, int max_len, int n_sm) {
 
 }  // namespace
 
-cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ctx) {
+cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ctx, int window, int window8,
+                                 int max_batch) {
     if (heads.empty()) throw error("CUDA pca stream: no heads");
     const int nh = (int)heads.size(), hd = (int)heads[0].mean.size();
     if (hd % 32 != 0 || hd > kMaxDim)
@@ -891,11 +1034,34 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
     dev_.codes = static_cast<uint8_t*>(cache_);
     dev_.scale = dev_.codes + codes_alloc;
     dev_.sinks = reinterpret_cast<uint16_t*>(dev_.codes + codes_alloc + scale_alloc);
+
+    if (window > 0 && window8 > 0) throw error("pca window: a stream takes :wN or :eN, not both");
+    dev_.win = std::max({window, window8, 0});
+    if (dev_.win > 0) {
+        if (max_batch < 1) throw error("CUDA pca window: no batch size");
+        dev_.tier8 = window8 > 0;
+        dev_.rec = dev_.tier8 ? hd + 2 : 2 * hd;
+        dev_.max_batch = max_batch;
+        ring_bytes_ = (size_t)dev_.win * nh * dev_.rec;
+        const size_t ring_alloc = (ring_bytes_ + 255) / 256 * 256;
+        const size_t pos_alloc = ((size_t)dev_.win * sizeof(int) + 255) / 256 * 256;
+        const size_t batch_alloc = ((size_t)max_batch * nh * dev_.rec + 255) / 256 * 256;
+        KVRT_CUDA_CHECK(cudaMalloc(&window_, ring_alloc + pos_alloc + batch_alloc + 2 * sizeof(int)));
+        uint8_t* w = static_cast<uint8_t*>(window_);
+        KVRT_CUDA_CHECK(cudaMemset(w, 0, ring_alloc));
+        KVRT_CUDA_CHECK(cudaMemset(w + ring_alloc, 0xFF, pos_alloc));  // -1: no position
+        KVRT_CUDA_CHECK(cudaMemset(w + ring_alloc + pos_alloc, 0, batch_alloc + 2 * sizeof(int)));
+        dev_.ring = w;
+        dev_.ring_pos = reinterpret_cast<int*>(w + ring_alloc);
+        dev_.batch = w + ring_alloc + pos_alloc;
+        dev_.bstate = reinterpret_cast<int*>(w + ring_alloc + pos_alloc + batch_alloc);
+    }
 }
 
 cuda_pca_stream::~cuda_pca_stream() {
     if (calib_) cudaFree(calib_);
     if (cache_) cudaFree(cache_);
+    if (window_) cudaFree(window_);
 }
 
 cuda_kv_stream cuda_pca_stream::view() const {
@@ -907,9 +1073,19 @@ cuda_kv_stream cuda_pca_stream::view() const {
     return st;
 }
 
+// The window's batch made ready for a store of n tokens (k and, n_streams 2, v).
+static void window_begin(const cuda_pca& k, const cuda_pca& v, int n_streams, int pos0, int n, const int* pos_dev,
+                  cudaStream_t s) {
+    if (k.win == 0) return;
+    if (n > k.max_batch || (n_streams == 2 && n > v.max_batch))
+        throw error("CUDA pca window: a store of more tokens than the window's batch holds");
+    launch_pdl(pca_window_begin_kernel, 1, 256, 0, s, k, v, n_streams, pos0, pos_dev, n);
+}
+
 void cuda_kv_store_pca(const cuda_pca& p, int pos0, int n, const float* x, cudaStream_t s,
                        const int* pos_dev) {
     if (n <= 0) return;
+    window_begin(p, p, 1, pos0, n, pos_dev, s);
     kv_store_pca_kernel<<<dim3(store_blocks(pos0, n, pos_dev), p.n_head_kv), p.head_dim, 0, s>>>(
         p, pos0, pos_dev, n, x);
     KVRT_CUDA_CHECK(cudaGetLastError());
@@ -927,7 +1103,7 @@ size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, i
     size_t most = 0;
     for (int n = 1; n <= n_tok; ++n) {
         const int splits = pca_splits(span_blocks(n, p.n_head_kv, p.n_head / p.n_head_kv), max_len, n_sm);
-        most = std::max(most, (size_t)n * (splits + 1));
+        most = std::max(most, (size_t)n * (splits + 2));  // the sinks' entry and the window's
     }
     return most * p.n_head * (p.head_dim + 2);
 }
@@ -946,7 +1122,10 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
         if (rope->head_dim != hd) throw error("CUDA pca attention: rope of another head size");
         pr = pca_rope{rope->inv_freq, rope->n_rot, rope->neox, rope_off};
     }
+    if (k.pca.win != v.pca.win || k.pca.tier8 != v.pca.tier8)
+        throw error("CUDA pca attention: keys and values need the same recent window");
     if (xk) {
+        window_begin(k.pca, v.pca, 2, pos0, n_tok, pos_dev, s);
         const int nb = store_blocks(pos0, n_tok, pos_dev);
         launch_pdl(pca_store_query_kernel, 2 * nb * n_head_kv + n_tok * n_head, hd, 0, s, k.pca, v.pca, pos0,
                    pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
@@ -971,11 +1150,12 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     a.n_split = pca_splits(span_blocks(n_tok, n_head_kv, n_rep), split_len > 0 ? split_len : pos0 + n_tok, n_sm);
     a.partial = partial;
     const dim3 grid(a.n_split, n_head_kv * a.n_rg, (n_tok + a.tpb - 1) / a.tpb);
-    if (hd <= 64) launch_span_pca<64>(grid, s, a);
-    else if (hd <= 128) launch_span_pca<128>(grid, s, a);
-    else launch_span_pca<256>(grid, s, a);
+    const bool win = k.pca.win > 0;
+    if (hd <= 64) win ? launch_span_pca<64, true>(grid, s, a) : launch_span_pca<64, false>(grid, s, a);
+    else if (hd <= 128) win ? launch_span_pca<128, true>(grid, s, a) : launch_span_pca<128, false>(grid, s, a);
+    else win ? launch_span_pca<256, true>(grid, s, a) : launch_span_pca<256, false>(grid, s, a);
     KVRT_CUDA_CHECK(cudaGetLastError());
-    cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1, hd, 0, v.pca.basis_t,
+    cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1 + (k.pca.win > 0), hd, 0, v.pca.basis_t,
                          v.pca.mean, n_head, n_rep, out, s, act);
 }
 

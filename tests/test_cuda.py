@@ -382,7 +382,7 @@ GEMM_TOL = {"f32": 1e-3, "f16": 1e-2}
 
 @cuda_test
 @pytest.mark.parametrize("gemm", list(GEMM_TOL))
-@pytest.mark.parametrize("kv", ["pca:3", "pca:4.5"])
+@pytest.mark.parametrize("kv", ["pca:3", "pca:4.5", "pca:3:w16", "pca:3:e32"])
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
 def test_perplexity_pca_within_0_1_percent(path, kv, gemm, pca_calibrations, monkeypatch):
     monkeypatch.setenv("KVRT_CUDA_GEMM", gemm)
@@ -396,12 +396,15 @@ def test_perplexity_pca_within_0_1_percent(path, kv, gemm, pca_calibrations, mon
 
 
 @cuda_test
+# the recent window: exact y (:w16) or 8-bit y (:e32) of the newest positions, the ring folded
+# at each decode step
+@pytest.mark.parametrize("kv", ["pca:3", "pca:3:w16", "pca:3:e32"])
 @pytest.mark.parametrize("path", MODELS[:1], ids=[p.stem for p in MODELS[:1]])
-def test_logits_pca_decode_match_cpu(path, pca_calibrations):
-    """Prefill, then decode steps replayed from the CUDA graph, over pca:3 caches."""
+def test_logits_pca_decode_match_cpu(path, kv, pca_calibrations):
+    """Prefill, then decode steps replayed from the CUDA graph, over pca caches."""
     calib = pca_calibrations[path]
-    cpu = kvrt.Model(path, n_ctx=1024, kv="pca:3", kv_calib=calib)
-    cuda = kvrt.Model(path, n_ctx=1024, kv="pca:3", kv_calib=calib, device="cuda")
+    cpu = kvrt.Model(path, n_ctx=1024, kv=kv, kv_calib=calib)
+    cuda = kvrt.Model(path, n_ctx=1024, kv=kv, kv_calib=calib, device="cuda")
     ids = text_tokens(cpu, 700)
     for chunk in (ids[:600],) + tuple([t] for t in ids[600:620]):
         a, b = cpu.eval(chunk), cuda.eval(chunk)
@@ -418,10 +421,10 @@ def test_pca_with_another_format_is_refused(pca_calibrations):
 
 
 @cuda_test
-def test_pca_window_is_refused(pca_calibrations):
-    with pytest.raises(RuntimeError, match="recent window runs on the CPU only"):
-        kvrt.Model(MODELS[0], n_ctx=1024, kv="pca:3:w16", kv_calib=pca_calibrations[MODELS[0]],
-                   device="cuda")
+def test_pca_windows_of_keys_and_values_must_match(pca_calibrations):
+    with pytest.raises(RuntimeError, match="keys and values take the same recent window"):
+        kvrt.Model(MODELS[0], n_ctx=1024, cache_type_k="pca:3:w16", cache_type_v="pca:3",
+                   kv_calib=pca_calibrations[MODELS[0]], device="cuda")
 
 
 # ---- end to end ----
