@@ -89,11 +89,13 @@ std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>& head
 std::vector<uint8_t> gpu_test_kv_encode_affine_keys(kv_type t, int n_ctx, int n_head_kv, int head_dim,
                                                     const std::vector<std::pair<int, int>>& stores,
                                                     const float* x);
-// gpu_test_attention over pca keys and values with these quantizers.
+// gpu_test_attention over pca keys and values with these quantizers, the
+// positions stored in two stores ([0, pos0), then the queries'), with a
+// recent window of window (:wN) or window8 (:eN) positions where given.
 std::vector<float> gpu_test_attention_pca(const std::vector<kv_pca_head>& heads_k,
                                           const std::vector<kv_pca_head>& heads_v, const float* q,
                                           const float* k, const float* v, int n_tok, int pos0,
-                                          int n_head, int sliding_window);
+                                          int n_head, int sliding_window, int window = 0, int window8 = 0);
 // Attention of the last n_tok of pos0+n_tok positions whose keys and values
 // k, v ([pos][n_head_kv*head_dim]) are stored in formats type_k / type_v;
 // q [n_tok][n_head*head_dim]. Returns [n_tok][n_head*head_dim].

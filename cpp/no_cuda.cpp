@@ -54,7 +54,7 @@ std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>&, int
 
 std::vector<float> gpu_test_attention_pca(const std::vector<kv_pca_head>&,
                                           const std::vector<kv_pca_head>&, const float*,
-                                          const float*, const float*, int, int, int, int) {
+                                          const float*, const float*, int, int, int, int, int, int) {
     no_cuda();
 }
 

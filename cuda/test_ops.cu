@@ -244,15 +244,14 @@ std::vector<uint8_t> gpu_test_kv_encode_pca(const std::vector<kv_pca_head>& head
 std::vector<float> gpu_test_attention_pca(const std::vector<kv_pca_head>& heads_k,
                                           const std::vector<kv_pca_head>& heads_v, const float* q,
                                           const float* k, const float* v, int n_tok, int pos0,
-                                          int n_head, int sliding_window) {
+                                          int n_head, int sliding_window, int window, int window8) {
     need_gpu();
     const int len = pos0 + n_tok, n_head_kv = (int)heads_k.size();
     const int head_dim = (int)heads_k[0].mean.size();
-    cuda_pca_stream ks(heads_k, len), vs(heads_v, len);
-    const size_t kvn = (size_t)len * n_head_kv * head_dim;
-    dev_copy dk(k, sizeof(float) * kvn), dv(v, sizeof(float) * kvn);
-    cuda_kv_store(ks.view(), 0, len, dk.as<float>(), 0);
-    cuda_kv_store(vs.view(), 0, len, dv.as<float>(), 0);
+    cuda_pca_stream ks(heads_k, len, window, window8, len), vs(heads_v, len, window, window8, len);
+    const std::vector<std::pair<int, int>> stores = {{0, pos0}, {pos0, n_tok}};
+    run_stores(ks.view(), len, (size_t)n_head_kv * head_dim, stores, k);
+    run_stores(vs.view(), len, (size_t)n_head_kv * head_dim, stores, v);
     cuda_attn_params p;
     p.n_head = n_head;
     p.n_head_kv = n_head_kv;

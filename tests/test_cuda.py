@@ -361,6 +361,29 @@ def test_attention_pca(heads, head_dim, case):
     assert np.max(np.abs(got - ref)) < 1e-4 * max(1.0, float(np.max(np.abs(ref))))
 
 
+@cuda_test
+# (window, window8): exact y of the newest 16 or 40 positions, or 8-bit y of the newest 8
+@pytest.mark.parametrize("window", [(16, 0), (40, 0), (0, 8)], ids=["w16", "w40", "e8"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("case", [(1, 33, 0), (1, 300, 0), (33, 100, 0), (33, 300, 48), (1, 3000, 48)])
+def test_attention_pca_window(window, head_dim, case):
+    """The recent window: positions stored before the queries (folded into the ring) and the
+    queries' own (the store's batch) read exact, each row its own newest positions."""
+    n_tok, length, sw = case
+    rng = np.random.default_rng(length + n_tok + sum(window))
+    hk = pca_heads(rng, 2, head_dim, "neox")
+    hv = pca_heads(rng, 2, head_dim, keys=False)
+    q = rng.standard_normal((n_tok, 8 * head_dim)).astype(np.float32) * 2
+    k = rng.standard_normal((length, 2 * head_dim)).astype(np.float32)
+    v = rng.standard_normal((length, 2 * head_dim)).astype(np.float32)
+    args = (hk, hv, q, k, v, 8, sw)
+    ref = np.asarray(_core.backend_attention_pca("cpu", *args, window=window[0], window8=window[1]))
+    got = np.asarray(_core.backend_attention_pca("cuda", *args, window=window[0], window8=window[1]))
+    plain = np.asarray(_core.backend_attention_pca("cpu", *args))
+    assert np.max(np.abs(ref - plain)) > 1e-4  # the window changes the output
+    assert np.max(np.abs(got - ref)) < 1e-4 * max(1.0, float(np.max(np.abs(ref))))
+
+
 @pytest.fixture(scope="module")
 def pca_calibrations(tmp_path_factory):
     """A quick calibration of each test model (no sensitivity probes: any plan will do)."""

@@ -135,9 +135,15 @@ std::vector<kvrt::kv_pca_head> pca_heads(const nb::tuple& t) {
 std::vector<float> cpu_attention(std::unique_ptr<kvrt::kv_stream> ks,
                                  std::unique_ptr<kvrt::kv_stream> vs, const float* q,
                                  const float* k, const float* v, int n_tok, int len, int n_head,
-                                 int n_head_kv, int head_dim, int sliding_window) {
-    ks->store(0, len, k);
-    vs->store(0, len, v);
+                                 int n_head_kv, int head_dim, int sliding_window, int first = 0) {
+    // first > 0: two stores, [0, first) and the rest (a window's ring, then its batch).
+    const size_t w = (size_t)n_head_kv * head_dim;
+    if (first > 0) {
+        ks->store(0, first, k);
+        vs->store(0, first, v);
+    }
+    ks->store(first, len - first, k + first * w);
+    vs->store(first, len - first, v + first * w);
     kvrt::attention_params ap;
     ap.n_head = n_head;
     ap.n_head_kv = n_head_kv;
@@ -257,7 +263,7 @@ void init_backend_ops(nb::module_& m) {
 
     m.def("backend_attention_pca",
           [](const std::string& dev, nb::tuple heads_k_t, nb::tuple heads_v_t, floats_nd q,
-             floats_nd k, floats_nd v, int n_head, int sliding_window) {
+             floats_nd k, floats_nd v, int n_head, int sliding_window, int window, int window8) {
               const std::vector<kvrt::kv_pca_head> hk = pca_heads(heads_k_t), hv = pca_heads(heads_v_t);
               const int n_head_kv = (int)hk.size(), head_dim = (int)hk[0].mean.size();
               need((int)hv.size() == n_head_kv && (int)hv[0].mean.size() == head_dim,
@@ -269,13 +275,16 @@ void init_backend_ops(nb::module_& m) {
               need(pos0 >= 0, "more queries than positions");
               if (dev == "cuda")
                   return to_numpy(kvrt::gpu_test_attention_pca(hk, hv, q.data(), k.data(), v.data(),
-                                                               n_tok, pos0, n_head, sliding_window));
-              const kvrt::kv_type t{kvrt::KV_KIND_PCA, 0, 0};
+                                                               n_tok, pos0, n_head, sliding_window, window,
+                                                               window8));
+              const kvrt::kv_type t{kvrt::KV_KIND_PCA, 0, 0, window, window8};
               return to_numpy(cpu_attention(kvrt::kv_stream_create(t, true, len, n_head_kv, head_dim, 0, &hk),
                                             kvrt::kv_stream_create(t, false, len, n_head_kv, head_dim, 0, &hv),
                                             q.data(), k.data(), v.data(), n_tok, len, n_head,
-                                            n_head_kv, head_dim, sliding_window));
-          });
+                                            n_head_kv, head_dim, sliding_window, pos0));
+          },
+          nb::arg("dev"), nb::arg("heads_k"), nb::arg("heads_v"), nb::arg("q"), nb::arg("k"), nb::arg("v"),
+          nb::arg("n_head"), nb::arg("sliding_window"), nb::arg("window") = 0, nb::arg("window8") = 0);
 
     m.def("backend_attention",
           [](const std::string& dev, const std::string& type_k, const std::string& type_v,
