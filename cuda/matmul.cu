@@ -61,10 +61,18 @@ namespace {
 
 constexpr int kTokChunk = 8;      // tokens per matvec launch chunk
 constexpr int kRowsPerBlock = 4;  // float types: a warp per row, 4 per block
-constexpr int kMvRows = 2;        // block types: weight rows per warp
+constexpr int kMvRows = 2;        // block types: weight rows per warp (prefill chunks)
 constexpr int kMvWarps = 4;       // block types: warps per block
-constexpr int kMvAhead = 1;       // block types: warp steps whose loads are issued together
-constexpr int kMvSplitBelow = 2048;  // decode: fewer blocks than this split each row's blocks over the warps
+constexpr int kMvAhead = 1;       // block types: warp steps whose loads are issued together (prefill chunks)
+// Decode (one token), from the sweep over the 8B shape's Q4_0 matrices on an
+// H200 (.cudatest/mvsweep.cu): 4 rows per warp; a matrix of 6144 rows or
+// more takes a warp per row group with two steps' loads in flight (qkv
+// 8.6 -> 7.2 us, gate/up 26.0 -> 21.4, output 85.2 -> 75.4), fewer rows
+// split each row's blocks over the block's warps (o 7.0 -> 6.2, down
+// 14.6 -> 12.9).
+constexpr int kMvDecodeRows = 4;
+constexpr int kMvDecodeAhead = 2;
+constexpr int kMvSplitBelow = 6144;  // decode: fewer rows than this (over a launch's set) split
 
 __device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
 __device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
@@ -599,16 +607,17 @@ namespace {
 // where act is null.
 void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n, const void* act,
                           const float* x, bool add, cudaStream_t s) {
+    int64_t rows = 0;
+    for (int k = 0; k < set.count; ++k) rows += set.t[k].rows;
+    // A decode token over fewer than kMvSplitBelow rows: the warps of a
+    // block split the blocks of the same rows (o and down of an 8B shape,
+    // 4096 rows: 256 blocks become 1024).
+    const bool split = n == 1 && rows < kMvSplitBelow;
+    constexpr int RD = kMvDecodeRows;
     int64_t blocks = 0;
-    for (int k = 0; k < set.count; ++k) blocks += mv_row_blocks<1>(set.t[k].rows);
-    // A decode token over fewer rows than make kMvSplitBelow blocks: the
-    // warps of a block split the blocks of the same rows (o and down of an
-    // 8B shape, 4096 rows: 512 blocks become 2048).
-    const bool split = n == 1 && blocks < kMvSplitBelow;
-    if (split) {
-        blocks = 0;
-        for (int k = 0; k < set.count; ++k) blocks += mv_row_blocks<kMvWarps>(set.t[k].rows);
-    }
+    for (int k = 0; k < set.count; ++k)
+        blocks += n > 1 ? mv_row_blocks<1>(set.t[k].rows)
+                        : split ? mv_row_blocks<kMvWarps, RD>(set.t[k].rows) : mv_row_blocks<1, RD>(set.t[k].rows);
     const int nt = n == 1 ? 1 : kTokChunk;
     const dim3 grid((unsigned)blocks, (unsigned)((n + nt - 1) / nt));
     const int16_t* aq = act ? q16_codes(act) : nullptr;
@@ -616,12 +625,12 @@ void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n
     with_block_type(type, [&](auto T) {
         constexpr int t = T();
         const dim3 block(32 * kMvWarps);
-#define KVRT_MVB(Q16, NT, KS) launch_pdl(matvec_blocks_kernel<t, Q16, NT, KS>, grid, block, 0, s, set, cols, aq, ad, x, n, (int)add)
-        if (split && act) KVRT_MVB(true, 1, kMvWarps);
-        else if (split) KVRT_MVB(false, 1, kMvWarps);
-        else if (act && n == 1) KVRT_MVB(true, 1, 1);
+#define KVRT_MVB(Q16, NT, ...) launch_pdl(matvec_blocks_kernel<t, Q16, NT, __VA_ARGS__>, grid, block, 0, s, set, cols, aq, ad, x, n, (int)add)
+        if (split && act) KVRT_MVB(true, 1, kMvWarps, RD, 1);
+        else if (split) KVRT_MVB(false, 1, kMvWarps, RD, 1);
+        else if (act && n == 1) KVRT_MVB(true, 1, 1, RD, kMvDecodeAhead);
         else if (act) KVRT_MVB(true, kTokChunk, 1);
-        else if (n == 1) KVRT_MVB(false, 1, 1);
+        else if (n == 1) KVRT_MVB(false, 1, 1, RD, kMvDecodeAhead);
         else KVRT_MVB(false, kTokChunk, 1);
 #undef KVRT_MVB
     });

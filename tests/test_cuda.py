@@ -88,8 +88,9 @@ def test_matmul(tname, n, prefill):
     "rows,cols",
     # one row; rows odd (the block kernel takes two per warp, eight per block); columns of 1 and 3 blocks, not
     # a multiple of 256, a row whose blocks leave some warps idle or wrap the warps' stride
-    # a decode token's warps split the blocks of fewer than 16384 rows: 16400 take a warp per two rows
-    [(1, 32), (7, 96), (33, 288), (130, 2080), (5, 4128), (16400, 64)],
+    # a decode token's warps split the blocks of fewer than 6144 rows: 6150 rows (not a multiple of a warp's
+    # 4) take a warp per row group, two steps' loads at a time over 65 blocks (a step past the row's end)
+    [(1, 32), (7, 96), (33, 288), (130, 2080), (5, 4128), (6150, 2080)],
 )
 @pytest.mark.parametrize("n", [1, 3, 9])  # 9: two launch chunks of tokens
 @pytest.mark.parametrize("prefill", [0, 3, 8])
