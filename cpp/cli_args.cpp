@@ -105,13 +105,13 @@ std::vector<cli_option> cli_model_options() {
         {{"-ctv", "--cache-type-v"}, "TYPE", "KV cache format of values (as --kv)", "f16"},
         {{"--kv"}, "TYPE",
          "KV cache format of keys and values: f32, f16, q8_0, q4_0, affine:B, rot:B (B code "
-         "bits: 2, 3, 4, 8), pca[:B] (B average bits; needs a calibration), pca:B:wN (the newest "
-         "N positions read exact, within B; CPU), auto (pca when a calibration is found, else f16)",
+         "bits: 2, 3, 4, 8), pca[:B] (B average bits; needs a calibration), pca:B:wN / pca:B:eN (the "
+         "newest N positions read exact / in 8 bits, within B), auto (pca when a calibration is found, else f16)",
          "f16"},
         {{"--kv-calib"}, "FILE", "KV calibration sidecar of pca", "<model>.kvcal.gguf"},
         {{"--device"}, "DEV",
-         "where the forward pass runs: cpu, or cuda (needs a build with -DKVRT_CUDA=ON; KV "
-         "formats: all but pca's windows)",
+         "where the forward pass runs: cpu, or cuda (needs a build with -DKVRT_CUDA=ON; "
+         "every KV format)",
          "cpu"},
         {{"-ngl", "--n-gpu-layers"}, "N", "llama.cpp's spelling: N > 0 means --device cuda", ""},
     };

@@ -64,15 +64,14 @@ constexpr int kRowsPerBlock = 4;  // float types: a warp per row, 4 per block
 constexpr int kMvRows = 2;        // block types: weight rows per warp (prefill chunks)
 constexpr int kMvWarps = 4;       // block types: warps per block
 constexpr int kMvAhead = 1;       // block types: warp steps whose loads are issued together (prefill chunks)
-// Decode (one token), from the sweep over the 8B shape's Q4_0 matrices on an
-// H200 (.cudatest/mvsweep.cu): 4 rows per warp; a matrix of 6144 rows or
-// more takes a warp per row group with two steps' loads in flight (qkv
-// 8.6 -> 7.2 us, gate/up 26.0 -> 21.4, output 85.2 -> 75.4), fewer rows
-// split each row's blocks over the block's warps (o 7.0 -> 6.2, down
-// 14.6 -> 12.9).
+// Decode (one token), from the sweep over the 1B and 8B shapes' Q4_0 and
+// Q8_0 matrices on an H200 (tools/cuda_matvec_sweep.cu): 4 rows per warp, a warp
+// per row group with two steps' loads in flight (Q4_0 8B qkv 8.5 -> 7.2 us,
+// gate/up 25.8 -> 21.3, output 85.2 -> 75.4; 1B o 4.1 -> 3.8); a matrix
+// whose rows are at least twice as long as it has rows (down) splits each
+// row's blocks over the block's warps instead (Q4_0 8B down 14.5 -> 12.8).
 constexpr int kMvDecodeRows = 4;
 constexpr int kMvDecodeAhead = 2;
-constexpr int kMvSplitBelow = 6144;  // decode: fewer rows than this (over a launch's set) split
 
 __device__ inline float h2f_bits(uint32_t h) { return __half2float(__ushort_as_half((uint16_t)h)); }
 __device__ inline float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
@@ -609,10 +608,10 @@ void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n
                           const float* x, bool add, cudaStream_t s) {
     int64_t rows = 0;
     for (int k = 0; k < set.count; ++k) rows += set.t[k].rows;
-    // A decode token over fewer than kMvSplitBelow rows: the warps of a
-    // block split the blocks of the same rows (o and down of an 8B shape,
-    // 4096 rows: 256 blocks become 1024).
-    const bool split = n == 1 && rows < kMvSplitBelow;
+    // A decode token over rows at least twice as long as there are rows: the
+    // warps of a block split the blocks of the same rows (down of an 8B
+    // shape, 4096 rows: 256 blocks become 1024).
+    const bool split = n == 1 && cols >= 2 * rows;
     constexpr int RD = kMvDecodeRows;
     int64_t blocks = 0;
     for (int k = 0; k < set.count; ++k)

@@ -88,8 +88,9 @@ def test_matmul(tname, n, prefill):
     "rows,cols",
     # one row; rows odd (the block kernel takes two per warp, eight per block); columns of 1 and 3 blocks, not
     # a multiple of 256, a row whose blocks leave some warps idle or wrap the warps' stride
-    # a decode token's warps split the blocks of fewer than 6144 rows: 6150 rows (not a multiple of a warp's
-    # 4) take a warp per row group, two steps' loads at a time over 65 blocks (a step past the row's end)
+    # a decode token's warps split the blocks of rows at least twice as long as there are rows; 6150 rows (not a
+    # multiple of a warp's 4) take a warp per row group, two steps' loads at a time over 65 blocks (one step
+    # past the row's end)
     [(1, 32), (7, 96), (33, 288), (130, 2080), (5, 4128), (6150, 2080)],
 )
 @pytest.mark.parametrize("n", [1, 3, 9])  # 9: two launch chunks of tokens
@@ -403,12 +404,61 @@ def pca_calibrations(tmp_path_factory):
 # (around 1e15, so a flipped KV code shows) by up to 0.34 % where the cache is quantized.
 GEMM_TOL = {"f32": 1e-3, "f16": 1e-2}
 
+# A quantized cache makes a trained model's output chaotic in its inputs: keys and values that
+# differ by 1e-5 (relative; the two backends' float sums differ by more) put some codes across a
+# rounding edge, and the changes compound over the layers and positions. Measured on SmolLM2 with
+# the CPU alone, keys and values multiplied by 1 + 1e-5 N(0, 1) before they were stored: the
+# largest relative change of this file's perplexity over 5 draws, and the mean next-token KL of
+# the logits tests' rows (1510 rows; pca: 620) for one draw, None where the logits stayed within
+# the plain check (f16: 8e-5 and the largest logit moved by 0.03 of 40; q8_0: by 0.53).
+KV_CHAOS = {
+    "q8_0": (1.1e-3, None),
+    "q4_0": (7.3e-3, 3.3e-2),
+    "rot:4": (1.8e-2, 4.6e-2),
+    "affine:4": (7.5e-3, 1.5e-2),
+    "pca:3": (2.3e-2, 1.9e-2),
+    "pca:4.5": (6.1e-2, None),
+    "pca:3:w16": (2.0e-3, 2.1e-4),
+    "pca:3:e32": (2.3e-3, 1.3e-3),
+}
+CHAOS_MARGIN = 2.5  # CUDA against the CPU: held to this multiple of the CPU's own spread
+
+
+def ppl_tol(kv: str, gemm: str) -> float:
+    return max(GEMM_TOL[gemm], CHAOS_MARGIN * KV_CHAOS.get(kv, (0.0, 0.0))[0])
+
+
+def mean_kl(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of KL(softmax(a) || softmax(b))."""
+    def log_softmax(x):
+        x = x.astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    la, lb = log_softmax(a), log_softmax(b)
+    return float(np.mean(np.sum(np.exp(la) * (la - lb), -1)))
+
+
+def assert_logits_close(kv: str, a: list[np.ndarray], b: list[np.ndarray]) -> None:
+    """CPU logits a against CUDA logits b, chunk by chunk: within 2 % of the largest logit and the
+    same next token on 95 % of the rows, or, for a cache whose logits are chaotic (KV_CHAOS's KL),
+    a mean KL within CHAOS_MARGIN times the CPU's own."""
+    kl = KV_CHAOS.get(kv, (0.0, None))[1]
+    if kl is not None:
+        A, B = np.concatenate(a), np.concatenate(b)
+        assert mean_kl(A, B) < CHAOS_MARGIN * kl, (kv, mean_kl(A, B))
+        return
+    for x, y in zip(a, b):
+        scale = float(np.max(np.abs(x)))
+        diff = float(np.max(np.abs(x - y)))
+        assert diff < 0.02 * max(1.0, scale), (len(x), diff, scale)
+        assert np.mean(np.argmax(x, -1) == np.argmax(y, -1)) >= 0.95
+
 
 @cuda_test
 @pytest.mark.parametrize("gemm", list(GEMM_TOL))
 @pytest.mark.parametrize("kv", ["pca:3", "pca:4.5", "pca:3:w16", "pca:3:e32"])
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
-def test_perplexity_pca_within_0_1_percent(path, kv, gemm, pca_calibrations, monkeypatch):
+def test_perplexity_pca_matches_cpu(path, kv, gemm, pca_calibrations, monkeypatch):
     monkeypatch.setenv("KVRT_CUDA_GEMM", gemm)
     calib = pca_calibrations[path]
     cpu = kvrt.Model(path, n_ctx=512, kv=kv, kv_calib=calib)
@@ -416,7 +466,7 @@ def test_perplexity_pca_within_0_1_percent(path, kv, gemm, pca_calibrations, mon
     ids = text_tokens(cpu, 2048)
     a = cpu.perplexity(ids)["ppl"]
     b = cuda.perplexity(ids)["ppl"]
-    assert abs(b / a - 1) < GEMM_TOL[gemm], (a, b)
+    assert abs(b / a - 1) < ppl_tol(kv, gemm), (a, b)
 
 
 @cuda_test
@@ -430,9 +480,10 @@ def test_logits_pca_decode_match_cpu(path, kv, pca_calibrations):
     cpu = kvrt.Model(path, n_ctx=1024, kv=kv, kv_calib=calib)
     cuda = kvrt.Model(path, n_ctx=1024, kv=kv, kv_calib=calib, device="cuda")
     ids = text_tokens(cpu, 700)
-    for chunk in (ids[:600],) + tuple([t] for t in ids[600:620]):
-        a, b = cpu.eval(chunk), cuda.eval(chunk)
-        assert np.max(np.abs(a - b)) < 0.02 * max(1.0, float(np.max(np.abs(a))))
+    chunks = (ids[:600],) + tuple([t] for t in ids[600:620])
+    a = [np.asarray(cpu.eval(c)).reshape(len(c), -1) for c in chunks]
+    b = [np.asarray(cuda.eval(c)).reshape(len(c), -1) for c in chunks]
+    assert_logits_close(kv, a, b)
 
 
 @cuda_test
@@ -470,13 +521,10 @@ def test_logits_match_cpu(path, kv):
     cuda = kvrt.Model(path, n_ctx=2048, kv=kv, device="cuda")
     ids = text_tokens(cpu, 1600)
     # Prefill (cuBLAS batches), small batches (matvec), then decode steps deep in the context.
-    for chunk in (ids[:1500], ids[1500:1505]) + tuple([t] for t in ids[1505:1510]):
-        a = cpu.eval(chunk)
-        b = cuda.eval(chunk)
-        scale = float(np.max(np.abs(a)))
-        diff = float(np.max(np.abs(a - b)))
-        assert diff < 0.02 * max(1.0, scale), (len(chunk), diff, scale)
-        assert np.mean(np.argmax(a, -1) == np.argmax(b, -1)) >= 0.95
+    chunks = (ids[:1500], ids[1500:1505]) + tuple([t] for t in ids[1505:1510])
+    a = [np.asarray(cpu.eval(c)).reshape(len(c), -1) for c in chunks]
+    b = [np.asarray(cuda.eval(c)).reshape(len(c), -1) for c in chunks]
+    assert_logits_close(kv, a, b)
 
 
 @cuda_test
@@ -529,14 +577,14 @@ def test_decode_overlapped_launches_match_plain(path, kv, tmp_path):
 @pytest.mark.parametrize("gemm", list(GEMM_TOL))
 @pytest.mark.parametrize("kv", CUDA_KV)
 @pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
-def test_perplexity_within_0_1_percent(path, kv, gemm, monkeypatch):
+def test_perplexity_matches_cpu(path, kv, gemm, monkeypatch):
     monkeypatch.setenv("KVRT_CUDA_GEMM", gemm)
     cpu = kvrt.Model(path, n_ctx=512, kv=kv)
     cuda = kvrt.Model(path, n_ctx=512, kv=kv, device="cuda")
     ids = text_tokens(cpu, 2048)
     a = cpu.perplexity(ids)["ppl"]
     b = cuda.perplexity(ids)["ppl"]
-    assert abs(b / a - 1) < GEMM_TOL[gemm], (a, b)
+    assert abs(b / a - 1) < ppl_tol(kv, gemm), (a, b)
 
 
 # ---- everywhere ----

@@ -19,10 +19,10 @@ class Model:
     kv picks the KV cache format of keys and values (cache_type_k / _v apart):
     f32, f16, q8_0, q4_0, affine:B, rot:B (B = 2, 3, 4, 8 code bits), pca[:B]
     (B average bits per element; needs `python -m kvrt calibrate`, found as
-    <model>.kvcal.gguf or given by kv_calib), pca:B:wN (each query reads its
-    newest N positions exact, paid for within B; CPU only so far) or auto (pca
+    <model>.kvcal.gguf or given by kv_calib), pca:B:wN / pca:B:eN (each query
+    reads its newest N positions exact / in 8 bits, paid for within B) or auto (pca
     when calibrated, else f16). device="cuda" runs the forward pass on the GPU (a build with
-    CMAKE_ARGS=-DKVRT_CUDA=ON; KV formats f32, f16, q8_0, q4_0 and pca so far). The
+    CMAKE_ARGS=-DKVRT_CUDA=ON; every KV format). The
     engine releases the GIL while it computes.
     """
 
