@@ -408,18 +408,19 @@ GEMM_TOL = {"f32": 1e-3, "f16": 1e-2}
 # differ by 1e-5 (relative; the two backends' float sums differ by more) put some codes across a
 # rounding edge, and the changes compound over the layers and positions. Measured on SmolLM2 with
 # the CPU alone, keys and values multiplied by 1 + 1e-5 N(0, 1) before they were stored: the
-# largest relative change of this file's perplexity over 5 draws, and the mean next-token KL of
-# the logits tests' rows (1510 rows; pca: 620) for one draw, None where the logits stayed within
-# the plain check (f16: 8e-5 and the largest logit moved by 0.03 of 40; q8_0: by 0.53).
+# largest relative change of this file's perplexity over 5 draws, and the largest mean next-token
+# KL of the logits tests' rows (1510 rows; pca: 620) over 3 draws (4 for the windows); None where
+# the logits stayed within the plain check (f16: 8e-5, and the largest logit moved by 0.03 of 40;
+# q8_0: by 0.53; pca:4.5 is in no logits test).
 KV_CHAOS = {
     "q8_0": (1.1e-3, None),
-    "q4_0": (7.3e-3, 3.3e-2),
+    "q4_0": (7.3e-3, 3.4e-2),
     "rot:4": (1.8e-2, 4.6e-2),
-    "affine:4": (7.5e-3, 1.5e-2),
+    "affine:4": (7.5e-3, 1.7e-2),
     "pca:3": (2.3e-2, 1.9e-2),
     "pca:4.5": (6.1e-2, None),
-    "pca:3:w16": (2.0e-3, 2.1e-4),
-    "pca:3:e32": (2.3e-3, 1.3e-3),
+    "pca:3:w16": (2.0e-3, 5.5e-4),
+    "pca:3:e32": (2.3e-3, 1.6e-3),
 }
 CHAOS_MARGIN = 2.5  # CUDA against the CPU: held to this multiple of the CPU's own spread
 
