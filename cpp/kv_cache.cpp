@@ -261,9 +261,9 @@ kv_cache::kv_cache(int n_layer, int n_ctx, int n_head_kv, int head_dim, kv_type 
         }
     }
     for (int i = 0; i < n_layer; ++i) {
-        k_.push_back(kv_stream_create(type_k, true, n_ctx, n_head_kv, head_dim, 2 * i,
+        k_.push_back(kv_stream_create(type_k, true, n_ctx, n_head_kv, head_dim, kv_stream_seed(i, true),
                                       pk ? &plan.k[i] : nullptr));
-        v_.push_back(kv_stream_create(type_v, false, n_ctx, n_head_kv, head_dim, 2 * i + 1,
+        v_.push_back(kv_stream_create(type_v, false, n_ctx, n_head_kv, head_dim, kv_stream_seed(i, false),
                                       pv ? &plan.v[i] : nullptr));
     }
     pca_k_ = std::move(plan.k);

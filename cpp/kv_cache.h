@@ -107,6 +107,10 @@ public:
     virtual const uint8_t* packed_bytes(int /*part*/, size_t* /*n*/) const { return nullptr; }
 };
 
+// The seed of layer il's key or value stream in a kv_cache (rot's signs);
+// other backends give their streams the same.
+inline uint32_t kv_stream_seed(int il, bool is_key) { return 2u * (uint32_t)il + (is_key ? 0u : 1u); }
+
 // `seed` varies rot's signs between streams; pca needs the per-head
 // quantizers (n_head_kv of them), other formats ignore them.
 std::unique_ptr<kv_stream> kv_stream_create(const kv_type& t, bool is_key, int n_ctx,

@@ -98,9 +98,8 @@ public:
             D.w_gate = upload(L.w_gate);
             D.w_up = upload(L.w_up);
             D.w_down = upload(L.w_down);
-            // Seeds as kv_cache gives its streams (rot's signs).
-            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il], type_k) : alloc_stream(type_k, 2 * il, true);
-            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il], type_v) : alloc_stream(type_v, 2 * il + 1, false);
+            D.k = pca_ ? alloc_pca(kv->pca_heads(false)[il], type_k) : alloc_stream(type_k, il, true);
+            D.v = pca_ ? alloc_pca(kv->pca_heads(true)[il], type_v) : alloc_stream(type_v, il, false);
         }
         rope_table rt;
         rt.init(hp);
@@ -369,11 +368,12 @@ private:
         return bufs_.back()->as<float>();
     }
 
-    cuda_kv_stream alloc_stream(const kv_type& t, uint32_t seed, bool is_key) {
+    // Layer il's key or value stream (rot: the signs kv_cache's stream takes).
+    cuda_kv_stream alloc_stream(const kv_type& t, int il, bool is_key) {
         const hparams& hp = m_.hp();
         cuda_kv_stream st = cuda_kv_stream_shape(t, hp.n_head_kv, hp.head_dim, is_key, n_ctx_);
         if (t.kind == KV_KIND_ROT) {
-            const std::vector<float> signs = kv_random_signs(hp.head_dim, seed);
+            const std::vector<float> signs = kv_random_signs(hp.head_dim, kv_stream_seed(il, is_key));
             st.signs = upload_floats(signs.data(), signs.size());
         }
         st.d = zeroed(cuda_kv_data_bytes(st, n_ctx_));

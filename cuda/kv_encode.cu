@@ -162,6 +162,26 @@ __global__ void store_quant_kernel(kv_kind kind, int rot, int n_head_kv, int hea
     }
 }
 
+// The affine quantizer over [lo, hi] at `bits`, in the order of the CPU's
+// kv_affine_quantize32 and encode_rot: a half scale (hi - lo) / (2^bits - 1)
+// and a half minimum, and each value's code rint((x - min) / scale) in
+// [0, 2^bits - 1].
+struct affine_quant {
+    __half hsc, hmn;
+    float mn, inv, qmax;
+    __device__ affine_quant(float lo, float hi, int bits) {
+        qmax = (float)((1 << bits) - 1);
+        hmn = __float2half_rn(lo);
+        hsc = __float2half_rn(__fdiv_rn(__fsub_rn(hi, lo), qmax));
+        mn = __half2float(hmn);
+        const float sc = __half2float(hsc);
+        inv = sc > 0.0f ? __fdiv_rn(1.0f, sc) : 0.0f;
+    }
+    __device__ uint8_t code(float x) const {
+        return (uint8_t)fminf(fmaxf(rintf(__fmul_rn(__fsub_rn(x, mn), inv)), 0.0f), qmax);
+    }
+};
+
 // kv_affine_quantize32 (cpp/cpu/kv_kernels.cpp) in its order: 32 values
 // x[i * stride] to a half scale and minimum and packed codes; the running
 // minimum and maximum keep the first of equal values, as std::min/max do.
@@ -172,17 +192,11 @@ __device__ void affine32(const float* x, int stride, int bits, __half* scale, __
         if (v < lo) lo = v;
         if (hi < v) hi = v;
     }
-    const int qmax = (1 << bits) - 1;
-    const __half hmn = __float2half_rn(lo), hsc = __float2half_rn(__fdiv_rn(__fsub_rn(hi, lo), (float)qmax));
-    *min = hmn;
-    *scale = hsc;
-    const float mn = __half2float(hmn), sc = __half2float(hsc);
-    const float inv = sc > 0.0f ? __fdiv_rn(1.0f, sc) : 0.0f;
+    const affine_quant q(lo, hi, bits);
+    *min = q.hmn;
+    *scale = q.hsc;
     uint8_t codes[32];
-    for (int i = 0; i < 32; ++i) {
-        const float c = rintf(__fmul_rn(__fsub_rn(x[i * stride], mn), inv));
-        codes[i] = (uint8_t)fminf(fmaxf(c, 0.0f), (float)qmax);
-    }
+    for (int i = 0; i < 32; ++i) codes[i] = q.code(x[i * stride]);
     kv_pack32(codes, bits, g);
 }
 
@@ -273,15 +287,14 @@ __global__ void __launch_bounds__(kRotThreads)
     // values (-0 and +0 among them): the index of the first smallest and of
     // the first largest.
     int ilo = tid < hd ? tid : 0, ihi = ilo;
-    for (int d = tid + nt; d < hd; d += nt) {
-        if (y[d] < y[ilo]) ilo = d;
-        if (y[d] > y[ihi]) ihi = d;
-    }
-    for (int o = 16; o > 0; o >>= 1) {
-        const int jl = __shfl_xor_sync(0xffffffffu, ilo, o), jh = __shfl_xor_sync(0xffffffffu, ihi, o);
+    // Takes the candidates jl, jh where they come first among the smallest / largest.
+    auto take = [&](int jl, int jh) {
         if (y[jl] < y[ilo] || (y[jl] == y[ilo] && jl < ilo)) ilo = jl;
         if (y[jh] > y[ihi] || (y[jh] == y[ihi] && jh < ihi)) ihi = jh;
-    }
+    };
+    for (int d = tid + nt; d < hd; d += nt) take(d, d);
+    for (int o = 16; o > 0; o >>= 1)
+        take(__shfl_xor_sync(0xffffffffu, ilo, o), __shfl_xor_sync(0xffffffffu, ihi, o));
     if (tid % 32 == 0) {
         red[0][tid / 32] = ilo;
         red[1][tid / 32] = ihi;
@@ -289,25 +302,14 @@ __global__ void __launch_bounds__(kRotThreads)
     __syncthreads();
     ilo = red[0][0];
     ihi = red[1][0];
-    for (int w = 1; w < nt / 32; ++w) {
-        const int jl = red[0][w], jh = red[1][w];
-        if (y[jl] < y[ilo] || (y[jl] == y[ilo] && jl < ilo)) ilo = jl;
-        if (y[jh] > y[ihi] || (y[jh] == y[ihi] && jh < ihi)) ihi = jh;
-    }
-    const float lo = y[ilo], hi = y[ihi];
-    const int qmax = (1 << bits) - 1;
-    const __half hsc = __float2half_rn(__fdiv_rn(__fsub_rn(hi, lo), (float)qmax)), hmn = __float2half_rn(lo);
-    const float sc = __half2float(hsc), mn = __half2float(hmn);
-    const float inv = sc > 0.0f ? __fdiv_rn(1.0f, sc) : 0.0f;
-    for (int d = tid; d < hd; d += nt) {
-        const float c = rintf(__fmul_rn(__fsub_rn(y[d], mn), inv));
-        codes[d] = (uint8_t)fminf(fmaxf(c, 0.0f), (float)qmax);
-    }
+    for (int w = 1; w < nt / 32; ++w) take(red[0][w], red[1][w]);
+    const affine_quant q(y[ilo], y[ihi], bits);
+    for (int d = tid; d < hd; d += nt) codes[d] = q.code(y[d]);
     __syncthreads();
     uint8_t* r = base + th * rec;
     if (tid == 0) {
-        reinterpret_cast<__half*>(r)[0] = hsc;
-        reinterpret_cast<__half*>(r)[1] = hmn;
+        reinterpret_cast<__half*>(r)[0] = q.hsc;
+        reinterpret_cast<__half*>(r)[1] = q.hmn;
     }
     for (int g = tid; g < hd / 32; g += nt) kv_pack32(codes + 32 * g, bits, r + 4 + (size_t)g * kv_group_bytes(bits));
 }

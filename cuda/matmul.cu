@@ -276,8 +276,8 @@ __device__ inline void act_block(const int16_t* aq, const int2* ad, int tok, int
     ds = __ldg(ad + (size_t)tok * nb + b);
 }
 
-// R weight rows per warp (kMvRows in the launches), a lane per 32-element
-// block of both. Q16:
+// R weight rows per warp (kMvDecodeRows for a decode token, else kMvRows),
+// a lane per 32-element block of them. Q16:
 // per block the CPU's sum d_w * d_a * dot(q_w, q_a) + m_w * d_a * sum(q_a),
 // the dot exact in int32 (|q_a| <= 32767, |q_w| <= 127); else the block
 // dequantized and multiplied with x in f32. NT: tokens per chunk (1 for
@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
     for (int t = 0; t < NT; ++t)
 #pragma unroll
         for (int i = 0; i < R; ++i) acc[t][i] = 0.0f;
-    // U (kMvAhead in the launches) of the warp's steps at a time: every
+    // U (kMvDecodeAhead or kMvAhead) of the warp's steps at a time: every
     // load of them issued (indices past the row clamped to its last block)
     // before the first product waits on one, so a warp has that many steps'
     // bytes in flight.
