@@ -27,7 +27,9 @@ constexpr int kThreads = 128;
 constexpr int kMinSpan = 256;   // positions below which a span is not split
 constexpr int kMaxHeadDim = 256;
 constexpr int kRows = 4;        // query heads of one kv head per block
-constexpr int kMergeThreads = 256;
+constexpr int kMergeThreads = 256;      // a merge block's threads, ...
+constexpr int kMergeThreadsMax = 512;   // ... or, for many entries (decode), up to these
+constexpr int kMergeLoads = 8;          // entries a merge thread has in flight
 constexpr int kSplitTarget = 4;  // span blocks per multiprocessor that splitting aims at
 
 __device__ inline float h2f_at(const uint8_t* p) {
@@ -291,7 +293,7 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
     pdl_begin();
     const size_t row = blockIdx.x;  // t * n_head + h
     const float* first = partial + row * n_split * (hd + 2);
-    __shared__ float o[kMaxHeadDim], part[kMergeThreads];
+    __shared__ float o[kMaxHeadDim], part[kMergeThreadsMax];
     __shared__ float red[32];
     extern __shared__ float wsp[];  // [n_split] weight of each span
     // The spans' maximum and weights exp(m - max) by all threads at once (the
@@ -320,7 +322,7 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
     const int G = max(1, (int)blockDim.x / hd), g = threadIdx.x / hd, dg = threadIdx.x % hd;
     if (g < G) {
         float s = 0.0f;
-#pragma unroll 4
+#pragma unroll kMergeLoads
         for (int sp = g; sp < n_split; sp += G)
             if (wsp[sp] != 0.0f) s += wsp[sp] * first[sp * (hd + 2) + 2 + dg];  // empty: not written
         part[threadIdx.x] = s;
@@ -608,7 +610,12 @@ void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int h
     if (act && !cuda_attention_writes_q16(hd))
         throw error("CUDA attention: q16 codes of the output need head_dim a multiple of 32");
     const int64_t cols = (int64_t)n_head * hd;
-    launch_pdl(attn_merge_kernel, n_rows, kMergeThreads, n_entries * sizeof(float), s, partial, n_entries,
+    // Groups of hd threads each take every G-th entry, kMergeLoads at a time:
+    // enough groups that each has about that many (a decode step's splits
+    // over a long context), at least kMergeThreads threads.
+    const int groups = (n_entries + kMergeLoads - 1) / kMergeLoads;
+    const int threads = std::max(kMergeThreads, std::min(kMergeThreadsMax, groups * hd));
+    launch_pdl(attn_merge_kernel, n_rows, threads, n_entries * sizeof(float), s, partial, n_entries,
                hd, vrot, basis_t, mean, n_head, n_rep, out, act ? q16_codes(act) : nullptr,
                act ? q16_scales(act, n_rows / n_head, cols) : nullptr, vsigns);
     KVRT_CUDA_CHECK(cudaGetLastError());

@@ -379,7 +379,7 @@ struct cuda_pca {
     const float* rope_mean = nullptr;  // [h][dim] (zeros where a head has none)
     const float* rope_freq = nullptr;  // [n_freq]
     const int* head = nullptr;         // [h][4]: kept channels, block bytes, rope pairs, -
-    const int* keep = nullptr;         // [h][dim] channel of kept i
+    const int* keep = nullptr;         // [h][dim] channel of kept i (then the others, in order)
     const int* kbits = nullptr;        // [h][dim] its bits
     const int* koff = nullptr;         // [h][dim] its group's byte offset in a block
     const int* cbits = nullptr;        // [h][dim] bits of channel c (0: truncated)

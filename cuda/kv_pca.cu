@@ -19,8 +19,10 @@
 // blocks), their key and value codes copied into shared memory one block
 // ahead, and takes its products on tensor cores: the scores
 // s = a_t (sum_kept w_c code_c + K) + q.R_t m, then sum_t p_t a_t code_c
-// (an online softmax per warp); each warp adds its share into the block's
-// partial result, and the sink positions make one more. The merge
+// (an online softmax per warp); each warp leaves its share in a slice of
+// shared memory and the block adds the slices in warp order into its
+// partial result (no atomics: the sum is the same every run), and the sink
+// positions make one more. The merge
 // (attention.cu) un-rotates once per head: x = mu + P^T o.
 #include <algorithm>
 #include <cmath>
@@ -357,16 +359,20 @@ constexpr int kRows = 8;
 template <int HD>
 struct span_smem {
     static constexpr int KS = HD / 16;                        // 16-channel steps
+    static constexpr int AB = HD + 8;  // floats per row of A, B (padded: the rows' reads of a pair hit other banks)
+    static constexpr int OS = HD + 4;  // floats per row of a warp's output slice (padded likewise)
     static constexpr int wfrag = 0;                           // uint4 [KS][32] key weights
     static constexpr int tfrag = wfrag + KS * 32 * 16;        // uint4 [KS][4][32] run tables
-    static constexpr int ab = tfrag + KS * 4 * 32 * 16;       // float [kRows][HD] scaled A, B
-    static constexpr int cs = ab + kRows * HD * 4;            // float [kWarps][HD] block angles
+    static constexpr int ab = tfrag + KS * 4 * 32 * 16;       // float [kRows][AB] scaled A, B
+    static constexpr int cs = ab + kRows * AB * 4;            // float [kWarps][HD] block angles
     static constexpr int scl = cs + kWarps * HD * 4;          // float2 [kWarps][32] token scales
     static constexpr int koff = scl + kWarps * 32 * 8;        // int2 [HD] key offset, bits
     static constexpr int voff = koff + HD * 8;                // int2 [HD] value offset, bits
     static constexpr int rows = voff + HD * 8;                // float [2][kRows] K, 1/scale
     static constexpr int stats = rows + 2 * kRows * 4;        // float [3][kWarps][kRows]
     static constexpr int slots = stats + 3 * kWarps * kRows * 4;  // staged codes
+    // The output slices, [kWarps][kRows][OS] floats, reuse the tables and A, B.
+    static_assert(kWarps * kRows * OS * 4 <= cs - tfrag, "span_smem: output slices overrun");
     static size_t bytes(const cuda_pca& k, const cuda_pca& v) {
         return slots + (size_t)kWarps * 2 * (stage_bytes(k.max_block) + stage_bytes(v.max_block));
     }
@@ -442,6 +448,12 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         return;
     }
 
+    const int KK = (knk + 15) / 16, KR = (knp + 7) / 8, KV = (vnk + 15) / 16;
+    // The run tables' fragments, copied asynchronously while the rest is set up.
+    const uint4* kfrag = a.k.run_frag + (size_t)kvh * (hd / 16) * 4 * 32;
+    for (int i = threadIdx.x; i < KR * 4 * 32; i += blockDim.x) __pipeline_memcpy_async(&tfrag[i], &kfrag[i], 16);
+    __pipeline_commit();
+
     // Per row (a warp each): the scale 2^(14-e) that brings its largest weight
     // or rope coefficient |A|+|B| under 2^14, and the scaled A, B.
     for (int r = warp; r < kRows; r += kWarps) {
@@ -462,8 +474,8 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         }
         for (int i = lane; i < HD / 2; i += 32) {
             const bool on = r < nr && i < knp;
-            ab[r * HD + 2 * i] = on ? qp[2 * hd + 2 * i] * sc : 0.0f;
-            ab[r * HD + 2 * i + 1] = on ? qp[2 * hd + 2 * i + 1] * sc : 0.0f;
+            ab[r * L::AB + 2 * i] = on ? qp[2 * hd + 2 * i] * sc : 0.0f;
+            ab[r * L::AB + 2 * i + 1] = on ? qp[2 * hd + 2 * i + 1] * sc : 0.0f;
         }
     }
     for (int i = threadIdx.x; i < HD; i += blockDim.x) {
@@ -473,7 +485,6 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                            : make_int2(0, 0);
     }
     __syncthreads();  // isc
-    const int KK = (knk + 15) / 16, KR = (knp + 7) / 8, KV = (vnk + 15) / 16;
     // The key weights' fragments: row g's high halves as rows g, its low as g+8.
     for (int i = threadIdx.x; i < KK * 32; i += blockDim.x) {
         const int ks = i / 32, gg = (i % 32) / 4, kk = i % 4, r = min(gg, nr - 1);
@@ -490,8 +501,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         split_half2(x[2], x[3], f.z, f.w);
         wfrag[i] = f;
     }
-    const uint4* kfrag = a.k.run_frag + (size_t)kvh * (hd / 16) * 4 * 32;
-    for (int i = threadIdx.x; i < KR * 4 * 32; i += blockDim.x) tfrag[i] = kfrag[i];
+    __pipeline_wait_prior(0);  // the run tables
     const float* ktab = a.k.run_tab + (size_t)kvh * (hd / 2) * 64;
     __syncthreads();
 
@@ -531,17 +541,25 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         stage_async(dst, kcodes + (size_t)blk * kblk, (int)kblk, lane);
         stage_async(dst + kst, vcodes + (size_t)blk * vblk, (int)vblk, lane);
     };
+    // The scale codes of this lane's token, read a block ahead into registers.
+    auto scale_codes = [&](int blk) {
+        const int pos = blk * KV_BLOCK_TOKENS + lane;
+        return pos < t1 ? make_uint2(kscale[pos], vscale[pos]) : make_uint2(0, 0);
+    };
     int slot = 0;
     const int b_first = first / KV_BLOCK_TOKENS + warp;
     if (first < t1 && b_first * KV_BLOCK_TOKENS < t1) stage(b_first, 0);
     __pipeline_commit();
+    uint2 sc_cur = first < t1 ? scale_codes(b_first) : make_uint2(0, 0);
     if (first < t1)
         for (int b = b_first; b * KV_BLOCK_TOKENS < t1; b += kWarps, slot ^= 1) {
-            if ((b + kWarps) * KV_BLOCK_TOKENS < t1) stage(b + kWarps, slot ^ 1);
+            const bool more = (b + kWarps) * KV_BLOCK_TOKENS < t1;
+            if (more) stage(b + kWarps, slot ^ 1);
             __pipeline_commit();
+            const uint2 sc_next = more ? scale_codes(b + kWarps) : make_uint2(0, 0);
             const int base = b * KV_BLOCK_TOKENS, pos = base + lane;
             const bool valid = pos >= first && pos < t1;
-            scl[lane] = valid ? make_float2(kv_pca_scale_value(kscale[pos]), kv_pca_scale_value(vscale[pos]))
+            scl[lane] = valid ? make_float2(kv_pca_scale_value(sc_cur.x), kv_pca_scale_value(sc_cur.y))
                               : make_float2(0.0f, 0.0f);
             // The rope mean's angles at the block's start, in double.
 #pragma unroll
@@ -568,7 +586,9 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
                 for (int j = 0; j < 4; ++j) ck[nt][j] = cr[nt][j] = 0.0f;
-            for (int ks = 0; ks < KK; ++ks) {
+#pragma unroll
+            for (int ks = 0; ks < KS; ++ks) {  // unrolled: the next step's loads go ahead
+                if (ks >= KK) break;
                 const uint4 A = wfrag[ks * 32 + lane];
                 int bits[4];
                 uint32_t mk[4], x[4];
@@ -590,10 +610,12 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             }
             // The rope mean's term: row g's coefficients of pairs kr*8 + k4 and
             // +4 turned to the block's start, against the run tables.
-            for (int kr = 0; kr < KR; ++kr) {
+#pragma unroll
+            for (int kr = 0; kr < KS; ++kr) {
+                if (kr >= KR) break;
                 const int p0 = kr * 8 + k4, p1 = p0 + 4;
-                const float A0 = ab[g * HD + 2 * p0], B0 = ab[g * HD + 2 * p0 + 1];
-                const float A1 = ab[g * HD + 2 * p1], B1 = ab[g * HD + 2 * p1 + 1];
+                const float A0 = ab[g * L::AB + 2 * p0], B0 = ab[g * L::AB + 2 * p0 + 1];
+                const float A1 = ab[g * L::AB + 2 * p1], B1 = ab[g * L::AB + 2 * p1 + 1];
                 const float c0 = cs[2 * p0], s0 = cs[2 * p0 + 1], c1 = cs[2 * p1], s1 = cs[2 * p1 + 1];
                 uint32_t a0, a1, a2, a3;
                 split_half2(A0 * c0 + B0 * s0, B0 * c0 - A0 * s0, a0, a1);
@@ -703,11 +725,15 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                 }
             }
             __syncwarp();  // scl, cs and this slot are free again
+            sc_cur = sc_next;  // first waited on here, a block later
         }
     __pipeline_wait_prior(0);
 
     // The warps' partial results merged into the block's, per row, in the
-    // value basis: o_c = step_c acc_c + lo_c psum for kept channels.
+    // value basis: o_c = step_c sum_w f_w acc_w,c + lo_c sum_w f_w ps_w for
+    // kept channels (f_w = 2^(m_w - M)), 0 for the others. Each warp leaves
+    // its f_w acc_w in a slice of its own (the tables' space, free now); a
+    // thread per row and kept index then adds the slices in warp order.
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     ps += __shfl_xor_sync(0xffffffffu, ps, 1);
@@ -717,78 +743,108 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         lw[warp * kRows + g] = l;
         pw[warp * kRows + g] = ps;
     }
-    const float* vlo = a.v.lo + (size_t)kvh * hd;
-    const float* vstep = a.v.step + (size_t)kvh * hd;
-    const int* vkeep = a.v.keep + (size_t)kvh * hd;
-    __syncthreads();  // the tables are free again
-    float* ob = reinterpret_cast<float*>(tfrag);  // [kRows][HD]
-    for (int i = threadIdx.x; i < kRows * HD; i += blockDim.x) ob[i] = 0.0f;
-    __syncthreads();
+    __syncthreads();  // the tables are free again; every warp's m is in
+    // 2^(m_w - M) of warp w and row r, 0 where the warp saw no position.
+    auto weight = [&](int w, int r, float M) {
+        const float mr = mw[w * kRows + r];
+        return mr == -INFINITY ? 0.0f : exp2f(mr - M);
+    };
+    auto row_max = [&](int r) {
+        float M = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
+        return M;
+    };
+    if (threadIdx.x < nr) {
+        // Row r's max and normaliser, and sum_w f_w ps_w (in Kr, free now).
+        const int r = threadIdx.x;
+        const float M = row_max(r);
+        float lr = 0.0f, pr = 0.0f;
+        for (int w = 0; w < kWarps; ++w) {
+            lr += weight(w, r, M) * lw[w * kRows + r];
+            pr += weight(w, r, M) * pw[w * kRows + r];
+        }
+        float* out = a.partial + (row_of(r) * n_entries + split) * (hd + 2);
+        out[0] = M * 0.6931471805599453f;  // back to base e for the merge
+        out[1] = lr;
+        Kr[r] = pr;
+    }
+    float* slice = reinterpret_cast<float*>(tfrag);  // [kWarps][kRows][L::OS]
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
         const int r = 2 * k4 + e;
         if (r >= nr) continue;
-        float M = -INFINITY;
-        for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
-        const float mr = mw[warp * kRows + r];
-        if (mr == -INFINITY) continue;
-        const float f = exp2f(mr - M), psr = pw[warp * kRows + r];
+        const float f = weight(warp, r, row_max(r));
+        float* sw = slice + (warp * kRows + r) * L::OS;
 #pragma unroll
         for (int mt = 0; mt < KS; ++mt)
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int i = mt * 16 + g + 8 * hh;
-                if (i >= vnk) continue;
-                const int c = vkeep[i];
-                atomicAdd(&ob[r * HD + c], f * (vstep[c] * acc[mt][e + 2 * hh] + vlo[c] * psr));
-            }
+            for (int hh = 0; hh < 2; ++hh) sw[mt * 16 + g + 8 * hh] = f * acc[mt][e + 2 * hh];
     }
     __syncthreads();
-    for (int r = 0; r < nr; ++r) {
-        float* out = a.partial + (row_of(r) * n_entries + split) * (hd + 2);
-        if (threadIdx.x == 0) {
-            float M = -INFINITY, Lsum = 0.0f;
-            for (int w = 0; w < kWarps; ++w) M = fmaxf(M, mw[w * kRows + r]);
-            for (int w = 0; w < kWarps; ++w)
-                if (mw[w * kRows + r] != -INFINITY) Lsum += exp2f(mw[w * kRows + r] - M) * lw[w * kRows + r];
-            out[0] = M * 0.6931471805599453f;  // back to base e for the merge
-            out[1] = Lsum;
+    const float* vlo = a.v.lo + (size_t)kvh * hd;
+    const float* vstep = a.v.step + (size_t)kvh * hd;
+    const int* vkeep = a.v.keep + (size_t)kvh * hd;  // kept channels, then the others
+    for (int j = threadIdx.x; j < nr * hd; j += blockDim.x) {
+        const int r = j / hd, i = j % hd, c = vkeep[i];
+        float o = 0.0f;
+        if (i < vnk) {
+            float sa = 0.0f;
+            for (int w = 0; w < kWarps; ++w) sa += slice[(w * kRows + r) * L::OS + i];
+            o = vstep[c] * sa + vlo[c] * Kr[r];
         }
-        for (int c = threadIdx.x; c < hd; c += blockDim.x) out[2 + c] = ob[r * HD + c];
+        a.partial[(row_of(r) * n_entries + split) * (hd + 2) + 2 + c] = o;
     }
 
     // The sink positions (half y, every channel) make the last entry.
     // A warp per row; the angles of the first positions are the run tables'.
+    // The sinks are taken side by side (loops unrolled, so their loads are in
+    // flight together), each summed in the order of one sink at a time.
     if (split != 0) return;
+    const uint16_t* ksink = a.k.sinks + (size_t)kvh * KV_PCA_SINKS * hd;
+    const uint16_t* vsink = a.v.sinks + (size_t)kvh * KV_PCA_SINKS * hd;
     for (int r = warp; r < nr; r += kWarps) {
         const int s0 = lo_of(r), s1 = min(KV_PCA_SINKS, own_of(r) + 1);
+        auto held_sink = [&](int sp) { return sp >= s0 && sp < s1; };
         const float* qy = a.qprep + row_of(r) * qrow;
         const float* qab = qy + 2 * hd;
-        float sc[KV_PCA_SINKS];
-        float mx = -INFINITY;
-        for (int sp = s0; sp < s1; ++sp) {
-            const uint16_t* ky = a.k.sinks + ((size_t)kvh * KV_PCA_SINKS + sp) * hd;
-            float d = 0.0f;
-            for (int c = lane; c < hd; c += 32) d += qy[c] * half_bits_to_float(ky[c]);
-            for (int i = lane; i < knp; i += 32)
-                d += qab[2 * i] * ktab[i * 64 + sp] + qab[2 * i + 1] * ktab[i * 64 + 32 + sp];
-            sc[sp] = warp_sum(d);
-            mx = fmaxf(mx, sc[sp]);
+        float sc[KV_PCA_SINKS] = {};
+#pragma unroll
+        for (int c = lane; c < HD; c += 32) {
+            if (c >= hd) break;  // hd is a multiple of 32: the whole warp
+            const float qc = qy[c];
+#pragma unroll
+            for (int sp = 0; sp < KV_PCA_SINKS; ++sp) sc[sp] += qc * half_bits_to_float(ksink[sp * hd + c]);
         }
-        float* out = a.partial + (row_of(r) * n_entries + a.n_split) * (hd + 2);
-        float lsum = 0.0f;
-        for (int sp = s0; sp < s1; ++sp) {
-            sc[sp] = expf(sc[sp] - mx);
+#pragma unroll
+        for (int i = lane; i < HD / 2; i += 32) {
+            if (i >= knp) continue;
+            const float A = qab[2 * i], B = qab[2 * i + 1];
+#pragma unroll
+            for (int sp = 0; sp < KV_PCA_SINKS; ++sp) sc[sp] += A * ktab[i * 64 + sp] + B * ktab[i * 64 + 32 + sp];
+        }
+        float mx = -INFINITY, lsum = 0.0f;
+#pragma unroll
+        for (int sp = 0; sp < KV_PCA_SINKS; ++sp) {
+            sc[sp] = warp_sum(sc[sp]);
+            if (held_sink(sp)) mx = fmaxf(mx, sc[sp]);
+        }
+#pragma unroll
+        for (int sp = 0; sp < KV_PCA_SINKS; ++sp) {
+            sc[sp] = held_sink(sp) ? expf(sc[sp] - mx) : 0.0f;
             lsum += sc[sp];
         }
+        float* out = a.partial + (row_of(r) * n_entries + a.n_split) * (hd + 2);
         if (lane == 0) {
             out[0] = mx;
             out[1] = lsum;
         }
-        for (int c = lane; c < hd; c += 32) {
+#pragma unroll
+        for (int c = lane; c < HD; c += 32) {
+            if (c >= hd) break;
             float o = 0.0f;
-            for (int sp = s0; sp < s1; ++sp)
-                o += sc[sp] * half_bits_to_float(a.v.sinks[((size_t)kvh * KV_PCA_SINKS + sp) * hd + c]);
+#pragma unroll
+            for (int sp = 0; sp < KV_PCA_SINKS; ++sp)
+                if (held_sink(sp)) o += sc[sp] * half_bits_to_float(vsink[sp * hd + c]);
             out[2 + c] = o;
         }
     }
@@ -945,6 +1001,10 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
                 ++np;
             }
         }
+        // keep runs on past the kept channels with the others (the span
+        // kernel writes their zeros through it).
+        for (int c = 0, j = nk; c < hd; ++c)
+            if (p.bits[c] == 0) keep[(size_t)h * hd + j++] = c;
         dev_.max_block = std::max(dev_.max_block, blk);
         info[(size_t)h * 4] = nk;
         info[(size_t)h * 4 + 1] = blk;
