@@ -22,8 +22,8 @@
 // (an online softmax per warp); each warp leaves its share in a slice of
 // shared memory and the block adds the slices in warp order into its
 // partial result (no atomics: the sum is the same every run), and the sink
-// positions make one more. The merge
-// (attention.cu) un-rotates once per head: x = mu + P^T o.
+// positions make one more. The merge (attention.cu) un-rotates once per
+// head: x = mu + P^T o.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -359,8 +359,9 @@ constexpr int kRows = 8;
 template <int HD>
 struct span_smem {
     static constexpr int KS = HD / 16;                        // 16-channel steps
-    static constexpr int AB = HD + 8;  // floats per row of A, B (padded: the rows' reads of a pair hit other banks)
-    static constexpr int OS = HD + 4;  // floats per row of a warp's output slice (padded likewise)
+    // Floats per row of A, B and of a warp's output slice, padded so that the
+    // rows' reads of one pair (writes of one channel) fall in other banks.
+    static constexpr int AB = HD + 8, OS = HD + 4;
     static constexpr int wfrag = 0;                           // uint4 [KS][32] key weights
     static constexpr int tfrag = wfrag + KS * 32 * 16;        // uint4 [KS][4][32] run tables
     static constexpr int ab = tfrag + KS * 4 * 32 * 16;       // float [kRows][AB] scaled A, B
@@ -451,7 +452,8 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     const int KK = (knk + 15) / 16, KR = (knp + 7) / 8, KV = (vnk + 15) / 16;
     // The run tables' fragments, copied asynchronously while the rest is set up.
     const uint4* kfrag = a.k.run_frag + (size_t)kvh * (hd / 16) * 4 * 32;
-    for (int i = threadIdx.x; i < KR * 4 * 32; i += blockDim.x) __pipeline_memcpy_async(&tfrag[i], &kfrag[i], 16);
+    for (int i = threadIdx.x; i < KR * 4 * 32; i += blockDim.x)
+        __pipeline_memcpy_async(&tfrag[i], &kfrag[i], 16);
     __pipeline_commit();
 
     // Per row (a warp each): the scale 2^(14-e) that brings its largest weight
@@ -813,14 +815,16 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             if (c >= hd) break;  // hd is a multiple of 32: the whole warp
             const float qc = qy[c];
 #pragma unroll
-            for (int sp = 0; sp < KV_PCA_SINKS; ++sp) sc[sp] += qc * half_bits_to_float(ksink[sp * hd + c]);
+            for (int sp = 0; sp < KV_PCA_SINKS; ++sp)
+                sc[sp] += qc * half_bits_to_float(ksink[sp * hd + c]);
         }
 #pragma unroll
         for (int i = lane; i < HD / 2; i += 32) {
             if (i >= knp) continue;
             const float A = qab[2 * i], B = qab[2 * i + 1];
 #pragma unroll
-            for (int sp = 0; sp < KV_PCA_SINKS; ++sp) sc[sp] += A * ktab[i * 64 + sp] + B * ktab[i * 64 + 32 + sp];
+            for (int sp = 0; sp < KV_PCA_SINKS; ++sp)
+                sc[sp] += A * ktab[i * 64 + sp] + B * ktab[i * 64 + 32 + sp];
         }
         float mx = -INFINITY, lsum = 0.0f;
 #pragma unroll
