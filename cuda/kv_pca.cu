@@ -762,8 +762,9 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         const float M = row_max(r);
         float lr = 0.0f, pr = 0.0f;
         for (int w = 0; w < kWarps; ++w) {
-            lr += weight(w, r, M) * lw[w * kRows + r];
-            pr += weight(w, r, M) * pw[w * kRows + r];
+            const float f = weight(w, r, M);
+            lr += f * lw[w * kRows + r];
+            pr += f * pw[w * kRows + r];
         }
         float* out = a.partial + (row_of(r) * n_entries + split) * (hd + 2);
         out[0] = M * 0.6931471805599453f;  // back to base e for the merge
@@ -936,6 +937,38 @@ int pca_splits(int blocks, int max_len, int n_sm) {
     const int target = 4 * n_sm;
     if (blocks >= target) return 1;
     return std::max(1, std::min((target + blocks - 1) / blocks, max_len / kMinSpan));
+}
+
+// The span launch's arguments for n_tok queries at pos0 (+ *pos_dev) over
+// keys k and values v, split for contexts up to max_len.
+pca_span_args span_args(const cuda_pca& k, const cuda_pca& v, const float* qprep, int n_head, int sliding_window,
+                        int pos0, const int* pos_dev, int n_tok, int max_len, int n_sm, float* partial) {
+    pca_span_args a;
+    a.k = k;
+    a.v = v;
+    a.qprep = qprep;
+    a.n_head = n_head;
+    a.n_rep = n_head / k.n_head_kv;
+    a.n_rg = row_groups(a.n_rep);
+    a.sw = sliding_window;
+    a.pos0 = pos0;
+    a.pos_dev = pos_dev;
+    a.n_tok = n_tok;
+    a.tpb = tokens_per_block(a.n_rep, n_tok);
+    a.n_split = pca_splits(span_blocks(n_tok, k.n_head_kv, a.n_rep), max_len, n_sm);
+    a.partial = partial;
+    return a;
+}
+
+// The span kernel of a's head size and window over a's grid.
+void launch_span(const pca_span_args& a, cudaStream_t s) {
+    const dim3 grid(a.n_split, a.k.n_head_kv * a.n_rg, (a.n_tok + a.tpb - 1) / a.tpb);
+    const int hd = a.k.head_dim;
+    const bool win = a.k.win > 0;
+    if (hd <= 64) win ? launch_span_pca<64, true>(grid, s, a) : launch_span_pca<64, false>(grid, s, a);
+    else if (hd <= 128) win ? launch_span_pca<128, true>(grid, s, a) : launch_span_pca<128, false>(grid, s, a);
+    else win ? launch_span_pca<256, true>(grid, s, a) : launch_span_pca<256, false>(grid, s, a);
+    KVRT_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -1199,26 +1232,9 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
                                                       pos_dev, pr);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
-    pca_span_args a;
-    a.k = k.pca;
-    a.v = v.pca;
-    a.qprep = qprep;
-    a.n_head = n_head;
-    a.n_rep = n_rep;
-    a.n_rg = row_groups(n_rep);
-    a.sw = sliding_window;
-    a.pos0 = pos0;
-    a.pos_dev = pos_dev;
-    a.n_tok = n_tok;
-    a.tpb = tokens_per_block(n_rep, n_tok);
-    a.n_split = pca_splits(span_blocks(n_tok, n_head_kv, n_rep), split_len > 0 ? split_len : pos0 + n_tok, n_sm);
-    a.partial = partial;
-    const dim3 grid(a.n_split, n_head_kv * a.n_rg, (n_tok + a.tpb - 1) / a.tpb);
-    const bool win = k.pca.win > 0;
-    if (hd <= 64) win ? launch_span_pca<64, true>(grid, s, a) : launch_span_pca<64, false>(grid, s, a);
-    else if (hd <= 128) win ? launch_span_pca<128, true>(grid, s, a) : launch_span_pca<128, false>(grid, s, a);
-    else win ? launch_span_pca<256, true>(grid, s, a) : launch_span_pca<256, false>(grid, s, a);
-    KVRT_CUDA_CHECK(cudaGetLastError());
+    const pca_span_args a = span_args(k.pca, v.pca, qprep, n_head, sliding_window, pos0, pos_dev, n_tok,
+                                      split_len > 0 ? split_len : pos0 + n_tok, n_sm, partial);
+    launch_span(a, s);
     cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1 + (k.pca.win > 0), hd, 0, v.pca.basis_t,
                          v.pca.mean, n_head, n_rep, out, s, act);
 }

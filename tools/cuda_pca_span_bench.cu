@@ -85,30 +85,10 @@ void run(const char* name, int n_head, int n_head_kv, int hd, int len, int n_lay
     KVRT_CUDA_CHECK(cudaMalloc(&qprep, cuda_attention_pca_qprep_floats(1, n_head, hd) * 4));
     cudaStream_t s;
     KVRT_CUDA_CHECK(cudaStreamCreate(&s));
-    const int pos0 = len - 1, n_rep = n_head / n_head_kv;
+    const int pos0 = len - 1;
     // The span launch as cuda_attention_pca makes it, qprep from one call.
-    auto span_args = [&](const layer& L) {
-        pca_span_args a;
-        a.k = L.k->view().pca;
-        a.v = L.v->view().pca;
-        a.qprep = qprep;
-        a.n_head = n_head;
-        a.n_rep = n_rep;
-        a.n_rg = row_groups(n_rep);
-        a.sw = 0;
-        a.pos0 = pos0;
-        a.pos_dev = nullptr;
-        a.n_tok = 1;
-        a.tpb = 1;
-        a.n_split = pca_splits(span_blocks(1, n_head_kv, n_rep), len, n_sm);
-        a.partial = part;
-        return a;
-    };
-    auto launch_span = [&](const pca_span_args& a) {
-        const dim3 grid(a.n_split, n_head_kv * a.n_rg, 1);
-        if (hd <= 64) launch_span_pca<64, false>(grid, s, a);
-        else if (hd <= 128) launch_span_pca<128, false>(grid, s, a);
-        else launch_span_pca<256, false>(grid, s, a);
+    auto span_of = [&](const layer& L) {
+        return span_args(L.k->view().pca, L.v->view().pca, qprep, n_head, 0, pos0, nullptr, 1, len, n_sm, part);
     };
     cuda_attention_pca(layers[0].k->view(), layers[0].v->view(), dq, 1, pos0, n_head, 0, dout, part, qprep, n_sm,
                        s, nullptr, 0);
@@ -121,7 +101,7 @@ void run(const char* name, int n_head, int n_head_kv, int hd, int len, int n_lay
             KVRT_CUDA_CHECK(cudaEventRecord(e0, s));
             for (int it = 0; it < iters; ++it) {
                 const layer& L = layers[it % n_layers];
-                if (mode == 0) launch_span(span_args(L));
+                if (mode == 0) launch_span(span_of(L), s);
                 else
                     cuda_attention_pca(L.k->view(), L.v->view(), dq, 1, pos0, n_head, 0, dout, part, qprep, n_sm,
                                        s, nullptr, 0);
@@ -133,7 +113,7 @@ void run(const char* name, int n_head, int n_head_kv, int hd, int len, int n_lay
         cudaEventElapsedTime(&ms, e0, e1);
         us[mode] = 1000.0f * ms / iters;
     }
-    std::printf("| %s | %d | %d | %d | %.1f | %.2f | %.1f | %.2f |\n", name, hd, len, span_args(layers[0]).n_split,
+    std::printf("| %s | %d | %d | %d | %.1f | %.2f | %.1f | %.2f |\n", name, hd, len, span_of(layers[0]).n_split,
                 us[0], code_bytes / us[0] / 1e6, us[1], code_bytes / us[1] / 1e6);
     cudaFree(dq);
     cudaFree(dout);
