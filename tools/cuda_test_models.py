@@ -79,6 +79,8 @@ def convert(folder: Path, out: Path, outtype: str) -> None:
     print(out.name, out.stat().st_size)
 
 
+WEIGHT_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q8_0")  # python -m kvrt convert --outtype
+
 BENCH_SHAPES = {
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True,
@@ -121,6 +123,9 @@ def main() -> None:
     types = ["q4_0"]
     if "--weights" in sys.argv and sys.argv.index("--weights") + 1 < len(sys.argv):
         types = sys.argv[sys.argv.index("--weights") + 1].split(",")
+        bad = [t for t in types if t not in WEIGHT_TYPES]
+        if bad:
+            sys.exit(f"error: --weights: unknown type {bad[0]!r} (known: {', '.join(WEIGHT_TYPES)})")
     args = [a for i, a in enumerate(sys.argv[1:], 1)
             if not a.startswith("--") and sys.argv[i - 1] not in ("--tokenizer", "--weights")
             and not (sys.argv[i - 1] == "--bench" and a in BENCH_SHAPES)]
