@@ -56,11 +56,12 @@ static double bench_once(context& ctx, const bench_test& t, std::mt19937& rng, i
     return n / s;
 }
 
-static bool warm_in_place(const bench_test& t) { return t.depth > 0 && t.n_prompt == 0; }
-
-int bench_tokens_needed(const bench_test& t) {
-    return t.depth + std::max(t.n_prompt, t.n_gen) + (warm_in_place(t) ? kBenchWarmTokens : 0);
+// Untimed tokens after the fill: a tg test at a depth warms up there.
+static int warm_tokens(const bench_test& t) {
+    return t.depth > 0 && t.n_prompt == 0 ? kBenchWarmTokens : 0;
 }
+
+int bench_tokens_needed(const bench_test& t) { return t.depth + std::max(t.n_prompt, t.n_gen) + warm_tokens(t); }
 
 bench_result bench_run(context& ctx, const bench_test& test, int reps, unsigned seed) {
     const int need = bench_tokens_needed(test);
@@ -70,7 +71,7 @@ bench_result bench_run(context& ctx, const bench_test& test, int reps, unsigned 
     std::mt19937 rng(seed);
     bench_result r;
     r.test = test;
-    const int warm = warm_in_place(test) ? kBenchWarmTokens : 0;
+    const int warm = warm_tokens(test);
     if (!warm) bench_once(ctx, test, rng, 0);  // warm-up: page in weights, size buffers
     for (int i = 0; i < reps; ++i) r.samples.push_back(bench_once(ctx, test, rng, warm));
     return r;

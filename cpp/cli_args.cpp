@@ -105,8 +105,9 @@ std::vector<cli_option> cli_model_options() {
         {{"-ctv", "--cache-type-v"}, "TYPE", "KV cache format of values (as --kv)", "f16"},
         {{"--kv"}, "TYPE",
          "KV cache format of keys and values: f32, f16, q8_0, q4_0, affine:B, rot:B (B code "
-         "bits: 2, 3, 4, 8), pca[:B] (B average bits; needs a calibration), pca:B:wN / pca:B:eN (the "
-         "newest N positions read exact / in 8 bits, within B), auto (pca when a calibration is found, else f16)",
+         "bits: 2, 3, 4, 8), pca[:B] (B average bits; needs a calibration), pca:B:wN / pca:B:eN "
+         "(the newest N positions read exact / in 8 bits, within B), auto (pca when a calibration "
+         "is found, else f16)",
          "f16"},
         {{"--kv-calib"}, "FILE", "KV calibration sidecar of pca", "<model>.kvcal.gguf"},
         {{"--device"}, "DEV",

@@ -302,6 +302,8 @@ struct pca_span_args {
     int n_tok, tpb;  // tokens, and tokens per block (their rows share the block's reads)
     const int* pos_dev;
     float* partial;  // [(t*n_head + h) * n_entries + e] of {m, l, o[hd]}
+    // Entries per row: the splits', the sinks' and, with a window, the window's.
+    __host__ __device__ int n_entries() const { return n_split + 1 + (k.win > 0); }
 };
 
 // sin and cos of an angle a (radians, |a| < 2^40): reduced by 2 pi in double
@@ -437,8 +439,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     const int t0 = max(lo, (b_lo + (int)((int64_t)nbk * split / a.n_split)) * KV_BLOCK_TOKENS);
     const int t1 = min(own + 1, (b_lo + (int)((int64_t)nbk * (split + 1) / a.n_split)) * KV_BLOCK_TOKENS);
     const int first = max(t0, KV_PCA_SINKS);
-    // Entries per row: the splits', the sinks' and, with a window, the window's.
-    const int n_entries = a.n_split + 1 + (a.k.win > 0);
+    const int n_entries = a.n_entries();
     const int wb0 = a.k.win > 0 ? a.k.bstate[0] : 0, wbn = a.k.win > 0 ? a.k.bstate[1] : 0;
     const size_t qrow = 3 * hd + kQStride;
     if (first >= t1 && split != 0) {
@@ -941,8 +942,9 @@ int pca_splits(int blocks, int max_len, int n_sm) {
 
 // The span launch's arguments for n_tok queries at pos0 (+ *pos_dev) over
 // keys k and values v, split for contexts up to max_len.
-pca_span_args span_args(const cuda_pca& k, const cuda_pca& v, const float* qprep, int n_head, int sliding_window,
-                        int pos0, const int* pos_dev, int n_tok, int max_len, int n_sm, float* partial) {
+pca_span_args span_args(const cuda_pca& k, const cuda_pca& v, const float* qprep, int n_head,
+                        int sliding_window, int pos0, const int* pos_dev, int n_tok, int max_len, int n_sm,
+                        float* partial) {
     pca_span_args a;
     a.k = k;
     a.v = v;
@@ -1235,7 +1237,7 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     const pca_span_args a = span_args(k.pca, v.pca, qprep, n_head, sliding_window, pos0, pos_dev, n_tok,
                                       split_len > 0 ? split_len : pos0 + n_tok, n_sm, partial);
     launch_span(a, s);
-    cuda_attention_merge(partial, n_tok * n_head, a.n_split + 1 + (k.pca.win > 0), hd, 0, v.pca.basis_t,
+    cuda_attention_merge(partial, n_tok * n_head, a.n_entries(), hd, 0, v.pca.basis_t,
                          v.pca.mean, n_head, n_rep, out, s, act);
 }
 

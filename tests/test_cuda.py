@@ -434,6 +434,11 @@ def mean_kl(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(_core.eval_kl(a.astype(np.float32), b.astype(np.float32))))
 
 
+def eval_chunks(model, chunks) -> list[np.ndarray]:
+    """The model's logits of each chunk in turn, a row per token."""
+    return [np.asarray(model.eval(c)).reshape(len(c), -1) for c in chunks]
+
+
 def assert_logits_close(kv: str, a: list[np.ndarray], b: list[np.ndarray]) -> None:
     """CPU logits a against CUDA logits b, chunk by chunk: within 2 % of the largest logit and the
     same next token on 95 % of the rows, or, for a cache whose logits are chaotic (KV_CHAOS's KL),
@@ -477,9 +482,7 @@ def test_logits_pca_decode_match_cpu(path, kv, pca_calibrations):
     cuda = kvrt.Model(path, n_ctx=1024, kv=kv, kv_calib=calib, device="cuda")
     ids = text_tokens(cpu, 700)
     chunks = (ids[:600],) + tuple([t] for t in ids[600:620])
-    a = [np.asarray(cpu.eval(c)).reshape(len(c), -1) for c in chunks]
-    b = [np.asarray(cuda.eval(c)).reshape(len(c), -1) for c in chunks]
-    assert_logits_close(kv, a, b)
+    assert_logits_close(kv, eval_chunks(cpu, chunks), eval_chunks(cuda, chunks))
 
 
 @cuda_test
@@ -518,9 +521,7 @@ def test_logits_match_cpu(path, kv):
     ids = text_tokens(cpu, 1600)
     # Prefill (cuBLAS batches), small batches (matvec), then decode steps deep in the context.
     chunks = (ids[:1500], ids[1500:1505]) + tuple([t] for t in ids[1505:1510])
-    a = [np.asarray(cpu.eval(c)).reshape(len(c), -1) for c in chunks]
-    b = [np.asarray(cuda.eval(c)).reshape(len(c), -1) for c in chunks]
-    assert_logits_close(kv, a, b)
+    assert_logits_close(kv, eval_chunks(cpu, chunks), eval_chunks(cuda, chunks))
 
 
 @cuda_test

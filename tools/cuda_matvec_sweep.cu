@@ -10,15 +10,20 @@
 #include "../cuda/matmul.cu"
 
 #include <cstdio>
+#include <type_traits>
 #include <vector>
 
 using namespace kvrt;
 
+// A matrix's bytes at Q4_0 (18 per 32-element block) or Q8_0 (34), and the
+// pool slot (4 KiB aligned) each launch reads a matrix from.
+size_t weight_bytes(bool q4, int64_t rows, int64_t cols) { return (size_t)rows * cols / 32 * (q4 ? 18 : 34); }
+size_t slot_bytes(size_t wbytes) { return (wbytes + 4095) / 4096 * 4096; }
+
 template <int T, int KS, int R, int U>
 float run(const uint8_t* pool, size_t pool_bytes, int64_t rows, int64_t cols, const int16_t* aq,
           const int2* ad, float* out, int iters) {
-    const size_t wbytes = (size_t)rows * cols / 32 * (T == GGML_TYPE_Q4_0 ? 18 : 34);
-    const size_t slot = (wbytes + 4095) / 4096 * 4096;
+    const size_t slot = slot_bytes(weight_bytes(T == GGML_TYPE_Q4_0, rows, cols));
     const int n_slots = (int)std::max<size_t>(1, pool_bytes / slot);
     mv_set set{};
     set.count = 1;
@@ -75,33 +80,42 @@ int main() {
                     {"1B gate/up 16384x2048", 16384, 2048}, {"1B down 2048x8192", 2048, 8192},
                     {"1B out 128256x2048", 128256, 2048}};
     for (int ty = 0; ty < 2; ++ty) {
-    const int bb = ty == 0 ? 18 : 34;
-    printf("\n%s\n| matrix | MB | read kernel | variant KS,R,U -> us (TB/s) |\n|---|---:|---:|---|\n", ty == 0 ? "Q4_0" : "Q8_0");
-    for (const M& m : ms) {
-        const size_t wb = (size_t)m.rows * m.cols / 32 * bb;
-        const size_t slot = (wb + 4095) / 4096 * 4096;
-        const int n_slots = (int)(pool_bytes / slot);
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        cudaEventRecord(e0);
-        for (int it = 0; it < 200; ++it)
-            read_kernel<<<132 * 16, 256>>>(reinterpret_cast<const uint4*>(pool + (it % n_slots) * slot), wb / 16, sink);
-        cudaEventRecord(e1);
-        cudaEventSynchronize(e1);
-        float rms = 0;
-        cudaEventElapsedTime(&rms, e0, e1);
-        const double rus = rms * 1000.0 / 200;
-        printf("| %s | %.1f | %.1f us (%.2f) |", m.name, wb / 1e6, rus, wb / rus / 1e6);
-#define V(KS, R, U)                                                                               \
-    {                                                                                             \
-        const float us = ty == 0 ? run<GGML_TYPE_Q4_0, KS, R, U>(pool, pool_bytes, m.rows, m.cols, aq, ad, out, 200) \
-                                 : run<GGML_TYPE_Q8_0, KS, R, U>(pool, pool_bytes, m.rows, m.cols, aq, ad, out, 200); \
-        printf(" %d,%d,%d: %.1f (%.2f)", KS, R, U, us, wb / us / 1e6);                            \
-    }
-        V(1, 2, 1) V(4, 2, 1) V(1, 4, 1) V(1, 4, 2) V(4, 4, 1) V(4, 4, 2) V(1, 4, 4) V(1, 2, 2)
-        printf(" |\n");
-    }
+        printf("\n%s\n| matrix | MB | read kernel | variant KS,R,U -> us (TB/s) |\n|---|---:|---:|---|\n", ty == 0 ? "Q4_0" : "Q8_0");
+        for (const M& m : ms) {
+            const size_t wb = weight_bytes(ty == 0, m.rows, m.cols);
+            const size_t slot = slot_bytes(wb);
+            const int n_slots = (int)(pool_bytes / slot);
+            cudaEvent_t e0, e1;
+            cudaEventCreate(&e0);
+            cudaEventCreate(&e1);
+            cudaEventRecord(e0);
+            for (int it = 0; it < 200; ++it)
+                read_kernel<<<132 * 16, 256>>>(reinterpret_cast<const uint4*>(pool + (it % n_slots) * slot), wb / 16, sink);
+            cudaEventRecord(e1);
+            cudaEventSynchronize(e1);
+            float rms = 0;
+            cudaEventElapsedTime(&rms, e0, e1);
+            const double rus = rms * 1000.0 / 200;
+            printf("| %s | %.1f | %.1f us (%.2f) |", m.name, wb / 1e6, rus, wb / rus / 1e6);
+            const auto variant = [&](auto ks, auto r, auto u) {
+                constexpr int KS = decltype(ks)::value, R = decltype(r)::value, U = decltype(u)::value;
+                const float us = ty == 0 ? run<GGML_TYPE_Q4_0, KS, R, U>(pool, pool_bytes, m.rows, m.cols, aq, ad, out, 200)
+                                         : run<GGML_TYPE_Q8_0, KS, R, U>(pool, pool_bytes, m.rows, m.cols, aq, ad, out, 200);
+                printf(" %d,%d,%d: %.1f (%.2f)", KS, R, U, us, wb / us / 1e6);
+            };
+            using C1 = std::integral_constant<int, 1>;
+            using C2 = std::integral_constant<int, 2>;
+            using C4 = std::integral_constant<int, 4>;
+            variant(C1{}, C2{}, C1{});
+            variant(C4{}, C2{}, C1{});
+            variant(C1{}, C4{}, C1{});
+            variant(C1{}, C4{}, C2{});
+            variant(C4{}, C4{}, C1{});
+            variant(C4{}, C4{}, C2{});
+            variant(C1{}, C4{}, C4{});
+            variant(C1{}, C2{}, C2{});
+            printf(" |\n");
+        }
     }
     return 0;
 }
