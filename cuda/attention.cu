@@ -612,9 +612,10 @@ void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int h
     const int64_t cols = (int64_t)n_head * hd;
     // Groups of hd threads each take every G-th entry, kMergeLoads at a time:
     // enough groups that each has about that many (a decode step's splits
-    // over a long context), at least kMergeThreads threads.
+    // over a long context), at least kMergeThreads threads; whole warps (the
+    // kernel's sums are warp-wide, and head_dim 8 or 16 makes odd counts).
     const int groups = (n_entries + kMergeLoads - 1) / kMergeLoads;
-    const int threads = std::max(kMergeThreads, std::min(kMergeThreadsMax, groups * hd));
+    const int threads = std::max(kMergeThreads, std::min(kMergeThreadsMax, (groups * hd + 31) / 32 * 32));
     launch_pdl(attn_merge_kernel, n_rows, threads, n_entries * sizeof(float), s, partial, n_entries,
                hd, vrot, basis_t, mean, n_head, n_rep, out, act ? q16_codes(act) : nullptr,
                act ? q16_scales(act, n_rows / n_head, cols) : nullptr, vsigns);
