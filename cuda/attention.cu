@@ -363,16 +363,25 @@ void launch_span(kv_kind vk, dim3 grid, cudaStream_t s, const span_args& a) {
     }
 }
 
-// ---- prefill over f16 caches: a tiled flash attention on tensor cores ----
+// ---- prefill: a tiled flash attention on tensor cores ----
 // A block takes 64 query rows of one kv head (row r: query head r % n_rep of
 // token r / n_rep, so the heads that share the kv head share every key and
-// value tile), a warp 16 of them, and walks the keys in tiles of 64 copied
-// into shared memory one tile ahead. Scores S = Q K^T and the output
-// O += P V are m16n8k16 products; queries and p are split into high and low
-// halves (two products each), so they keep about 22 bits against the f16
-// keys and values, as the float path does. Softmax in base 2.
+// value tile), a warp 16 of them, and walks the keys in tiles of 64 in
+// shared memory. Scores S = Q K^T and the output O += P V are m16n8k16
+// products; queries and p are split into high and low halves (two products
+// each), so they keep about 22 bits against the keys and values, as the
+// float path does. Softmax in base 2.
+//   f16 caches (DQ false): the tiles are copied as they are, one tile ahead.
+//   Other caches (DQ true: f32, q8_0, q4_0, rot, affine; pca has its own
+//   kernels): each tile is decoded as the span kernels decode a position
+//   and kept as high and low halves, a third product adding q_hi k_lo (and
+//   p_hi v_lo). Keys and values stay in their streams' Hadamard basis: the
+//   queries are turned into it first and the outputs turned back at the end.
+//   Decoded elements beyond the half range (65504) do not fit, as in an f16
+//   cache.
 constexpr int kFaRows = 64, kFaKeys = 64, kFaThreads = 128;
 constexpr int kFaMinTokens = 16;  // fewer query tokens take the span kernels
+constexpr int kFaShortContext = 4096;  // DQ: below a wave of blocks, only contexts up to this
 
 struct fa_args {
     const uint8_t* k;
@@ -382,7 +391,40 @@ struct fa_args {
     float* out;
     int n_head, n_head_kv, n_tok, pos0, sw;
     float scale;
+    // DQ: the streams' kinds and what decoding them takes (sp: the span
+    // kernels' view of the same streams), and the values' turn back.
+    int kkind = KV_KIND_F16, vkind = KV_KIND_F16, vrot = 0;
+    const float* vsigns = nullptr;
+    span_args sp;
 };
+
+// Elements e0 .. e0+7 of position pos's key (kkind) or value (vkind) record,
+// kv head kvh, as the span kernels read them; stage0 as affine_key8's.
+__device__ inline void fa_load8(const fa_args& a, bool key, int kvh, int pos, int e0, int stage0,
+                                float* x) {
+    const int kind = key ? a.kkind : a.vkind, bits = key ? a.sp.kbits : a.sp.vbits;
+    if (key && kind == KV_KIND_AFFINE) return affine_key8(a.sp, kvh, pos, e0, stage0, x);
+    const uint8_t* rec = (key ? a.k : a.v) + ((size_t)pos * a.n_head_kv + kvh) * (key ? a.krec : a.vrec);
+    switch (kind) {
+        case KV_KIND_F32: return load8<KV_KIND_F32>(rec, e0, x, bits);
+        case KV_KIND_F16: return load8<KV_KIND_F16>(rec, e0, x, bits);
+        case KV_KIND_Q8_0: return load8<KV_KIND_Q8_0>(rec, e0, x, bits);
+        case KV_KIND_Q4_0: return load8<KV_KIND_Q4_0>(rec, e0, x, bits);
+        case KV_KIND_ROT: return load8<KV_KIND_ROT>(rec, e0, x, bits);
+        default: return load8<KV_KIND_AFFINE>(rec, e0, x, bits);  // affine values, token-major
+    }
+}
+
+// Eight floats as high and low halves at hi and lo (16 bytes each).
+__device__ inline void split_store8(const float* x, __half* hi, __half* lo) {
+    uint4 h, l;
+    split_half2(x[0], x[1], h.x, l.x);
+    split_half2(x[2], x[3], h.y, l.y);
+    split_half2(x[4], x[5], h.z, l.z);
+    split_half2(x[6], x[7], h.w, l.w);
+    *reinterpret_cast<uint4*>(hi) = h;
+    *reinterpret_cast<uint4*>(lo) = l;
+}
 
 __device__ inline uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -403,36 +445,49 @@ template <int HD>
 struct fa_smem {
     static constexpr int P = HD + 8;  // halves per row: rows 16 bytes apart in the banks
     static constexpr size_t bytes = (size_t)(2 * kFaRows + 4 * kFaKeys) * P * sizeof(__half);
+    // DQ: the tiles' space holds the queries as floats while they are
+    // turned, and the outputs while they are turned back.
+    static_assert(kFaRows * HD * sizeof(float) <= 4 * kFaKeys * P * sizeof(__half),
+                  "fa_smem: staging overruns");
 };
 
-template <int HD>
-__global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args a) {
+template <int HD, bool DQ>
+__global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_kernel(fa_args a) {
     constexpr int P = fa_smem<HD>::P, ND = HD / 8;
     constexpr float kLog2e = 1.4426950408889634f;
     extern __shared__ __align__(16) uint8_t fa_sm[];
     __half* Qh = reinterpret_cast<__half*>(fa_sm);  // [kFaRows][P] high halves
     __half* Ql = Qh + kFaRows * P;                   // low halves
-    __half* Ks = Ql + kFaRows * P;                   // [2][kFaKeys][P]
+    __half* Ks = Ql + kFaRows * P;                   // [2][kFaKeys][P]: two tiles, or (DQ) high, low
     __half* Vs = Ks + 2 * kFaKeys * P;               // [2][kFaKeys][P]
+    float* stage = reinterpret_cast<float*>(Ks);     // DQ: [kFaRows][HD]
     const int kvh = blockIdx.y, n_rep = a.n_head / a.n_head_kv;
     const int n_rows = a.n_tok * n_rep, r0 = blockIdx.x * kFaRows;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane / 4, k4 = lane % 4;
     auto q_index = [&](int rr) { return ((size_t)(rr / n_rep) * a.n_head + kvh * n_rep + rr % n_rep) * HD; };
 
-    // The block's queries, scaled (by log2 e too), as high and low halves.
+    // The block's queries, scaled (by log2 e too), as high and low halves;
+    // DQ with turned keys: turned as the span kernels turn them first.
+    const bool turn_q = DQ && a.sp.krot;
+    auto q_at = [&](int r, int d) {
+        const int rr = r0 + r;
+        return rr < n_rows ? a.q[q_index(rr) + d] * a.scale : 0.0f;
+    };
+    if (turn_q) {
+        for (int i = threadIdx.x; i < kFaRows * HD; i += kFaThreads) stage[i] = q_at(i / HD, i % HD);
+        __syncthreads();
+        fwht_shared(stage, kFaRows, HD, HD, a.sp.krot, a.sp.ksigns, nullptr);
+    }
     for (int i = threadIdx.x; i < kFaRows * HD / 2; i += kFaThreads) {
-        const int r = i / (HD / 2), d = 2 * (i % (HD / 2)), rr = r0 + r;
-        float x0 = 0.0f, x1 = 0.0f;
-        if (rr < n_rows) {
-            const float* q = a.q + q_index(rr) + d;
-            x0 = q[0] * a.scale * kLog2e;
-            x1 = q[1] * a.scale * kLog2e;
-        }
+        const int r = i / (HD / 2), d = 2 * (i % (HD / 2));
+        const float x0 = (turn_q ? stage[r * HD + d] : q_at(r, d)) * kLog2e;
+        const float x1 = (turn_q ? stage[r * HD + d + 1] : q_at(r, d + 1)) * kLog2e;
         uint32_t hi, lo;
         split_half2(x0, x1, hi, lo);
         *reinterpret_cast<uint32_t*>(Qh + r * P + d) = hi;
         *reinterpret_cast<uint32_t*>(Ql + r * P + d) = lo;
     }
+    if (turn_q) __syncthreads();  // stage read: the tiles may overwrite it
     // Positions: this lane's rows g and g+8 of its warp, and the keys the block needs.
     const int last_row = min(n_rows, r0 + kFaRows) - 1;
     const int own_last = a.pos0 + last_row / n_rep;
@@ -458,20 +513,44 @@ __global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args
             __pipeline_memcpy_async(Vs + (buf * kFaKeys + j) * P + c, a.v + rec * a.vrec + c * 2, 16, zfill);
         }
     };
+    // DQ: the tile decoded, high halves in buffer 0 and low halves in 1. The
+    // affine keys' staged block starts where the store of these tokens ended.
+    const int stage0 = (a.pos0 + a.n_tok) / KV_BLOCK_TOKENS * KV_BLOCK_TOKENS;
+    auto decode_tile = [&](int kt) {
+#pragma unroll 2
+        for (int i = threadIdx.x; i < kFaKeys * ND; i += kFaThreads) {
+            const int j = i / ND, c = (i % ND) * 8, pos = kt + j;
+            float xk[8] = {}, xv[8] = {};
+            if (pos <= own_last) {
+                fa_load8(a, true, kvh, pos, c, stage0, xk);
+                fa_load8(a, false, kvh, pos, c, stage0, xv);
+            }
+            split_store8(xk, Ks + j * P + c, Ks + (kFaKeys + j) * P + c);
+            split_store8(xv, Vs + j * P + c, Vs + (kFaKeys + j) * P + c);
+        }
+    };
 
     float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int nd = 0; nd < ND; ++nd) o[nd][0] = o[nd][1] = o[nd][2] = o[nd][3] = 0.0f;
-    load_tile(kt_first, 0);
-    __pipeline_commit();
-    for (int it = 0; it < n_tiles; ++it) {
-        const int kt = kt_first + it * kFaKeys, buf = it & 1;
-        if (it + 1 < n_tiles) load_tile(kt + kFaKeys, buf ^ 1);
+    if (!DQ) {
+        load_tile(kt_first, 0);
         __pipeline_commit();
-        __pipeline_wait_prior(1);  // this tile's copies
-        __syncthreads();   // and every thread's, and the queries
+    }
+    for (int it = 0; it < n_tiles; ++it) {
+        const int kt = kt_first + it * kFaKeys, buf = DQ ? 0 : it & 1;
+        if (DQ) {
+            decode_tile(kt);
+        } else {
+            if (it + 1 < n_tiles) load_tile(kt + kFaKeys, buf ^ 1);
+            __pipeline_commit();
+            __pipeline_wait_prior(1);  // this tile's copies
+        }
+        __syncthreads();   // every thread's part of the tile, and the queries
         const __half* K = Ks + buf * kFaKeys * P;
         const __half* V = Vs + buf * kFaKeys * P;
+        const __half* Kl = Ks + kFaKeys * P;  // DQ: the low halves
+        const __half* Vl = Vs + kFaKeys * P;
         // S (16 rows x 64 keys): n-tile nt is keys nt*8 .. nt*8+7.
         float s[8][4];
 #pragma unroll
@@ -485,11 +564,17 @@ __global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args
 #pragma unroll
             for (int np = 0; np < 4; ++np) {
                 uint32_t b[4];  // b0, b1 of n-tiles 2np and 2np+1
-                ldmatrix_x4(b, K + (np * 16 + lane % 8 + (lane / 16) * 8) * P + ks * 16 + ((lane / 8) % 2) * 8);
+                const int koff = (np * 16 + lane % 8 + (lane / 16) * 8) * P + ks * 16 + ((lane / 8) % 2) * 8;
+                ldmatrix_x4(b, K + koff);
                 mma16816(s[2 * np], ah[0], ah[1], ah[2], ah[3], b[0], b[1]);
                 mma16816(s[2 * np], al[0], al[1], al[2], al[3], b[0], b[1]);
                 mma16816(s[2 * np + 1], ah[0], ah[1], ah[2], ah[3], b[2], b[3]);
                 mma16816(s[2 * np + 1], al[0], al[1], al[2], al[3], b[2], b[3]);
+                if (DQ) {
+                    ldmatrix_x4(b, Kl + koff);
+                    mma16816(s[2 * np], ah[0], ah[1], ah[2], ah[3], b[0], b[1]);
+                    mma16816(s[2 * np + 1], ah[0], ah[1], ah[2], ah[3], b[2], b[3]);
+                }
             }
         }
         // Causal and window masks; online softmax of rows g (entries 0, 1) and g+8 (2, 3).
@@ -541,11 +626,17 @@ __global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args
 #pragma unroll
             for (int nd2 = 0; nd2 < ND / 2; ++nd2) {
                 uint32_t b[4];  // b0, b1 of dimension tiles 2nd2 and 2nd2+1
-                ldmatrix_x4_trans(b, V + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * P + nd2 * 16 + (lane / 16) * 8);
+                const int voff = (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * P + nd2 * 16 + (lane / 16) * 8;
+                ldmatrix_x4_trans(b, V + voff);
                 mma16816(o[2 * nd2], ph[0], ph[1], ph[2], ph[3], b[0], b[1]);
                 mma16816(o[2 * nd2], pl[0], pl[1], pl[2], pl[3], b[0], b[1]);
                 mma16816(o[2 * nd2 + 1], ph[0], ph[1], ph[2], ph[3], b[2], b[3]);
                 mma16816(o[2 * nd2 + 1], pl[0], pl[1], pl[2], pl[3], b[2], b[3]);
+                if (DQ) {
+                    ldmatrix_x4_trans(b, Vl + voff);
+                    mma16816(o[2 * nd2], ph[0], ph[1], ph[2], ph[3], b[0], b[1]);
+                    mma16816(o[2 * nd2 + 1], ph[0], ph[1], ph[2], ph[3], b[2], b[3]);
+                }
             }
         }
         __syncthreads();  // the buffer is refilled next
@@ -555,24 +646,34 @@ __global__ void __launch_bounds__(kFaThreads, 2) attn_prefill_f16_kernel(fa_args
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
     }
+    // DQ with turned values: the rows go through the staging space (free
+    // after the last tile's barrier) to be turned back, as the merge does.
+    const bool turn_o = DQ && a.vrot;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-        if (!row_on[h]) continue;
-        float* out = a.out + q_index(r0 + warp * 16 + g + 8 * h);
-        const float inv = 1.0f / l[h];
+        const int r = warp * 16 + g + 8 * h;
+        if (!row_on[h] && !turn_o) continue;
+        float* out = turn_o ? stage + r * HD : a.out + q_index(r0 + r);
+        const float inv = row_on[h] ? 1.0f / l[h] : 0.0f;
 #pragma unroll
         for (int nd = 0; nd < ND; ++nd)
             *reinterpret_cast<float2*>(out + nd * 8 + 2 * k4) = make_float2(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
     }
+    if (turn_o) {
+        __syncthreads();
+        fwht_shared(stage, kFaRows, HD, HD, a.vrot, nullptr, a.vsigns);
+        for (int i = threadIdx.x; i < kFaRows * HD; i += kFaThreads)
+            if (r0 + i / HD < n_rows) a.out[q_index(r0 + i / HD) + i % HD] = stage[i];
+    }
 }
 
-template <int HD>
-void launch_prefill_f16(const fa_args& a, cudaStream_t s) {
+template <int HD, bool DQ>
+void launch_prefill(const fa_args& a, cudaStream_t s) {
     const size_t smem = fa_smem<HD>::bytes;
     static size_t allowed = 48 * 1024;
-    allow_dynamic_smem(attn_prefill_f16_kernel<HD>, smem, allowed);
+    allow_dynamic_smem(attn_prefill_kernel<HD, DQ>, smem, allowed);
     const dim3 grid((a.n_tok * (a.n_head / a.n_head_kv) + kFaRows - 1) / kFaRows, a.n_head_kv);
-    attn_prefill_f16_kernel<HD><<<grid, kFaThreads, smem, s>>>(a);
+    attn_prefill_kernel<HD, DQ><<<grid, kFaThreads, smem, s>>>(a);
 }
 
 }  // namespace
@@ -629,17 +730,6 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
         throw error("CUDA attention: head_dim " + std::to_string(p.head_dim) +
                     " is not supported (32, 64, 128 or 256)");
     const int hd = p.head_dim;
-    if (k.kind == KV_KIND_F16 && v.kind == KV_KIND_F16 && (hd == 64 || hd == 128) &&
-        n_tok >= kFaMinTokens && !pos_dev) {
-        // Prefill: the tiled kernel writes out directly (no spans to merge).
-        const fa_args f{k.d, v.d, k.rec, v.rec, q, out, p.n_head, p.n_head_kv, n_tok, pos0,
-                        p.sliding_window, 1.0f / std::sqrt((float)hd)};
-        if (hd == 64) launch_prefill_f16<64>(f, s);
-        else launch_prefill_f16<128>(f, s);
-        KVRT_CUDA_CHECK(cudaGetLastError());
-        if (act) cuda_quantize_q16(out, n_tok, (int64_t)p.n_head * hd, act, s);
-        return;
-    }
     span_args a;
     a.k = k.d;
     a.v = v.d;
@@ -661,10 +751,38 @@ void cuda_attention(const cuda_kv_stream& k, const cuda_kv_stream& v, const floa
     a.sw = p.sliding_window;
     a.pos0 = pos0;
     a.pos_dev = pos_dev;
+    a.scale = 1.0f / std::sqrt((float)p.head_dim);
+    auto tiled = [](kv_kind t) {  // kinds fa_load8 reads
+        return t == KV_KIND_F32 || t == KV_KIND_F16 || t == KV_KIND_Q8_0 || t == KV_KIND_Q4_0 ||
+               t == KV_KIND_ROT || t == KV_KIND_AFFINE;
+    };
+    // Decoded tiles cost more per tile than copied ones, and a block walks
+    // the whole context alone: a few tokens over a long context keep the
+    // span kernels, whose splits spread it over the machine.
+    const bool dq = k.kind != KV_KIND_F16 || v.kind != KV_KIND_F16;
+    const int fa_blocks = (n_tok * (p.n_head / p.n_head_kv) + kFaRows - 1) / kFaRows * p.n_head_kv;
+    const bool fa_fits = !dq || fa_blocks >= n_sm || pos0 + n_tok <= kFaShortContext;
+    if ((hd == 64 || hd == 128) && n_tok >= kFaMinTokens && !pos_dev && tiled(k.kind) && tiled(v.kind) &&
+        fa_fits) {
+        // Prefill: the tiled kernel writes out directly (no spans to merge).
+        fa_args f{k.d, v.d, k.rec, v.rec, q, out, p.n_head, p.n_head_kv, n_tok, pos0, p.sliding_window,
+                  a.scale};
+        if (dq) {
+            f.kkind = k.kind;
+            f.vkind = v.kind;
+            f.vrot = v.rot;
+            f.vsigns = v.signs;
+            f.sp = a;
+        }
+        if (hd == 64) dq ? launch_prefill<64, true>(f, s) : launch_prefill<64, false>(f, s);
+        else dq ? launch_prefill<128, true>(f, s) : launch_prefill<128, false>(f, s);
+        KVRT_CUDA_CHECK(cudaGetLastError());
+        if (act) cuda_quantize_q16(out, n_tok, (int64_t)p.n_head * hd, act, s);
+        return;
+    }
     const int n_rep = p.n_head / p.n_head_kv;
     a.n_rg = (n_rep + kRows - 1) / kRows;
     a.n_split = cuda_attention_splits(span_blocks(p, n_tok), split_len > 0 ? split_len : pos0 + n_tok, n_sm);
-    a.scale = 1.0f / std::sqrt((float)p.head_dim);
     a.partial = partial;
     const dim3 grid(a.n_split, p.n_head_kv * a.n_rg, n_tok);
     switch (k.kind) {
