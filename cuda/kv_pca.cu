@@ -40,7 +40,12 @@ namespace kvrt {
 namespace {
 
 constexpr int kMaxDim = 256;
-constexpr int kWarps = 4;          // warps of a span block
+constexpr int kWarpsPerSM = 16;    // span warps per multiprocessor that splitting aims at
+
+// Warps of a span block for head_dim hd: eight, two blocks per
+// multiprocessor; four above 128, whose codes staged for eight warps would
+// not fit in shared memory at high bits.
+__host__ __device__ constexpr int span_warps(int hd) { return hd > 128 ? 4 : 8; }
 constexpr int kQStride = 4;        // qprep floats per row: 3*hd + kQStride
 constexpr int kCodePad = 32;       // bytes past the last group a reader may touch
 constexpr int kMinSpan = 128;      // positions below which a span is not split
@@ -344,9 +349,10 @@ __device__ inline uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {  //
     return d;
 }
 
-__device__ inline uint32_t codes_half2(uint32_t x0, uint32_t m0, uint32_t x1, uint32_t m1_hi) {
+__device__ inline uint32_t codes_half2(uint32_t x0, uint32_t m0, uint32_t x1, uint32_t m1_hi, int sh = 16) {
     // Two three-input operations (the compiler makes three of the plain form).
-    const uint32_t u = lop3_and_or(x0, m0, lop3_and_or(x1 << 16, m1_hi, 0x64006400u));
+    // sh 16 - b with x1 = x0: x0's two b-bit codes from the bottom.
+    const uint32_t u = lop3_and_or(x0, m0, lop3_and_or(x1 << sh, m1_hi, 0x64006400u));
     __half2 h;
     memcpy(&h, &u, sizeof h);
     return half2_bits(__hsub2(h, __float2half2_rn(1024.0f)));
@@ -361,23 +367,26 @@ constexpr int kRows = 8;
 template <int HD>
 struct span_smem {
     static constexpr int KS = HD / 16;                        // 16-channel steps
+    static constexpr int W = span_warps(HD);                  // warps
     // Floats per row of A, B and of a warp's output slice, padded so that the
     // rows' reads of one pair (writes of one channel) fall in other banks.
     static constexpr int AB = HD + 8, OS = HD + 4;
     static constexpr int wfrag = 0;                           // uint4 [KS][32] key weights
     static constexpr int tfrag = wfrag + KS * 32 * 16;        // uint4 [KS][4][32] run tables
     static constexpr int ab = tfrag + KS * 4 * 32 * 16;       // float [kRows][AB] scaled A, B
-    static constexpr int cs = ab + kRows * AB * 4;            // float [kWarps][HD] block angles
-    static constexpr int scl = cs + kWarps * HD * 4;          // float2 [kWarps][32] token scales
-    static constexpr int koff = scl + kWarps * 32 * 8;        // int2 [HD] key offset, bits
+    static constexpr int cs = ab + kRows * AB * 4;            // float [W][HD] block angles
+    static constexpr int scl = cs + W * HD * 4;               // float2 [W][32] token scales
+    static constexpr int koff = scl + W * 32 * 8;             // int2 [HD] key offset, bits
     static constexpr int voff = koff + HD * 8;                // int2 [HD] value offset, bits
     static constexpr int rows = voff + HD * 8;                // float [2][kRows] K, 1/scale
-    static constexpr int stats = rows + 2 * kRows * 4;        // float [3][kWarps][kRows]
-    static constexpr int slots = stats + 3 * kWarps * kRows * 4;  // staged codes
-    // The output slices, [kWarps][kRows][OS] floats, reuse the tables and A, B.
-    static_assert(kWarps * kRows * OS * 4 <= cs - tfrag, "span_smem: output slices overrun");
+    static constexpr int stats = rows + 2 * kRows * 4;        // float [3][W][kRows]
+    static constexpr int slots = stats + 3 * W * kRows * 4;   // staged codes
+    // The output slices, [W][kRows][OS] floats, reuse the slots (free
+    // once every warp is past its last block).
+    static constexpr size_t slices = (size_t)W * kRows * OS * 4;
     static size_t bytes(const cuda_pca& k, const cuda_pca& v) {
-        return slots + (size_t)kWarps * 2 * (stage_bytes(k.max_block) + stage_bytes(v.max_block));
+        const size_t staged = (size_t)W * 2 * (stage_bytes(k.max_block) + stage_bytes(v.max_block));
+        return slots + std::max(slices, staged);
     }
 };
 
@@ -395,10 +404,11 @@ struct span_smem {
 // 2^14 (halves keep their low part's bits), and the scores scaled back.
 // WIN: the streams keep a recent window (pca:B:wN / :eN).
 template <int HD, bool WIN>
-__global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
+__global__ void __launch_bounds__(span_warps(HD) * 32, (HD > 128 ? 8 : kWarpsPerSM) / span_warps(HD))
     attn_span_pca_kernel(pca_span_args a) {
     pdl_begin();
     using L = span_smem<HD>;
+    constexpr int kWarps = L::W;
     constexpr int KS = L::KS;
     extern __shared__ __align__(16) uint8_t smb[];
     uint4* wfrag = reinterpret_cast<uint4*>(smb + L::wfrag);
@@ -684,17 +694,18 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
             // This lane's accumulators are rows 2k4 and 2k4+1 (lanes 8k4, 8k4+4 hold them).
             const float corr0 = __shfl_sync(0xffffffffu, corr, 8 * k4);
             const float corr1 = __shfl_sync(0xffffffffu, corr, 8 * k4 + 4);
-            // P's fragments: value k-step ks2 takes n-tiles 2ks2 and 2ks2+1, so its
-            // k = 2k4, 2k4+1, 2k4+8, 2k4+9 are tokens t_i, t_i+4, t_i+1, t_i+5 with
-            // t_i = 8k4 + 2ks2.
+            // P's fragments: value k-step ks2 takes tokens 8k4 + 4ks2 .. +3, so
+            // its k = 2k4, 2k4+1, 2k4+8, 2k4+9 are tokens t, t+1, t+2, t+3 with
+            // t = 8k4 + 4ks2 (accumulator e = ks2 of n-tiles 0 .. 3): each half
+            // pair of codes is two neighbours in a group.
             uint32_t ph[2][2], pl[2][2];
 #pragma unroll
             for (int ks2 = 0; ks2 < 2; ++ks2)
 #pragma unroll
                 for (int h = 0; h < 2; ++h)
-                    split_half2(pv[2 * ks2 + h][0], pv[2 * ks2 + h][1], ph[ks2][h], pl[ks2][h]);
-            // Values: kept channels mt*16 + g and +8, tokens 8k4 .. 8k4+7 from two
-            // 4-code windows of each group.
+                    split_half2(pv[2 * h][ks2], pv[2 * h + 1][ks2], ph[ks2][h], pl[ks2][h]);
+            // Values: kept channels mt*16 + g and +8, tokens 8k4 + 4ks2 .. +3 from a
+            // 4-code window of each group per k-step, two codes at a time.
 #pragma unroll
             for (int mt = 0; mt < KS; ++mt) {
                 acc[mt][0] *= corr0;
@@ -706,23 +717,16 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
                 const int b0 = o0.y, b1 = o1.y;
                 const uint32_t m0 = (1u << b0) - 1u, m1 = (1u << b1) - 1u;
                 const uint32_t mh0 = m0 << 16, mh1 = m1 << 16;
-                uint32_t x0 = group_bits(vb + o0.x, 8 * k4 * b0);
-                uint32_t y0 = group_bits(vb + o0.x, (8 * k4 + 4) * b0);
-                uint32_t x1 = group_bits(vb + o1.x, 8 * k4 * b1);
-                uint32_t y1 = group_bits(vb + o1.x, (8 * k4 + 4) * b1);
-                // Codes i = 0, 1, 2, 3 of the windows in turn (each taken, then shifted out).
-                auto take = [&]() {
-                    const uint2 r = make_uint2(codes_half2(x0, m0, y0, mh0), codes_half2(x1, m1, y1, mh1));
-                    x0 >>= b0;
-                    y0 >>= b0;
-                    x1 >>= b1;
-                    y1 >>= b1;
-                    return r;
-                };
 #pragma unroll
                 for (int ks2 = 0; ks2 < 2; ++ks2) {
-                    const uint2 a01 = take(), a23 = take();
-                    const uint32_t a0 = a01.x, a1 = a01.y, a2 = a23.x, a3 = a23.y;
+                    uint32_t x0 = group_bits(vb + o0.x, (8 * k4 + 4 * ks2) * b0);
+                    uint32_t x1 = group_bits(vb + o1.x, (8 * k4 + 4 * ks2) * b1);
+                    const uint32_t a0 = codes_half2(x0, m0, x0, mh0, 16 - b0);
+                    const uint32_t a1 = codes_half2(x1, m1, x1, mh1, 16 - b1);
+                    x0 >>= 2 * b0;
+                    x1 >>= 2 * b1;
+                    const uint32_t a2 = codes_half2(x0, m0, x0, mh0, 16 - b0);
+                    const uint32_t a3 = codes_half2(x1, m1, x1, mh1, 16 - b1);
                     mma16816(acc[mt], a0, a1, a2, a3, ph[ks2][0], ph[ks2][1]);
                     mma16816(acc[mt], a0, a1, a2, a3, pl[ks2][0], pl[ks2][1]);
                 }
@@ -735,7 +739,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
     // The warps' partial results merged into the block's, per row, in the
     // value basis: o_c = step_c sum_w f_w acc_w,c + lo_c sum_w f_w ps_w for
     // kept channels (f_w = 2^(m_w - M)), 0 for the others. Each warp leaves
-    // its f_w acc_w in a slice of its own (the tables' space, free now); a
+    // its f_w acc_w in a slice of its own (the staging slots, free now); a
     // thread per row and kept index then adds the slices in warp order.
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -746,7 +750,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         lw[warp * kRows + g] = l;
         pw[warp * kRows + g] = ps;
     }
-    __syncthreads();  // the tables are free again; every warp's m is in
+    __syncthreads();  // the slots are free again; every warp's m is in
     // 2^(m_w - M) of warp w and row r, 0 where the warp saw no position.
     auto weight = [&](int w, int r, float M) {
         const float mr = mw[w * kRows + r];
@@ -772,7 +776,7 @@ __global__ void __launch_bounds__(kWarps * 32, HD >= 256 ? 2 : 4)
         out[1] = lr;
         Kr[r] = pr;
     }
-    float* slice = reinterpret_cast<float*>(tfrag);  // [kWarps][kRows][L::OS]
+    float* slice = reinterpret_cast<float*>(smb + L::slots);  // [kWarps][kRows][L::OS]
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
         const int r = 2 * k4 + e;
@@ -907,7 +911,7 @@ void launch_span_pca(dim3 grid, cudaStream_t s, const pca_span_args& a) {
     const size_t smem = span_smem<HD>::bytes(a.k, a.v);
     static size_t allowed = 48 * 1024;  // per instantiation
     allow_dynamic_smem(attn_span_pca_kernel<HD, WIN>, smem, allowed);
-    launch_pdl(attn_span_pca_kernel<HD, WIN>, grid, kWarps * 32, smem, s, a);
+    launch_pdl(attn_span_pca_kernel<HD, WIN>, grid, span_smem<HD>::W * 32, smem, s, a);
 }
 
 // Row groups of n_rep query heads per kv head.
@@ -931,11 +935,14 @@ int store_blocks(int pos0, int n, const int* pos_dev) {
                    : (pos0 + n - 1) / KV_BLOCK_TOKENS - pos0 / KV_BLOCK_TOKENS + 1;
 }
 
-int pca_splits(int blocks, int max_len, int n_sm) {
-    // Blocks of four warps, each warp its own 32-token blocks (their codes
-    // staged ahead): four blocks per multiprocessor, so that a split holds
-    // enough blocks to pay for its setup (measured best of 1, 2, 4 and 8).
-    const int target = 4 * n_sm;
+int pca_splits(int blocks, int max_len, int n_sm, int hd) {
+    // Each warp takes its own 32-token blocks (their codes staged ahead):
+    // 16 warps per multiprocessor, so that a split holds enough blocks to pay
+    // for its setup (with blocks of four warps, four blocks per
+    // multiprocessor measured best of 1, 2, 4 and 8). Blocks of eight warps
+    // share one setup between twice the warps, and the merge has half the
+    // entries.
+    const int target = kWarpsPerSM / span_warps(hd) * n_sm;
     if (blocks >= target) return 1;
     return std::max(1, std::min((target + blocks - 1) / blocks, max_len / kMinSpan));
 }
@@ -957,7 +964,7 @@ pca_span_args span_args(const cuda_pca& k, const cuda_pca& v, const float* qprep
     a.pos_dev = pos_dev;
     a.n_tok = n_tok;
     a.tpb = tokens_per_block(a.n_rep, n_tok);
-    a.n_split = pca_splits(span_blocks(n_tok, k.n_head_kv, a.n_rep), max_len, n_sm);
+    a.n_split = pca_splits(span_blocks(n_tok, k.n_head_kv, a.n_rep), max_len, n_sm, k.head_dim);
     a.partial = partial;
     return a;
 }
@@ -1201,7 +1208,8 @@ size_t cuda_attention_pca_partial_floats(const cuda_attn_params& p, int n_tok, i
     // 8 to 32 tokens took less than some smaller batches).
     size_t most = 0;
     for (int n = 1; n <= n_tok; ++n) {
-        const int splits = pca_splits(span_blocks(n, p.n_head_kv, p.n_head / p.n_head_kv), max_len, n_sm);
+        const int splits =
+            pca_splits(span_blocks(n, p.n_head_kv, p.n_head / p.n_head_kv), max_len, n_sm, p.head_dim);
         most = std::max(most, (size_t)n * (splits + 2));  // the sinks' entry and the window's
     }
     return most * p.n_head * (p.head_dim + 2);
