@@ -336,13 +336,23 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
     __syncthreads();
     if (vrot) fwht_shared(o, 1, hd, hd, vrot, nullptr, vsigns);
     // With basis_t: x = mean + P^T o with the value stream's basis of this
-    // row's kv head; row d of P^T is column d of P. With qs (hd a multiple of
-    // 32, at most the block's threads): the token's q16 codes too, a warp per
-    // 32-element block of the row.
+    // row's kv head; row d of P^T is column d of P. S threads per element
+    // (neighbouring lanes; the block has at least hd threads), each a slice of
+    // the row loaded at once, their sums added by shuffles. With qs (hd a
+    // multiple of 32, at most the block's threads): the token's q16 codes
+    // too, a warp per 32-element block of the row.
     const size_t kvh = (row % n_head) / n_rep;
+    if (basis_t) {
+        int S = 1;
+        while (S < 32 && 2 * S * hd <= (int)blockDim.x && hd % (8 * S) == 0) S *= 2;
+        const int d = threadIdx.x / S, seg = hd / S, k = threadIdx.x % S;
+        float x = d < hd ? row_dot<false>(basis_t + (kvh * hd + d) * hd + k * seg, o + k * seg, seg, 0.0f) : 0.0f;
+        for (int off = S / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+        if (d < hd && k == 0) part[d] = x + mean[kvh * hd + d];  // part is free again
+        __syncthreads();
+    }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        const float x = basis_t ? row_dot<false>(basis_t + (kvh * hd + d) * hd, o, hd, mean[kvh * hd + d])
-                                : o[d];
+        const float x = basis_t ? part[d] : o[d];
         out[row * hd + d] = x;
         if (qs)
             q16_block(x, threadIdx.x % 32, row / n_head, ((row % n_head) * hd + d) / 32,
