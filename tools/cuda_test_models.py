@@ -62,9 +62,16 @@ MODELS = {
 }
 
 
+def flag_value(flag: str) -> str | None:
+    """The argument after `flag` on the command line, or None."""
+    if flag in sys.argv and sys.argv.index(flag) + 1 < len(sys.argv):
+        return sys.argv[sys.argv.index(flag) + 1]
+    return None
+
+
 def tokenizer_dir(tmp: Path) -> Path:
-    if "--tokenizer" in sys.argv:
-        return Path(sys.argv[sys.argv.index("--tokenizer") + 1])
+    if flag_value("--tokenizer"):
+        return Path(flag_value("--tokenizer"))
     from conftest import smollm2_path
     from test_convert import write_smollm2_tokenizer
 
@@ -78,8 +85,6 @@ def convert(folder: Path, out: Path, outtype: str) -> None:
                     "--outtype", outtype, "--force", "-q"], check=True)
     print(out.name, out.stat().st_size)
 
-
-WEIGHT_TYPES = ("f32", "f16", "bf16", "q4_0", "q4_1", "q8_0")  # python -m kvrt convert --outtype
 
 BENCH_SHAPES = {
     "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -116,16 +121,16 @@ def make_bench_model(shape: str, out: Path, tok: Path, tmp: Path, types: list[st
 
 def main() -> None:
     sys.path.insert(0, str(REPO / "tests"))
-    shape = "1b"
-    if "--bench" in sys.argv and sys.argv.index("--bench") + 1 < len(sys.argv):
-        shape = sys.argv[sys.argv.index("--bench") + 1]
-        shape = shape if shape in BENCH_SHAPES else "1b"
+    shape = flag_value("--bench")  # else the output folder follows --bench
+    shape = shape if shape in BENCH_SHAPES else "1b"
     types = ["q4_0"]
-    if "--weights" in sys.argv and sys.argv.index("--weights") + 1 < len(sys.argv):
-        types = sys.argv[sys.argv.index("--weights") + 1].split(",")
-        bad = [t for t in types if t not in WEIGHT_TYPES]
+    if flag_value("--weights"):
+        from kvrt.convert import OUTTYPES  # python -m kvrt convert --outtype
+
+        types = flag_value("--weights").split(",")
+        bad = [t for t in types if t not in OUTTYPES]
         if bad:
-            sys.exit(f"error: --weights: unknown type {bad[0]!r} (known: {', '.join(WEIGHT_TYPES)})")
+            sys.exit(f"error: --weights: unknown type {bad[0]!r} (known: {', '.join(OUTTYPES)})")
     args = [a for i, a in enumerate(sys.argv[1:], 1)
             if not a.startswith("--") and sys.argv[i - 1] not in ("--tokenizer", "--weights")
             and not (sys.argv[i - 1] == "--bench" and a in BENCH_SHAPES)]
