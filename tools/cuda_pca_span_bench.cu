@@ -57,8 +57,7 @@ void run(const char* name, int n_head, int n_head_kv, int hd, int len, int n_lay
         L.k = std::make_unique<cuda_pca_stream>(hk, len);
         L.v = std::make_unique<cuda_pca_stream>(hv, len);
         for (const cuda_pca_stream* s : {L.k.get(), L.v.get()}) {
-            const size_t n = s->code_bytes() + s->scale_bytes() + s->sink_bytes();
-            junk.resize(n);
+            junk.resize(s->code_bytes() + s->scale_bytes());
             for (auto& b : junk) b = (uint8_t)(rng() & 0x7f);  // scales below 2^4
             cuda_pca p = s->view().pca;
             KVRT_CUDA_CHECK(cudaMemcpy(p.codes, junk.data(), s->code_bytes(), cudaMemcpyHostToDevice));
