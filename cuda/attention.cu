@@ -30,6 +30,9 @@ constexpr int kRows = 4;        // query heads of one kv head per block
 constexpr int kMergeThreads = 256;      // a merge block's threads, ...
 constexpr int kMergeThreadsMax = 512;   // ... or, for many entries (decode), up to these
 constexpr int kMergeLoads = 8;          // entries a merge thread has in flight
+constexpr int kMergeRowEntries = 8;     // the rows merge: at most these entries a row, ...
+constexpr int kMergeRowMinTok = 16;     // ... from these tokens on (prefill)
+constexpr int kMergeRowSet = 16;        // rows a thread un-rotates at once
 constexpr int kSplitTarget = 4;  // span blocks per multiprocessor that splitting aims at
 
 __device__ inline float h2f_at(const uint8_t* p) {
@@ -287,13 +290,23 @@ __global__ void __launch_bounds__(kThreads) attn_span_kernel(span_args a) {
     }
 }
 
+// Lanes per output element of the un-rotation x = mean + P^T o in a block
+// of n threads: the most (up to 32, a power of two) that leave two rows'
+// worth of elements per block and split the row into slices of 8.
+__host__ __device__ inline int merge_lanes(int hd, int n) {
+    int S = 1;
+    while (S < 32 && 2 * S * hd <= n && hd % (8 * S) == 0) S *= 2;
+    return S;
+}
+
 __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot,
                                   const float* basis_t, const float* mean, int n_head, int n_rep,
                                   float* out, int16_t* qs, int2* ds, const float* vsigns) {
     pdl_begin();
     const size_t row = blockIdx.x;  // t * n_head + h
     const float* first = partial + row * n_split * (hd + 2);
-    __shared__ float o[kMaxHeadDim], part[kMergeThreadsMax];
+    __shared__ __align__(16) float o[kMaxHeadDim];
+    __shared__ float part[kMergeThreadsMax];
     __shared__ float red[32];
     extern __shared__ float wsp[];  // [n_split] weight of each span
     // The spans' maximum and weights exp(m - max) by all threads at once (the
@@ -343,8 +356,7 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
     // too, a warp per 32-element block of the row.
     const size_t kvh = (row % n_head) / n_rep;
     if (basis_t) {
-        int S = 1;
-        while (S < 32 && 2 * S * hd <= (int)blockDim.x && hd % (8 * S) == 0) S *= 2;
+        const int S = merge_lanes(hd, blockDim.x);
         const int d = threadIdx.x / S, seg = hd / S, k = threadIdx.x % S;
         float x = d < hd ? row_dot<false>(basis_t + (kvh * hd + d) * hd + k * seg, o + k * seg, seg, 0.0f) : 0.0f;
         for (int off = S / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
@@ -357,6 +369,74 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
         if (qs)
             q16_block(x, threadIdx.x % 32, row / n_head, ((row % n_head) * hd + d) / 32,
                       (int64_t)n_head * hd, qs, ds);
+    }
+}
+
+// attn_merge_kernel's sums for the rows of a pca prefill (a few entries a
+// row, the value basis, no Hadamard): a block of kMergeThreads takes up to
+// 16 or 32 rows of one kv head (kv_row_block), so each row of P^T is read
+// once for all of them. Every sum in attn_merge_kernel's order, which a
+// block of kMergeThreads threads takes for these entries, so the results
+// are the same bits.
+__global__ void __launch_bounds__(kMergeThreads)
+    attn_merge_rows_kernel(const float* partial, int n_entries, int hd, int n_tok, const float* basis_t,
+                           const float* mean, int n_head, int n_rep, float* out, int16_t* qs, int2* ds) {
+    pdl_begin();
+    constexpr int kMaxRows = 2 * kMergeRowSet;
+    __shared__ __align__(16) float o[kMaxRows * kMaxHeadDim / 2];
+    __shared__ float wsp[kMaxRows][kMergeRowEntries], lsum[kMaxRows];
+    const int S = merge_lanes(hd, kMergeThreads), n_sets = kMergeThreads / (S * hd);
+    const kv_rows rows = kv_row_block(blockIdx.x, n_tok, n_rep, n_sets * kMergeRowSet);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    // A warp per row: the entries' maximum, weights and sum of weights.
+    for (int j = warp; j < rows.n; j += kMergeThreads / 32) {
+        const float* p = partial + (size_t)kv_row(rows, j, n_head, n_rep) * n_entries * (hd + 2) + lane * (hd + 2);
+        const float p0 = lane < n_entries ? p[0] : -INFINITY, p1 = lane < n_entries ? p[1] : 0.0f;
+        const float m = warp_max(p0);
+        const float w = p1 == 0.0f ? 0.0f : expf(p0 - m);
+        if (lane < n_entries) wsp[j][lane] = w;
+        const float l = warp_sum(w * p1);
+        if (lane == 0) lsum[j] = l;
+    }
+    __syncthreads();
+    // o = (sum_g sum_(e = g mod G) w_e o_e) / l, G groups as the one-row merge has.
+    const int G = max(1, kMergeThreads / hd);
+    for (int i = threadIdx.x; i < n_sets * kMergeRowSet * hd; i += kMergeThreads) {
+        const int j = i / hd, d = i % hd;
+        float x = 0.0f;
+        if (j < rows.n) {
+            const float* p = partial + (size_t)kv_row(rows, j, n_head, n_rep) * n_entries * (hd + 2) + 2 + d;
+            float s = 0.0f;
+            for (int g = 0; g < G; ++g) {
+                float sg = 0.0f;
+                for (int e = g; e < n_entries; e += G)
+                    if (wsp[j][e] != 0.0f) sg += wsp[j][e] * p[e * (hd + 2)];
+                s += sg;
+            }
+            x = s / lsum[j];
+        }
+        o[i] = x;
+    }
+    __syncthreads();
+    // Each set of S * hd threads un-rotates kMergeRowSet rows, S lanes per
+    // element, their slices' sums added by shuffles.
+    const int set = threadIdx.x / (S * hd), d = threadIdx.x % (S * hd) / S, k = threadIdx.x % S, seg = hd / S;
+    float acc[kMergeRowSet];
+    for (int r = 0; r < kMergeRowSet; ++r) acc[r] = 0.0f;
+    const size_t kvh = rows.kvh;
+    if (set < n_sets)
+        rows_dot<false, kMergeRowSet>(basis_t + (kvh * hd + d) * hd + k * seg, o + set * kMergeRowSet * hd + k * seg,
+                                      hd, seg, acc);
+    for (int r = 0; r < kMergeRowSet; ++r)
+        for (int off = S / 2; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+    __syncthreads();  // o read
+    if (set < n_sets && k == 0)
+        for (int r = 0; r < kMergeRowSet; ++r) o[(set * kMergeRowSet + r) * hd + d] = acc[r] + mean[kvh * hd + d];
+    __syncthreads();
+    for (int i = threadIdx.x; i < rows.n * hd; i += kMergeThreads) {
+        const int row = kv_row(rows, i / hd, n_head, n_rep), d = i % hd;
+        out[(size_t)row * hd + d] = o[i];
+        if (qs) q16_block(o[i], lane, row / n_head, ((row % n_head) * hd + d) / 32, (int64_t)n_head * hd, qs, ds);
     }
 }
 
@@ -725,6 +805,15 @@ void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int h
     // enough groups that each has about that many (a decode step's splits
     // over a long context), at least kMergeThreads threads; whole warps (the
     // kernel's sums are warp-wide, and head_dim 8 or 16 makes odd counts).
+    const int n_tok = n_rows / n_head;
+    if (basis_t && !vrot && n_entries <= kMergeRowEntries && n_tok >= kMergeRowMinTok) {
+        const int sets = kMergeThreads / (merge_lanes(hd, kMergeThreads) * hd);
+        launch_pdl(attn_merge_rows_kernel, kv_row_blocks(n_tok, n_head / n_rep, n_rep, sets * kMergeRowSet),
+                   kMergeThreads, 0, s, partial, n_entries, hd, n_tok, basis_t, mean, n_head, n_rep, out,
+                   act ? q16_codes(act) : nullptr, act ? q16_scales(act, n_tok, cols) : nullptr);
+        KVRT_CUDA_CHECK(cudaGetLastError());
+        return;
+    }
     const int groups = (n_entries + kMergeLoads - 1) / kMergeLoads;
     const int threads = std::max(kMergeThreads, std::min(kMergeThreadsMax, (groups * hd + 31) / 32 * 32));
     launch_pdl(attn_merge_kernel, n_rows, threads, n_entries * sizeof(float), s, partial, n_entries,

@@ -334,13 +334,14 @@ inline auto q16_scales(V* act, int64_t n_tok, int64_t cols) {
     return reinterpret_cast<D*>(q16_codes(act) + (size_t)n_tok * q16_stride(cols));
 }
 
-// acc + sum_i row[i] v[i], i = 0 .. n-1 in order (n a multiple of 4, row
-// 16-byte aligned). The row's loads are issued 64 floats at a time, so a
-// thread waits on memory once per 64 rather than once per element.
-// kRounded: every product and sum rounded apart (no FMA), as the CPU
-// encoder sums.
-template <bool kRounded>
-__device__ inline float row_dot(const float* row, const float* v, int n, float acc) {
+// acc[r] + sum_i row[i] v[r * stride + i] for rows r < R, i = 0 .. n-1 in
+// order (n and stride multiples of 4, row and v 16-byte aligned): one pass
+// over row serves R vectors. The row's loads are issued 64 floats at a
+// time, so a thread waits on memory once per 64 rather than once per
+// element. kRounded: every product and sum rounded apart (no FMA), as the
+// CPU encoder sums.
+template <bool kRounded, int R>
+__device__ inline void rows_dot(const float* row, const float* v, int stride, int n, float* acc) {
     const float4* r4 = reinterpret_cast<const float4*>(row);
     const int n4 = n / 4;
     for (int j0 = 0; j0 < n4; j0 += 16) {
@@ -351,14 +352,45 @@ __device__ inline float row_dot(const float* row, const float* v, int n, float a
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
             if (j0 + i >= n4) break;
-            const float* x = v + 4 * (j0 + i);
             const float wi[4] = {w[i].x, w[i].y, w[i].z, w[i].w};
 #pragma unroll
-            for (int k = 0; k < 4; ++k)
-                acc = kRounded ? __fadd_rn(acc, __fmul_rn(x[k], wi[k])) : fmaf(wi[k], x[k], acc);
+            for (int r = 0; r < R; ++r) {
+                const float4 x4 = reinterpret_cast<const float4*>(v + (size_t)r * stride)[j0 + i];
+                const float x[4] = {x4.x, x4.y, x4.z, x4.w};
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                    acc[r] = kRounded ? __fadd_rn(acc[r], __fmul_rn(x[k], wi[k])) : fmaf(wi[k], x[k], acc[r]);
+            }
         }
     }
+}
+
+// rows_dot of one vector.
+template <bool kRounded>
+__device__ inline float row_dot(const float* row, const float* v, int n, float acc) {
+    rows_dot<kRounded, 1>(row, v, 0, n, &acc);
     return acc;
+}
+
+// The rows t * n_head + h of n_tok tokens, grouped by kv head (h / n_rep)
+// and taken R at a time: block b holds rows first .. first + n - 1 of kv
+// head kvh, where row i of a kv head is token i / n_rep, head kvh * n_rep +
+// i % n_rep. Blocks that read a kv head's data once for R rows.
+struct kv_rows {
+    int kvh, first, n;
+};
+__host__ __device__ inline int kv_row_blocks(int n_tok, int n_head_kv, int n_rep, int R) {
+    return n_head_kv * ((n_tok * n_rep + R - 1) / R);
+}
+__host__ __device__ inline kv_rows kv_row_block(int b, int n_tok, int n_rep, int R) {
+    const int per = n_tok * n_rep, bpk = (per + R - 1) / R;
+    const int first = b % bpk * R;
+    return kv_rows{b / bpk, first, per - first < R ? per - first : R};
+}
+// Row j of block rows (j < rows.n), as t * n_head + h.
+__host__ __device__ inline int kv_row(const kv_rows& rows, int j, int n_head, int n_rep) {
+    const int i = rows.first + j;
+    return i / n_rep * n_head + rows.kvh * n_rep + i % n_rep;
 }
 
 // ---- kv_pca.cu ----

@@ -168,7 +168,8 @@ __device__ void store_pca_block(const cuda_pca& p, int pos0, const int* pos_dev,
     const int p0 = max(base, blk * KV_BLOCK_TOKENS);
     const int p1 = min(base + n, (blk + 1) * KV_BLOCK_TOKENS);
     if (p0 >= p1) return;
-    __shared__ float xs[kMaxDim], ms[kMaxDim];
+    __shared__ __align__(16) float xs[kMaxDim];
+    __shared__ float ms[kMaxDim];
     __shared__ uint8_t codes[KV_BLOCK_TOKENS][kMaxDim];
     __shared__ double red[kMaxDim / 32];
     __shared__ float wred[kMaxDim / 32];
@@ -242,51 +243,89 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
 // Per query row (t * n_head + h): qy = P_k (q * scale) [hd], the kept key
 // channels' weights w_i = qy_c step_c [hd], the rope-mean coefficients
 // A_i, B_i of the scaled query [hd], K = sum_kept qy_c lo_c. q turned by
-// rope as it is read, token t at position base + t.
-__device__ void pca_query_row(const cuda_pca& k, const float* q, int n_head, int n_rep, float scale,
-                              float* qprep, int row, int base, const pca_rope& rope) {
-    const int h = row % n_head, kvh = h / n_rep;
-    const int hd = k.head_dim, c = threadIdx.x;
-    __shared__ float qs[kMaxDim], ys[kMaxDim], red[kMaxDim / 32];
-    qs[c] = rope_at(q + (size_t)row * hd, c, base + row / n_head, rope) * scale;
+// rope as it is read, token t at position base + t. The R rows of one kv
+// head in rows (R > 1 for prefill) share one read of each row of P_k.
+template <int R>
+__device__ void pca_query_rows(const cuda_pca& k, const float* q, int n_head, int n_rep, float scale,
+                               float* qprep, const kv_rows& rows, int base, const pca_rope& rope) {
+    const int kvh = rows.kvh, hd = k.head_dim, c = threadIdx.x;
+    __shared__ __align__(16) float qs[R][kMaxDim];
+    __shared__ float ys[R][kMaxDim], red[R][kMaxDim / 32];
+    for (int j = 0; j < R; ++j) {
+        const int row = j < rows.n ? kv_row(rows, j, n_head, n_rep) : 0;
+        qs[j][c] = j < rows.n ? rope_at(q + (size_t)row * hd, c, base + row / n_head, rope) * scale : 0.0f;
+    }
     __syncthreads();
-    const float y = row_dot<false>(k.basis + ((size_t)kvh * hd + c) * hd, qs, hd, 0.0f);
-    ys[c] = y;
-    float* out = qprep + (size_t)row * (3 * hd + kQStride);
-    out[c] = y;
-    __syncthreads();
+    float y[R];
+    for (int j = 0; j < R; ++j) y[j] = 0.0f;
+    rows_dot<false, R>(k.basis + ((size_t)kvh * hd + c) * hd, &qs[0][0], kMaxDim, hd, y);
     const int* info = k.head + 4 * kvh;
-    float part = 0.0f;
-    if (c < info[0]) {
-        const int kc = k.keep[(size_t)kvh * hd + c];
-        out[hd + c] = ys[kc] * k.step[(size_t)kvh * hd + kc];
-        part = ys[kc] * k.lo[(size_t)kvh * hd + kc];
+    const int kc = k.keep[(size_t)kvh * hd + c];
+    const float step = k.step[(size_t)kvh * hd + kc], lo = k.lo[(size_t)kvh * hd + kc];
+    const float* pr = k.pairs + ((size_t)kvh * (hd / 2) + c) * 5;
+    for (int j = 0; j < R; ++j) {
+        if (j >= rows.n) break;
+        ys[j][c] = y[j];
+        qprep[(size_t)kv_row(rows, j, n_head, n_rep) * (3 * hd + kQStride) + c] = y[j];
     }
-    if (c < info[2]) {
-        const float* pr = k.pairs + ((size_t)kvh * (hd / 2) + c) * 5;
-        const int a = (int)pr[0], b = (int)pr[1];
-        out[2 * hd + 2 * c] = qs[a] * pr[2] + qs[b] * pr[3];      // with cos
-        out[2 * hd + 2 * c + 1] = qs[b] * pr[2] - qs[a] * pr[3];  // with sin
-    }
-    part = warp_sum(part);
-    if (c % 32 == 0) red[c / 32] = part;
     __syncthreads();
-    if (c == 0) {
+    for (int j = 0; j < R; ++j) {
+        if (j >= rows.n) break;
+        float* out = qprep + (size_t)kv_row(rows, j, n_head, n_rep) * (3 * hd + kQStride);
+        float part = 0.0f;
+        if (c < info[0]) {
+            out[hd + c] = ys[j][kc] * step;
+            part = ys[j][kc] * lo;
+        }
+        if (c < info[2]) {
+            const int a = (int)pr[0], b = (int)pr[1];
+            out[2 * hd + 2 * c] = qs[j][a] * pr[2] + qs[j][b] * pr[3];      // with cos
+            out[2 * hd + 2 * c + 1] = qs[j][b] * pr[2] - qs[j][a] * pr[3];  // with sin
+        }
+        part = warp_sum(part);
+        if (c % 32 == 0) red[j][c / 32] = part;
+    }
+    __syncthreads();
+    if (c < rows.n) {
         float K = 0.0f;
-        for (int w = 0; w < hd / 32; ++w) K += red[w];
-        out[3 * hd] = K;
+        for (int w = 0; w < hd / 32; ++w) K += red[c][w];
+        qprep[(size_t)kv_row(rows, c, n_head, n_rep) * (3 * hd + kQStride) + 3 * hd] = K;
     }
 }
 
-__global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_head,
+// Query rows per block: 8 rows of a kv head from kQueryMinTok tokens on
+// (prefill), one row per block below (decode, where blocks are few).
+constexpr int kQueryRows = 8;
+constexpr int kQueryMinTok = 16;
+__host__ __device__ inline int query_rows(int n_tok) { return n_tok >= kQueryMinTok ? kQueryRows : 1; }
+
+// Block b's query rows of n_tok tokens (R of them per block).
+template <int R>
+__device__ void pca_query_block(const cuda_pca& k, const float* q, int n_tok, int n_head, int n_rep, float scale,
+                                float* qprep, int b, int base, const pca_rope& rope) {
+    pca_query_rows<R>(k, q, n_head, n_rep, scale, qprep, kv_row_block(b, n_tok, n_rep, R), base, rope);
+}
+
+__device__ void pca_query_any(const cuda_pca& k, const float* q, int n_tok, int n_head, int n_rep, float scale,
+                              float* qprep, int b, int base, const pca_rope& rope) {
+    if (query_rows(n_tok) == 1) pca_query_block<1>(k, q, n_tok, n_head, n_rep, scale, qprep, b, base, rope);
+    else pca_query_block<kQueryRows>(k, q, n_tok, n_head, n_rep, scale, qprep, b, base, rope);
+}
+
+__global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_tok, int n_head,
                                                            int n_rep, float scale, float* qprep,
                                                            int pos0, const int* pos_dev, pca_rope rope) {
-    pca_query_row(k, q, n_head, n_rep, scale, qprep, blockIdx.x, pos0 + (pos_dev ? *pos_dev : 0), rope);
+    pca_query_any(k, q, n_tok, n_head, n_rep, scale, qprep, blockIdx.x, pos0 + (pos_dev ? *pos_dev : 0), rope);
+}
+
+// Blocks that turn n_tok tokens' queries.
+int query_blocks(int n_tok, int n_head_kv, int n_rep) {
+    return kv_row_blocks(n_tok, n_head_kv, n_rep, query_rows(n_tok));
 }
 
 // One launch for a layer's keys and values stored and its queries turned:
-// blocks [0, nb * h) key blocks, then as many value blocks, then a block per
-// query row. Their chains of loads wait on memory side by side.
+// blocks [0, nb * h) key blocks, then as many value blocks, then the query
+// blocks. Their chains of loads wait on memory side by side.
 __global__ void __launch_bounds__(kMaxDim)
     pca_store_query_kernel(cuda_pca k, cuda_pca v, int pos0, const int* pos_dev, int n,
                            const float* xk, const float* xv, int nb, const float* q, int n_head,
@@ -297,7 +336,7 @@ __global__ void __launch_bounds__(kMaxDim)
     if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb, rope);
     b -= n_store;
     if (b < n_store) return store_pca_block(v, pos0, pos_dev, n, xv, b % nb, b / nb);
-    pca_query_row(k, q, n_head, n_rep, scale, qprep, b - n_store, pos0 + (pos_dev ? *pos_dev : 0), rope);
+    pca_query_any(k, q, n, n_head, n_rep, scale, qprep, b - n_store, pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 struct pca_span_args {
@@ -1234,12 +1273,13 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     if (xk) {
         window_begin(k.pca, v.pca, 2, pos0, n_tok, pos_dev, s);
         const int nb = store_blocks(pos0, n_tok, pos_dev);
-        launch_pdl(pca_store_query_kernel, 2 * nb * n_head_kv + n_tok * n_head, hd, 0, s, k.pca, v.pca, pos0,
+        launch_pdl(pca_store_query_kernel, 2 * nb * n_head_kv + query_blocks(n_tok, n_head_kv, n_rep), hd, 0, s,
+                   k.pca, v.pca, pos0,
                    pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
     } else {
         if (rope) throw error("CUDA pca attention: keys stored already were turned already");
-        pca_query_kernel<<<n_tok * n_head, hd, 0, s>>>(k.pca, q, n_head, n_rep, scale, qprep, pos0,
-                                                      pos_dev, pr);
+        pca_query_kernel<<<query_blocks(n_tok, n_head_kv, n_rep), hd, 0, s>>>(k.pca, q, n_tok, n_head, n_rep,
+                                                                             scale, qprep, pos0, pos_dev, pr);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     const pca_span_args a = span_args(k.pca, v.pca, qprep, n_head, sliding_window, pos0, pos_dev, n_tok,

@@ -344,7 +344,8 @@ PCA_ATTN_CASES = ATTN_CASES[:1] + [(1, 3, 0)] + ATTN_CASES[1:]  # (1, 3): sinks 
 
 @cuda_test
 @pytest.mark.parametrize("heads", [(8, 2), (6, 2), (2, 2)])  # 4, 3 and 1 query heads per kv head
-@pytest.mark.parametrize("head_dim", [64, 128])
+# 32: the merge un-rotates with four lanes per element; 256: one set of rows per block
+@pytest.mark.parametrize("head_dim", [32, 64, 128, 256])
 @pytest.mark.parametrize("case", PCA_ATTN_CASES)
 def test_attention_pca(heads, head_dim, case):
     n_tok, length, sw = case
