@@ -37,16 +37,44 @@ void cublas_check(cublasStatus_t s, const char* what);
 // A decode step is a chain of small kernels, each waiting on the one before.
 // Launched with launch_pdl, a kernel's blocks may be scheduled while the one
 // before still runs; pdl_begin, every such kernel's first statement (before
-// any return), holds each thread until the kernel before has completed and
+// any return; only index arithmetic and prefetch_l2 of constant data come
+// before it), holds each thread until the kernel before has completed and
 // its writes are visible, then lets the next kernel be scheduled. So only
-// the launch and the blocks' scheduling overlap, never the work. Without
-// the attribute (older GPUs, $KVRT_CUDA_PDL=0) both are no-ops.
+// the launch, the blocks' scheduling and their weights' prefetch overlap,
+// never the work. Without the attribute (older GPUs, $KVRT_CUDA_PDL=0) both
+// are no-ops.
 __device__ inline void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+
+// Asks the L2 for bytes [p, p + n) and returns at once (Hopper's bulk
+// prefetch, 64 KB a request; whole 16-byte pieces around the range, which
+// stay inside the allocation's 256-byte granules). Code before pdl_begin may
+// use it for data that no kernel before writes: the blocks of a kernel are
+// resident while the kernel before still runs, and its memory traffic then
+// overlaps that kernel's.
+__device__ inline void prefetch_l2(const void* p, size_t n) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    constexpr uintptr_t kChunk = 64 * 1024;
+    uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(15);
+    const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n + 15) & ~uintptr_t(15);
+#pragma unroll 1
+    for (; a < e; a += kChunk) {
+        const uint32_t len = (uint32_t)(e - a < kChunk ? e - a : kChunk);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(len) : "memory");
+    }
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+// Whether kernels prefetch their weights into the L2 before waiting on the
+// kernel before ($KVRT_CUDA_PREFETCH=0 turns it off; asked once per process).
+bool cuda_prefetch_enabled();
 
 // Whether launch_pdl asks for the overlap (on streams other than the legacy
 // default stream): the current device is 9.0 or newer and $KVRT_CUDA_PDL is

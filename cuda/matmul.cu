@@ -39,6 +39,14 @@ bool cuda_pdl_enabled() {
     return on;
 }
 
+bool cuda_prefetch_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("KVRT_CUDA_PREFETCH");
+        return !(e && std::string(e) == "0");
+    }();
+    return on;
+}
+
 #if defined(KVRT_CUBLAS)
 void cublas_check(cublasStatus_t s, const char* what) {
     if (s != CUBLAS_STATUS_SUCCESS)
@@ -288,8 +296,7 @@ __device__ inline void act_block(const int16_t* aq, const int2* ad, int tok, int
 // in shared memory.
 template <int T, bool Q16, int NT, int KS, int R = kMvRows, int U = kMvAhead>
 __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
-        mv_set set, int64_t cols, const int16_t* aq, const int2* ad, const float* x, int n, int add) {
-    pdl_begin();
+        mv_set set, int64_t cols, const int16_t* aq, const int2* ad, const float* x, int n, int add, int pf) {
     static_assert(KS == 1 || KS == kMvWarps, "KS: 1 or kMvWarps");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int kw = KS == 1 ? 0 : warp;  // the warp's share of the blocks
@@ -307,12 +314,23 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
         }
     }
     const int64_t rows = tg.rows;
+    const int64_t nb = cols / 32, stride = q16_stride(cols);
+    const plane_ptrs p = plane_ptrs_of((ggml_type)T, tg.w, rows * nb);
+    if (pf && threadIdx.x == 0 && blockIdx.y == 0) {
+        // The block's rows of every plane, fetched while the kernel before runs.
+        constexpr weight_planes wp = planes_of((ggml_type)T);
+        const int64_t ra = bx * (R * kMvWarps / KS), rn = min((int64_t)(R * kMvWarps / KS), rows - ra);
+        if (rn > 0) {
+            prefetch_l2(p.qs + ra * nb * wp.qs, (size_t)(rn * nb * wp.qs));
+            if (wp.qh) prefetch_l2(p.qh + ra * nb * wp.qh, (size_t)(rn * nb * wp.qh));
+            prefetch_l2(p.sc + ra * nb * wp.sc, (size_t)(rn * nb * wp.sc));
+        }
+    }
+    pdl_begin();
     const int64_t r0 = (bx * (kMvWarps / KS) + (KS == 1 ? warp : 0)) * R;
     if (r0 >= rows) return;
     const int t0 = blockIdx.y * NT;
     const int nt = min(NT, n - t0);
-    const int64_t nb = cols / 32, stride = q16_stride(cols);
-    const plane_ptrs p = plane_ptrs_of((ggml_type)T, tg.w, rows * nb);
     int64_t rb[R];
 #pragma unroll
     for (int i = 0; i < R; ++i) rb[i] = min(r0 + i, rows - 1) * nb;
@@ -624,7 +642,8 @@ void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n
     with_block_type(type, [&](auto T) {
         constexpr int t = T();
         const dim3 block(32 * kMvWarps);
-#define KVRT_MVB(Q16, NT, ...) launch_pdl(matvec_blocks_kernel<t, Q16, NT, __VA_ARGS__>, grid, block, 0, s, set, cols, aq, ad, x, n, (int)add)
+        const int pf = cuda_prefetch_enabled() ? 1 : 0;
+#define KVRT_MVB(Q16, NT, ...) launch_pdl(matvec_blocks_kernel<t, Q16, NT, __VA_ARGS__>, grid, block, 0, s, set, cols, aq, ad, x, n, (int)add, pf)
         if (split && act) KVRT_MVB(true, 1, kMvWarps, RD, 1);
         else if (split) KVRT_MVB(false, 1, kMvWarps, RD, 1);
         else if (act && n == 1) KVRT_MVB(true, 1, 1, RD, kMvDecodeAhead);

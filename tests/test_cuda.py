@@ -552,21 +552,23 @@ np.save(sys.argv[3], np.stack([m.eval([t]) for t in ids[300:330]]))
 
 
 @cuda_test
+@pytest.mark.parametrize("switch", ["KVRT_CUDA_PDL", "KVRT_CUDA_PREFETCH"])
 @pytest.mark.parametrize("kv", ["f16", "q8_0"])
 @pytest.mark.parametrize("path", MODELS[:1], ids=[p.stem for p in MODELS[:1]])
-def test_decode_overlapped_launches_match_plain(path, kv, tmp_path):
+def test_decode_overlapped_launches_match_plain(path, kv, switch, tmp_path):
     """Kernels launched to overlap the one before (programmatic dependent launch, on by default
-    on compute capability 9.0+) give the logits of plain launches ($KVRT_CUDA_PDL=0), bit for bit:
-    only the launches overlap, not the work."""
+    on compute capability 9.0+), and the weights they fetch into the L2 while it runs, give the
+    logits of plain launches ($KVRT_CUDA_PDL=0) and of no prefetch ($KVRT_CUDA_PREFETCH=0), bit
+    for bit: only the launches and the reads overlap, not the work."""
     ids = text_tokens(kvrt.Model(path, n_ctx=1024), 330)
     np.save(tmp_path / "ids.npy", np.asarray(ids, np.int64))
     out = {}
-    for pdl in ("1", "0"):
-        env = dict(os.environ, KVRT_CUDA_PDL=pdl)
-        dst = tmp_path / f"logits{pdl}.npy"
+    for on in ("1", "0"):
+        env = dict(os.environ, **{switch: on})
+        dst = tmp_path / f"logits{on}.npy"
         args = [str(path), str(tmp_path / "ids.npy"), str(dst), kv]
         subprocess.run([sys.executable, "-c", DECODE_LOGITS, *args], env=env, check=True, timeout=300)
-        out[pdl] = np.load(dst)
+        out[on] = np.load(dst)
     assert out["1"].shape[0] == 30 and np.all(np.isfinite(out["1"]))
     assert np.array_equal(out["1"], out["0"])
 
