@@ -51,12 +51,13 @@ __device__ inline void pdl_begin() {
 }
 
 // Asks the L2 for bytes [p, p + n) and returns at once (Hopper's bulk
-// prefetch, 64 KB a request; whole 16-byte pieces around the range, which
+// prefetch, 64 KB a request; a call, so that its loop leaves the caller's
+// scheduling as it was; whole 16-byte pieces around the range, which
 // stay inside the allocation's 256-byte granules). Code before pdl_begin may
 // use it for data that no kernel before writes: the blocks of a kernel are
 // resident while the kernel before still runs, and its memory traffic then
 // overlaps that kernel's.
-__device__ inline void prefetch_l2(const void* p, size_t n) {
+static __device__ __noinline__ void prefetch_l2(const void* p, size_t n) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     constexpr uintptr_t kChunk = 64 * 1024;
     uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(15);
@@ -64,7 +65,7 @@ __device__ inline void prefetch_l2(const void* p, size_t n) {
 #pragma unroll 1
     for (; a < e; a += kChunk) {
         const uint32_t len = (uint32_t)(e - a < kChunk ? e - a : kChunk);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(len) : "memory");
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(len));
     }
 #else
     (void)p;

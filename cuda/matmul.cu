@@ -316,8 +316,10 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
     const int64_t rows = tg.rows;
     const int64_t nb = cols / 32, stride = q16_stride(cols);
     const plane_ptrs p = plane_ptrs_of((ggml_type)T, tg.w, rows * nb);
-    if (pf && threadIdx.x == 0 && blockIdx.y == 0) {
-        // The block's rows of every plane, fetched while the kernel before runs.
+    if (KS == 1 && pf && threadIdx.x == 0 && blockIdx.y == 0) {
+        // The block's rows of every plane, fetched while the kernel before runs
+        // (not where warps split rows: the call's registers would cost those
+        // blocks a place per multiprocessor).
         constexpr weight_planes wp = planes_of((ggml_type)T);
         const int64_t ra = bx * (R * kMvWarps / KS), rn = min((int64_t)(R * kMvWarps / KS), rows - ra);
         if (rn > 0) {
