@@ -306,16 +306,11 @@ __device__ void pca_query_block(const cuda_pca& k, const float* q, int n_tok, in
     pca_query_rows<R>(k, q, n_head, n_rep, scale, qprep, kv_row_block(b, n_tok, n_rep, R), base, rope);
 }
 
-__device__ void pca_query_any(const cuda_pca& k, const float* q, int n_tok, int n_head, int n_rep, float scale,
-                              float* qprep, int b, int base, const pca_rope& rope) {
-    if (query_rows(n_tok) == 1) pca_query_block<1>(k, q, n_tok, n_head, n_rep, scale, qprep, b, base, rope);
-    else pca_query_block<kQueryRows>(k, q, n_tok, n_head, n_rep, scale, qprep, b, base, rope);
-}
-
+template <int R>
 __global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_tok, int n_head,
                                                            int n_rep, float scale, float* qprep,
                                                            int pos0, const int* pos_dev, pca_rope rope) {
-    pca_query_any(k, q, n_tok, n_head, n_rep, scale, qprep, blockIdx.x, pos0 + (pos_dev ? *pos_dev : 0), rope);
+    pca_query_block<R>(k, q, n_tok, n_head, n_rep, scale, qprep, blockIdx.x, pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 // Blocks that turn n_tok tokens' queries.
@@ -325,7 +320,9 @@ int query_blocks(int n_tok, int n_head_kv, int n_rep) {
 
 // One launch for a layer's keys and values stored and its queries turned:
 // blocks [0, nb * h) key blocks, then as many value blocks, then the query
-// blocks. Their chains of loads wait on memory side by side.
+// blocks (R rows each: a decode step's launch keeps the one-row block's
+// shared memory). Their chains of loads wait on memory side by side.
+template <int R>
 __global__ void __launch_bounds__(kMaxDim)
     pca_store_query_kernel(cuda_pca k, cuda_pca v, int pos0, const int* pos_dev, int n,
                            const float* xk, const float* xv, int nb, const float* q, int n_head,
@@ -336,7 +333,7 @@ __global__ void __launch_bounds__(kMaxDim)
     if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb, rope);
     b -= n_store;
     if (b < n_store) return store_pca_block(v, pos0, pos_dev, n, xv, b % nb, b / nb);
-    pca_query_any(k, q, n, n_head, n_rep, scale, qprep, b - n_store, pos0 + (pos_dev ? *pos_dev : 0), rope);
+    pca_query_block<R>(k, q, n, n_head, n_rep, scale, qprep, b - n_store, pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 struct pca_span_args {
@@ -1273,13 +1270,14 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
     if (xk) {
         window_begin(k.pca, v.pca, 2, pos0, n_tok, pos_dev, s);
         const int nb = store_blocks(pos0, n_tok, pos_dev);
-        launch_pdl(pca_store_query_kernel, 2 * nb * n_head_kv + query_blocks(n_tok, n_head_kv, n_rep), hd, 0, s,
-                   k.pca, v.pca, pos0,
-                   pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
+        const int blocks = 2 * nb * n_head_kv + query_blocks(n_tok, n_head_kv, n_rep);
+        launch_pdl(query_rows(n_tok) == 1 ? pca_store_query_kernel<1> : pca_store_query_kernel<kQueryRows>, blocks,
+                   hd, 0, s, k.pca, v.pca, pos0, pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
     } else {
         if (rope) throw error("CUDA pca attention: keys stored already were turned already");
-        pca_query_kernel<<<query_blocks(n_tok, n_head_kv, n_rep), hd, 0, s>>>(k.pca, q, n_tok, n_head, n_rep,
-                                                                             scale, qprep, pos0, pos_dev, pr);
+        (query_rows(n_tok) == 1 ? pca_query_kernel<1> : pca_query_kernel<kQueryRows>)<<<
+            query_blocks(n_tok, n_head_kv, n_rep), hd, 0, s>>>(k.pca, q, n_tok, n_head, n_rep, scale, qprep, pos0,
+                                                               pos_dev, pr);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     const pca_span_args a = span_args(k.pca, v.pca, qprep, n_head, sliding_window, pos0, pos_dev, n_tok,
