@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import TESTDATA, run_cli
@@ -82,3 +85,52 @@ def test_help_lists_options(cli):
         assert flag in r.stdout
     r = run_cli(cli, "--help")
     assert "perplexity" in r.stdout and "bench" in r.stdout
+
+
+# A stand-in llama-bench: tg4 at 100 tokens/s for f16, 50 for q4_0, its calls logged.
+FAKE_LLAMA_BENCH = """#!{python}
+import json, sys
+a = sys.argv[1:]
+with open({log!r}, "a") as f:
+    f.write(" ".join(a) + "\\n")
+kv = a[a.index("-ctk") + 1]
+ts = {{"f16": 100.0, "q4_0": 50.0, "q8_0": 80.0}}[kv]
+print(json.dumps([{{"n_prompt": 0, "n_gen": 4, "n_depth": 0, "avg_ts": ts, "stddev_ts": 0.0}}]))
+"""
+
+
+def test_compare_llamacpp_sets_every_format_against_the_named_caches(cli, model_path, tmp_path):
+    """tools/compare_llamacpp.py: a row per kvrt format and test, its ratio to llama.cpp's same
+    cache where there is one, and one more ratio per --against cache, each llama.cpp cache run
+    once; kvrt's numbers from a real run, llama.cpp's from a stand-in."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "llama-bench"
+    fake.write_text(FAKE_LLAMA_BENCH.format(python=sys.executable, log=str(log)))
+    fake.chmod(0o755)
+    tool = Path(__file__).resolve().parent.parent / "tools" / "compare_llamacpp.py"
+    args = ["--llama-bin", str(tmp_path), "--kvrt-cli", cli, "-m", str(model_path), "-t", "2",
+            "-p", "0", "-n", "4", "-r", "1", "--kv", "f16,rot:4", "--against", "f16,q4_0"]
+    r = subprocess.run(
+        [sys.executable, str(tool), *args], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [
+        line.split("|")[1:-1]
+        for line in r.stdout.splitlines()
+        if line.startswith(("| f16 ", "| rot:4 "))
+    ]
+    assert [c.strip() for c in rows[0][:3]] == ["f16", "23040", "tg4"]
+    assert len(rows) == 2 and all(len(c) == 8 for c in rows)
+    for cells in rows:
+        ours = float(cells[4].split("±")[0])
+        assert cells[6].strip() == f"{ours / 100.0:.2f}"
+        assert cells[7].strip() == f"{ours / 50.0:.2f}"
+    assert rows[0][5].strip() == rows[0][6].strip()  # f16 against llama.cpp's f16 both ways
+    assert rows[1][3].strip() == "—" and rows[1][5].strip() == "—"  # llama.cpp has no rot:4
+    calls = log.read_text().splitlines()
+    assert sorted(c.split("-ctk ")[1].split()[0] for c in calls) == ["f16", "q4_0"]
+    assert all("-ngl" not in c for c in calls)
+    bad = subprocess.run(
+        [sys.executable, str(tool), *args[:-1], "q9"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "no cache 'q9'" in bad.stderr.splitlines()[-1]
