@@ -379,8 +379,9 @@ __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int
 // block of kMergeThreads threads takes for these entries, so the results
 // are the same bits.
 __global__ void __launch_bounds__(kMergeThreads)
-    attn_merge_rows_kernel(const float* partial, int n_entries, int hd, int n_tok, const float* basis_t,
-                           const float* mean, int n_head, int n_rep, float* out, int16_t* qs, int2* ds) {
+    attn_merge_rows_kernel(const float* partial, int n_entries, int hd, int n_tok,
+                           const float* basis_t, const float* mean, int n_head, int n_rep,
+                           float* out, int16_t* qs, int2* ds) {
     pdl_begin();
     constexpr int kMaxRows = 2 * kMergeRowSet;
     __shared__ __align__(16) float o[kMaxRows * kMaxHeadDim / 2];
@@ -390,7 +391,8 @@ __global__ void __launch_bounds__(kMergeThreads)
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // A warp per row: the entries' maximum, weights and sum of weights.
     for (int j = warp; j < rows.n; j += kMergeThreads / 32) {
-        const float* p = partial + (size_t)kv_row(rows, j, n_head, n_rep) * n_entries * (hd + 2) + lane * (hd + 2);
+        const float* p = partial + (size_t)kv_row(rows, j, n_head, n_rep) * n_entries * (hd + 2) +
+                         lane * (hd + 2);
         const float p0 = lane < n_entries ? p[0] : -INFINITY, p1 = lane < n_entries ? p[1] : 0.0f;
         const float m = warp_max(p0);
         const float w = p1 == 0.0f ? 0.0f : expf(p0 - m);
@@ -405,7 +407,8 @@ __global__ void __launch_bounds__(kMergeThreads)
         const int j = i / hd, d = i % hd;
         float x = 0.0f;
         if (j < rows.n) {
-            const float* p = partial + (size_t)kv_row(rows, j, n_head, n_rep) * n_entries * (hd + 2) + 2 + d;
+            const float* p =
+                partial + (size_t)kv_row(rows, j, n_head, n_rep) * n_entries * (hd + 2) + 2 + d;
             float s = 0.0f;
             for (int g = 0; g < G; ++g) {
                 float sg = 0.0f;
@@ -420,23 +423,28 @@ __global__ void __launch_bounds__(kMergeThreads)
     __syncthreads();
     // Each set of S * hd threads un-rotates kMergeRowSet rows, S lanes per
     // element, their slices' sums added by shuffles.
-    const int set = threadIdx.x / (S * hd), d = threadIdx.x % (S * hd) / S, k = threadIdx.x % S, seg = hd / S;
+    const int set = threadIdx.x / (S * hd), d = threadIdx.x % (S * hd) / S, k = threadIdx.x % S,
+              seg = hd / S;
     float acc[kMergeRowSet];
     for (int r = 0; r < kMergeRowSet; ++r) acc[r] = 0.0f;
     const size_t kvh = rows.kvh;
     if (set < n_sets)
-        rows_dot<false, kMergeRowSet>(basis_t + (kvh * hd + d) * hd + k * seg, o + set * kMergeRowSet * hd + k * seg,
-                                      hd, seg, acc);
+        rows_dot<false, kMergeRowSet>(basis_t + (kvh * hd + d) * hd + k * seg,
+                                      o + set * kMergeRowSet * hd + k * seg, hd, seg, acc);
     for (int r = 0; r < kMergeRowSet; ++r)
-        for (int off = S / 2; off > 0; off /= 2) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
+        for (int off = S / 2; off > 0; off /= 2)
+            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
     __syncthreads();  // o read
     if (set < n_sets && k == 0)
-        for (int r = 0; r < kMergeRowSet; ++r) o[(set * kMergeRowSet + r) * hd + d] = acc[r] + mean[kvh * hd + d];
+        for (int r = 0; r < kMergeRowSet; ++r)
+            o[(set * kMergeRowSet + r) * hd + d] = acc[r] + mean[kvh * hd + d];
     __syncthreads();
     for (int i = threadIdx.x; i < rows.n * hd; i += kMergeThreads) {
         const int row = kv_row(rows, i / hd, n_head, n_rep), d = i % hd;
         out[(size_t)row * hd + d] = o[i];
-        if (qs) q16_block(o[i], lane, row / n_head, ((row % n_head) * hd + d) / 32, (int64_t)n_head * hd, qs, ds);
+        if (qs)
+            q16_block(o[i], lane, row / n_head, ((row % n_head) * hd + d) / 32,
+                      (int64_t)n_head * hd, qs, ds);
     }
 }
 
@@ -808,8 +816,9 @@ void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int h
     const int n_tok = n_rows / n_head;
     if (basis_t && !vrot && n_entries <= kMergeRowEntries && n_tok >= kMergeRowMinTok) {
         const int sets = kMergeThreads / (merge_lanes(hd, kMergeThreads) * hd);
-        launch_pdl(attn_merge_rows_kernel, kv_row_blocks(n_tok, n_head / n_rep, n_rep, sets * kMergeRowSet),
-                   kMergeThreads, 0, s, partial, n_entries, hd, n_tok, basis_t, mean, n_head, n_rep, out,
+        launch_pdl(attn_merge_rows_kernel,
+                   kv_row_blocks(n_tok, n_head / n_rep, n_rep, sets * kMergeRowSet), kMergeThreads,
+                   0, s, partial, n_entries, hd, n_tok, basis_t, mean, n_head, n_rep, out,
                    act ? q16_codes(act) : nullptr, act ? q16_scales(act, n_tok, cols) : nullptr);
         KVRT_CUDA_CHECK(cudaGetLastError());
         return;

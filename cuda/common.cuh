@@ -388,7 +388,8 @@ __device__ inline void rows_dot(const float* row, const float* v, int stride, in
                 const float x[4] = {x4.x, x4.y, x4.z, x4.w};
 #pragma unroll
                 for (int k = 0; k < 4; ++k)
-                    acc[r] = kRounded ? __fadd_rn(acc[r], __fmul_rn(x[k], wi[k])) : fmaf(wi[k], x[k], acc[r]);
+                    acc[r] = kRounded ? __fadd_rn(acc[r], __fmul_rn(x[k], wi[k]))
+                                      : fmaf(wi[k], x[k], acc[r]);
             }
         }
     }

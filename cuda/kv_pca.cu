@@ -246,14 +246,16 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
 // rope as it is read, token t at position base + t. The R rows of one kv
 // head in rows (R > 1 for prefill) share one read of each row of P_k.
 template <int R>
-__device__ void pca_query_rows(const cuda_pca& k, const float* q, int n_head, int n_rep, float scale,
-                               float* qprep, const kv_rows& rows, int base, const pca_rope& rope) {
+__device__ void pca_query_rows(const cuda_pca& k, const float* q, int n_head, int n_rep,
+                               float scale, float* qprep, const kv_rows& rows, int base,
+                               const pca_rope& rope) {
     const int kvh = rows.kvh, hd = k.head_dim, c = threadIdx.x;
     __shared__ __align__(16) float qs[R][kMaxDim];
     __shared__ float ys[R][kMaxDim], red[R][kMaxDim / 32];
     for (int j = 0; j < R; ++j) {
         const int row = j < rows.n ? kv_row(rows, j, n_head, n_rep) : 0;
-        qs[j][c] = j < rows.n ? rope_at(q + (size_t)row * hd, c, base + row / n_head, rope) * scale : 0.0f;
+        qs[j][c] =
+            j < rows.n ? rope_at(q + (size_t)row * hd, c, base + row / n_head, rope) * scale : 0.0f;
     }
     __syncthreads();
     float y[R];
@@ -297,20 +299,24 @@ __device__ void pca_query_rows(const cuda_pca& k, const float* q, int n_head, in
 // (prefill), one row per block below (decode, where blocks are few).
 constexpr int kQueryRows = 8;
 constexpr int kQueryMinTok = 16;
-__host__ __device__ inline int query_rows(int n_tok) { return n_tok >= kQueryMinTok ? kQueryRows : 1; }
+__host__ __device__ inline int query_rows(int n_tok) {
+    return n_tok >= kQueryMinTok ? kQueryRows : 1;
+}
 
 // Block b's query rows of n_tok tokens (R of them per block).
 template <int R>
-__device__ void pca_query_block(const cuda_pca& k, const float* q, int n_tok, int n_head, int n_rep, float scale,
-                                float* qprep, int b, int base, const pca_rope& rope) {
-    pca_query_rows<R>(k, q, n_head, n_rep, scale, qprep, kv_row_block(b, n_tok, n_rep, R), base, rope);
+__device__ void pca_query_block(const cuda_pca& k, const float* q, int n_tok, int n_head, int n_rep,
+                                float scale, float* qprep, int b, int base, const pca_rope& rope) {
+    pca_query_rows<R>(k, q, n_head, n_rep, scale, qprep, kv_row_block(b, n_tok, n_rep, R), base,
+                      rope);
 }
 
 template <int R>
-__global__ void __launch_bounds__(kMaxDim) pca_query_kernel(cuda_pca k, const float* q, int n_tok, int n_head,
-                                                           int n_rep, float scale, float* qprep,
-                                                           int pos0, const int* pos_dev, pca_rope rope) {
-    pca_query_block<R>(k, q, n_tok, n_head, n_rep, scale, qprep, blockIdx.x, pos0 + (pos_dev ? *pos_dev : 0), rope);
+__global__ void __launch_bounds__(kMaxDim)
+    pca_query_kernel(cuda_pca k, const float* q, int n_tok, int n_head, int n_rep, float scale,
+                     float* qprep, int pos0, const int* pos_dev, pca_rope rope) {
+    pca_query_block<R>(k, q, n_tok, n_head, n_rep, scale, qprep, blockIdx.x,
+                       pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 // Blocks that turn n_tok tokens' queries.
@@ -333,7 +339,8 @@ __global__ void __launch_bounds__(kMaxDim)
     if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb, rope);
     b -= n_store;
     if (b < n_store) return store_pca_block(v, pos0, pos_dev, n, xv, b % nb, b / nb);
-    pca_query_block<R>(k, q, n, n_head, n_rep, scale, qprep, b - n_store, pos0 + (pos_dev ? *pos_dev : 0), rope);
+    pca_query_block<R>(k, q, n, n_head, n_rep, scale, qprep, b - n_store,
+                       pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 struct pca_span_args {
@@ -1271,13 +1278,16 @@ void cuda_attention_pca(const cuda_kv_stream& k, const cuda_kv_stream& v, const 
         window_begin(k.pca, v.pca, 2, pos0, n_tok, pos_dev, s);
         const int nb = store_blocks(pos0, n_tok, pos_dev);
         const int blocks = 2 * nb * n_head_kv + query_blocks(n_tok, n_head_kv, n_rep);
-        launch_pdl(query_rows(n_tok) == 1 ? pca_store_query_kernel<1> : pca_store_query_kernel<kQueryRows>, blocks,
-                   hd, 0, s, k.pca, v.pca, pos0, pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep, scale, qprep, pr);
+        launch_pdl(
+            query_rows(n_tok) == 1 ? pca_store_query_kernel<1> : pca_store_query_kernel<kQueryRows>,
+            blocks, hd, 0, s, k.pca, v.pca, pos0, pos_dev, n_tok, xk, xv, nb, q, n_head, n_rep,
+            scale, qprep, pr);
     } else {
         if (rope) throw error("CUDA pca attention: keys stored already were turned already");
-        (query_rows(n_tok) == 1 ? pca_query_kernel<1> : pca_query_kernel<kQueryRows>)<<<
-            query_blocks(n_tok, n_head_kv, n_rep), hd, 0, s>>>(k.pca, q, n_tok, n_head, n_rep, scale, qprep, pos0,
-                                                               pos_dev, pr);
+        (query_rows(n_tok) == 1
+             ? pca_query_kernel<1>
+             : pca_query_kernel<kQueryRows>)<<<query_blocks(n_tok, n_head_kv, n_rep), hd, 0, s>>>(
+            k.pca, q, n_tok, n_head, n_rep, scale, qprep, pos0, pos_dev, pr);
     }
     KVRT_CUDA_CHECK(cudaGetLastError());
     const pca_span_args a = span_args(k.pca, v.pca, qprep, n_head, sliding_window, pos0, pos_dev, n_tok,

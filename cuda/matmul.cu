@@ -295,8 +295,9 @@ __device__ inline void act_block(const int16_t* aq, const int2* ad, int tok, int
 // makes enough blocks to keep the memory busy, and the warps' sums are added
 // in shared memory.
 template <int T, bool Q16, int NT, int KS, int R = kMvRows, int U = kMvAhead>
-__global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
-        mv_set set, int64_t cols, const int16_t* aq, const int2* ad, const float* x, int n, int add, int pf) {
+__global__ void __launch_bounds__(32 * kMvWarps)
+    matvec_blocks_kernel(mv_set set, int64_t cols, const int16_t* aq, const int2* ad,
+                         const float* x, int n, int add, int pf) {
     static_assert(KS == 1 || KS == kMvWarps, "KS: 1 or kMvWarps");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int kw = KS == 1 ? 0 : warp;  // the warp's share of the blocks
@@ -321,7 +322,8 @@ __global__ void __launch_bounds__(32 * kMvWarps) matvec_blocks_kernel(
         // (not where warps split rows: the call's registers would cost those
         // blocks a place per multiprocessor).
         constexpr weight_planes wp = planes_of((ggml_type)T);
-        const int64_t ra = bx * (R * kMvWarps / KS), rn = min((int64_t)(R * kMvWarps / KS), rows - ra);
+        const int64_t ra = bx * (R * kMvWarps / KS),
+                      rn = min((int64_t)(R * kMvWarps / KS), rows - ra);
         if (rn > 0) {
             prefetch_l2(p.qs + ra * nb * wp.qs, (size_t)(rn * nb * wp.qs));
             if (wp.qh) prefetch_l2(p.qh + ra * nb * wp.qh, (size_t)(rn * nb * wp.qh));
@@ -645,7 +647,9 @@ void launch_matvec_blocks(ggml_type type, const mv_set& set, int64_t cols, int n
         constexpr int t = T();
         const dim3 block(32 * kMvWarps);
         const int pf = cuda_prefetch_enabled() ? 1 : 0;
-#define KVRT_MVB(Q16, NT, ...) launch_pdl(matvec_blocks_kernel<t, Q16, NT, __VA_ARGS__>, grid, block, 0, s, set, cols, aq, ad, x, n, (int)add, pf)
+#define KVRT_MVB(Q16, NT, ...)                                                                  \
+    launch_pdl(matvec_blocks_kernel<t, Q16, NT, __VA_ARGS__>, grid, block, 0, s, set, cols, aq, \
+               ad, x, n, (int)add, pf)
         if (split && act) KVRT_MVB(true, 1, kMvWarps, RD, 1);
         else if (split) KVRT_MVB(false, 1, kMvWarps, RD, 1);
         else if (act && n == 1) KVRT_MVB(true, 1, 1, RD, kMvDecodeAhead);

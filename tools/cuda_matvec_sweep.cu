@@ -35,8 +35,8 @@ float run(const uint8_t* pool, size_t pool_bytes, int64_t rows, int64_t cols, co
         cudaEventRecord(e0);
         for (int it = 0; it < iters; ++it) {
             set.t[0] = mv_target{pool + (size_t)(it % n_slots) * slot, rows, out};
-            matvec_blocks_kernel<T, true, 1, KS, R, U><<<(unsigned)blocks, 32 * kMvWarps>>>(
-                    set, cols, aq, ad, nullptr, 1, 0, 0);
+            matvec_blocks_kernel<T, true, 1, KS, R, U>
+                <<<(unsigned)blocks, 32 * kMvWarps>>>(set, cols, aq, ad, nullptr, 1, 0, 0);
         }
         cudaEventRecord(e1);
         cudaEventSynchronize(e1);
