@@ -299,6 +299,12 @@ __host__ __device__ inline int merge_lanes(int hd, int n) {
     return S;
 }
 
+// Rows per block of attn_merge_rows_kernel: kMergeRowSet for each set of
+// S * hd threads it holds (one or two).
+__host__ __device__ inline int merge_rows_per_block(int hd) {
+    return kMergeThreads / (merge_lanes(hd, kMergeThreads) * hd) * kMergeRowSet;
+}
+
 __global__ void attn_merge_kernel(const float* partial, int n_split, int hd, int vrot,
                                   const float* basis_t, const float* mean, int n_head, int n_rep,
                                   float* out, int16_t* qs, int2* ds, const float* vsigns) {
@@ -386,8 +392,8 @@ __global__ void __launch_bounds__(kMergeThreads)
     constexpr int kMaxRows = 2 * kMergeRowSet;
     __shared__ __align__(16) float o[kMaxRows * kMaxHeadDim / 2];
     __shared__ float wsp[kMaxRows][kMergeRowEntries], lsum[kMaxRows];
-    const int S = merge_lanes(hd, kMergeThreads), n_sets = kMergeThreads / (S * hd);
-    const kv_rows rows = kv_row_block(blockIdx.x, n_tok, n_rep, n_sets * kMergeRowSet);
+    const int S = merge_lanes(hd, kMergeThreads), n_sets = merge_rows_per_block(hd) / kMergeRowSet;
+    const kv_rows rows = kv_row_block(blockIdx.x, n_tok, n_rep, merge_rows_per_block(hd));
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // A warp per row: the entries' maximum, weights and sum of weights.
     for (int j = warp; j < rows.n; j += kMergeThreads / 32) {
@@ -809,25 +815,26 @@ void cuda_attention_merge(const float* partial, int n_rows, int n_entries, int h
     if (act && !cuda_attention_writes_q16(hd))
         throw error("CUDA attention: q16 codes of the output need head_dim a multiple of 32");
     const int64_t cols = (int64_t)n_head * hd;
+    const int n_tok = n_rows / n_head;
+    int16_t* qs = act ? q16_codes(act) : nullptr;
+    int2* ds = act ? q16_scales(act, n_tok, cols) : nullptr;
+    // A pca prefill: the rows of one kv head share the block's reads of P^T.
+    if (basis_t && !vrot && n_entries <= kMergeRowEntries && n_tok >= kMergeRowMinTok) {
+        launch_pdl(attn_merge_rows_kernel,
+                   kv_row_blocks(n_tok, n_head / n_rep, n_rep, merge_rows_per_block(hd)),
+                   kMergeThreads, 0, s, partial, n_entries, hd, n_tok, basis_t, mean, n_head, n_rep,
+                   out, qs, ds);
+        KVRT_CUDA_CHECK(cudaGetLastError());
+        return;
+    }
     // Groups of hd threads each take every G-th entry, kMergeLoads at a time:
     // enough groups that each has about that many (a decode step's splits
     // over a long context), at least kMergeThreads threads; whole warps (the
     // kernel's sums are warp-wide, and head_dim 8 or 16 makes odd counts).
-    const int n_tok = n_rows / n_head;
-    if (basis_t && !vrot && n_entries <= kMergeRowEntries && n_tok >= kMergeRowMinTok) {
-        const int sets = kMergeThreads / (merge_lanes(hd, kMergeThreads) * hd);
-        launch_pdl(attn_merge_rows_kernel,
-                   kv_row_blocks(n_tok, n_head / n_rep, n_rep, sets * kMergeRowSet), kMergeThreads,
-                   0, s, partial, n_entries, hd, n_tok, basis_t, mean, n_head, n_rep, out,
-                   act ? q16_codes(act) : nullptr, act ? q16_scales(act, n_tok, cols) : nullptr);
-        KVRT_CUDA_CHECK(cudaGetLastError());
-        return;
-    }
     const int groups = (n_entries + kMergeLoads - 1) / kMergeLoads;
     const int threads = std::max(kMergeThreads, std::min(kMergeThreadsMax, (groups * hd + 31) / 32 * 32));
     launch_pdl(attn_merge_kernel, n_rows, threads, n_entries * sizeof(float), s, partial, n_entries,
-               hd, vrot, basis_t, mean, n_head, n_rep, out, act ? q16_codes(act) : nullptr,
-               act ? q16_scales(act, n_rows / n_head, cols) : nullptr, vsigns);
+               hd, vrot, basis_t, mean, n_head, n_rep, out, qs, ds, vsigns);
     KVRT_CUDA_CHECK(cudaGetLastError());
 }
 

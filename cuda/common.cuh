@@ -73,6 +73,9 @@ static __device__ __noinline__ void prefetch_l2(const void* p, size_t n) {
 #endif
 }
 
+// Whether $name is "0" (the switches that turn a CUDA path off).
+bool cuda_env_off(const char* name);
+
 // Whether kernels prefetch their weights into the L2 before waiting on the
 // kernel before ($KVRT_CUDA_PREFETCH=0 turns it off; asked once per process).
 bool cuda_prefetch_enabled();

@@ -128,7 +128,7 @@ public:
         bufs_.push_back(std::make_unique<dev_buf>((B + 1) * sizeof(int32_t)));
         tokens_ = bufs_.back()->as<int32_t>();
         KVRT_CUDA_CHECK(cudaMallocHost(&h_step_, 2 * sizeof(int32_t)));
-        if (const char* e = std::getenv("KVRT_CUDA_GRAPH")) use_graph_ = std::string(e) != "0";
+        if (cuda_env_off("KVRT_CUDA_GRAPH")) use_graph_ = false;
         bool q16 = true;
         if (const char* e = std::getenv("KVRT_CUDA_MATVEC")) {
             q16 = std::string(e) == "q16";

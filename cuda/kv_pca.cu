@@ -243,12 +243,13 @@ __global__ void __launch_bounds__(kMaxDim) kv_store_pca_kernel(cuda_pca p, int p
 // Per query row (t * n_head + h): qy = P_k (q * scale) [hd], the kept key
 // channels' weights w_i = qy_c step_c [hd], the rope-mean coefficients
 // A_i, B_i of the scaled query [hd], K = sum_kept qy_c lo_c. q turned by
-// rope as it is read, token t at position base + t. The R rows of one kv
-// head in rows (R > 1 for prefill) share one read of each row of P_k.
+// rope as it is read, token t at position base + t. Block b takes the R
+// rows of one kv head that kv_row_block gives it (R > 1 for prefill), which
+// share one read of each row of P_k.
 template <int R>
-__device__ void pca_query_rows(const cuda_pca& k, const float* q, int n_head, int n_rep,
-                               float scale, float* qprep, const kv_rows& rows, int base,
-                               const pca_rope& rope) {
+__device__ void pca_query_rows(const cuda_pca& k, const float* q, int n_tok, int n_head, int n_rep,
+                               float scale, float* qprep, int b, int base, const pca_rope& rope) {
+    const kv_rows rows = kv_row_block(b, n_tok, n_rep, R);
     const int kvh = rows.kvh, hd = k.head_dim, c = threadIdx.x;
     __shared__ __align__(16) float qs[R][kMaxDim];
     __shared__ float ys[R][kMaxDim], red[R][kMaxDim / 32];
@@ -265,15 +266,12 @@ __device__ void pca_query_rows(const cuda_pca& k, const float* q, int n_head, in
     const int kc = k.keep[(size_t)kvh * hd + c];
     const float step = k.step[(size_t)kvh * hd + kc], lo = k.lo[(size_t)kvh * hd + kc];
     const float* pr = k.pairs + ((size_t)kvh * (hd / 2) + c) * 5;
-    for (int j = 0; j < R; ++j) {
-        if (j >= rows.n) break;
-        ys[j][c] = y[j];
-        qprep[(size_t)kv_row(rows, j, n_head, n_rep) * (3 * hd + kQStride) + c] = y[j];
-    }
+    for (int j = 0; j < R; ++j) ys[j][c] = y[j];
     __syncthreads();
     for (int j = 0; j < R; ++j) {
         if (j >= rows.n) break;
         float* out = qprep + (size_t)kv_row(rows, j, n_head, n_rep) * (3 * hd + kQStride);
+        out[c] = y[j];
         float part = 0.0f;
         if (c < info[0]) {
             out[hd + c] = ys[j][kc] * step;
@@ -303,20 +301,12 @@ __host__ __device__ inline int query_rows(int n_tok) {
     return n_tok >= kQueryMinTok ? kQueryRows : 1;
 }
 
-// Block b's query rows of n_tok tokens (R of them per block).
-template <int R>
-__device__ void pca_query_block(const cuda_pca& k, const float* q, int n_tok, int n_head, int n_rep,
-                                float scale, float* qprep, int b, int base, const pca_rope& rope) {
-    pca_query_rows<R>(k, q, n_head, n_rep, scale, qprep, kv_row_block(b, n_tok, n_rep, R), base,
-                      rope);
-}
-
 template <int R>
 __global__ void __launch_bounds__(kMaxDim)
     pca_query_kernel(cuda_pca k, const float* q, int n_tok, int n_head, int n_rep, float scale,
                      float* qprep, int pos0, const int* pos_dev, pca_rope rope) {
-    pca_query_block<R>(k, q, n_tok, n_head, n_rep, scale, qprep, blockIdx.x,
-                       pos0 + (pos_dev ? *pos_dev : 0), rope);
+    pca_query_rows<R>(k, q, n_tok, n_head, n_rep, scale, qprep, blockIdx.x,
+                      pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 // Blocks that turn n_tok tokens' queries.
@@ -339,8 +329,8 @@ __global__ void __launch_bounds__(kMaxDim)
     if (b < n_store) return store_pca_block(k, pos0, pos_dev, n, xk, b % nb, b / nb, rope);
     b -= n_store;
     if (b < n_store) return store_pca_block(v, pos0, pos_dev, n, xv, b % nb, b / nb);
-    pca_query_block<R>(k, q, n, n_head, n_rep, scale, qprep, b - n_store,
-                       pos0 + (pos_dev ? *pos_dev : 0), rope);
+    pca_query_rows<R>(k, q, n, n_head, n_rep, scale, qprep, b - n_store,
+                      pos0 + (pos_dev ? *pos_dev : 0), rope);
 }
 
 struct pca_span_args {

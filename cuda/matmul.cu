@@ -27,23 +27,25 @@ void cuda_check(cudaError_t e, const char* what) {
         throw error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
 }
 
+bool cuda_env_off(const char* name) {
+    const char* e = std::getenv(name);
+    return e && std::string(e) == "0";
+}
+
 bool cuda_pdl_enabled() {
     static const bool on = [] {
-        if (const char* e = std::getenv("KVRT_CUDA_PDL"))
-            if (std::string(e) == "0") return false;
+        if (cuda_env_off("KVRT_CUDA_PDL")) return false;
         int dev = 0, major = 0;
         if (cudaGetDevice(&dev) != cudaSuccess) return false;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+            return false;
         return major >= 9;
     }();
     return on;
 }
 
 bool cuda_prefetch_enabled() {
-    static const bool on = [] {
-        const char* e = std::getenv("KVRT_CUDA_PREFETCH");
-        return !(e && std::string(e) == "0");
-    }();
+    static const bool on = !cuda_env_off("KVRT_CUDA_PREFETCH");
     return on;
 }
 
@@ -317,14 +319,13 @@ __global__ void __launch_bounds__(32 * kMvWarps)
     const int64_t rows = tg.rows;
     const int64_t nb = cols / 32, stride = q16_stride(cols);
     const plane_ptrs p = plane_ptrs_of((ggml_type)T, tg.w, rows * nb);
-    if (KS == 1 && pf && threadIdx.x == 0 && blockIdx.y == 0) {
+    if constexpr (KS == 1) {
         // The block's rows of every plane, fetched while the kernel before runs
         // (not where warps split rows: the call's registers would cost those
         // blocks a place per multiprocessor).
         constexpr weight_planes wp = planes_of((ggml_type)T);
-        const int64_t ra = bx * (R * kMvWarps / KS),
-                      rn = min((int64_t)(R * kMvWarps / KS), rows - ra);
-        if (rn > 0) {
+        const int64_t ra = bx * R * kMvWarps, rn = min((int64_t)R * kMvWarps, rows - ra);
+        if (pf && threadIdx.x == 0 && blockIdx.y == 0 && rn > 0) {
             prefetch_l2(p.qs + ra * nb * wp.qs, (size_t)(rn * nb * wp.qs));
             if (wp.qh) prefetch_l2(p.qh + ra * nb * wp.qh, (size_t)(rn * nb * wp.qh));
             prefetch_l2(p.sc + ra * nb * wp.sc, (size_t)(rn * nb * wp.sc));
