@@ -290,11 +290,47 @@ std::string kv_cache::format_name() const {
     return std::string("k=") + kv_type_name(type_k_) + ",v=" + kv_type_name(type_v_);
 }
 
+namespace {
+
+// "keys 3.07 bits on 94 % of channels, 32 rope pairs": the average code
+// bits of a pca plan's kept channels, the share of channels it keeps and
+// (keys) the rotary pairs per head whose mean the attention adds back. The
+// decode attention's work grows with the kept channels and pairs, not with
+// the bits, so plans of one budget can differ in speed.
+std::string pca_plan_shape(const char* name, const std::vector<std::vector<kv_pca_head>>& layers) {
+    size_t kept = 0, total = 0, code_bits = 0, pairs = 0, heads = 0;
+    for (const auto& layer : layers)
+        for (const kv_pca_head& h : layer) {
+            for (uint8_t b : h.bits) {
+                kept += b > 0;
+                code_bits += b;
+            }
+            total += h.bits.size();
+            ++heads;
+            for (size_t i = 0; i < h.rope_freq.size() && !h.rope_mean.empty(); ++i) {
+                const size_t a = i * h.pair_stride;
+                pairs += h.rope_mean[a] != 0.0f || h.rope_mean[a + h.pair_gap] != 0.0f;
+            }
+        }
+    if (!total) return "";
+    char buf[128];
+    int n = std::snprintf(buf, sizeof buf, "%s %.2f bits on %.0f %% of channels", name,
+                          kept ? (double)code_bits / kept : 0.0, 100.0 * kept / total);
+    if (pairs) std::snprintf(buf + n, sizeof buf - n, ", %.0f rope pairs", (double)pairs / heads);
+    return buf;
+}
+
+}  // namespace
+
 std::string kv_cache::summary_line() const {
     char buf[160];
     std::snprintf(buf, sizeof buf, "KV cache: %zu bytes, %.2f bits/element (%s)", bytes(),
                   bits_per_element(), format_name().c_str());
-    return buf;
+    std::string line = buf;
+    const std::string k = pca_plan_shape("keys", pca_k_), v = pca_plan_shape("values", pca_v_);
+    if (!k.empty() || !v.empty())
+        line += "; pca plan: " + k + (k.empty() || v.empty() ? "" : "; ") + v;
+    return line;
 }
 
 }  // namespace kvrt

@@ -155,6 +155,41 @@ def test_pca_windows_of_keys_and_values_apart(model_path, calib):
     assert 3.0 - 0.1 <= m.kv_bits_per_element <= 3.0 + 1e-9
 
 
+PLAN_SHAPE = (r"(keys|values) (\d+\.\d\d) bits on (\d+) % of channels(?:, (\d+) rope pairs)?")
+
+
+def plan_shape(summary: str) -> dict:
+    """The pca plan's shape from the KV summary line: per stream (average
+    code bits of kept channels, % of channels kept, rope pairs or None)."""
+    import re
+
+    assert "; pca plan: " in summary, summary
+    found = re.findall(PLAN_SHAPE, summary.split("; pca plan: ", 1)[1])
+    return {s: (float(b), int(p), int(r) if r else None) for s, b, p, r in found}
+
+
+def test_pca_plan_shape_in_summary(model_path, calib):
+    """The summary line says what the plan keeps; its kept channels times
+    their bits, plus the token scales and sinks, are the cache's measured
+    bits per element, and SmolLM2's keys keep all 32 rotary pairs' mean."""
+    n = 1024
+    m = kvrt.Model(model_path, n_ctx=n, n_threads=1, kv="pca:3", kv_calib=calib)
+    shape = plan_shape(m.kv_summary)
+    assert set(shape) == {"keys", "values"}
+    (bk, pk, rk), (bv, pv, rv) = shape["keys"], shape["values"]
+    assert rk == 32 and rv is None
+    # A real model's plan keeps most channels at a few bits each.
+    assert 50 <= pk <= 100 and 50 <= pv <= 100 and 2 <= bk <= 5 and 2 <= bv <= 5
+    sinks = 4  # KV_PCA_SINKS, kept as halves
+    code = (pk / 100 * bk + pv / 100 * bv) / 2
+    assert code + 8 / 64 + 16 * sinks / n == pytest.approx(m.kv_bits_per_element, abs=0.05)
+    # Only the pca stream has a plan; other formats print none.
+    m = kvrt.Model(model_path, n_ctx=n, n_threads=1, cache_type_k="pca:2", cache_type_v="q8_0",
+                   kv_calib=calib)
+    assert set(plan_shape(m.kv_summary)) == {"keys"}
+    assert "pca plan" not in kvrt.Model(model_path, n_ctx=64, n_threads=1, kv="q4_0").kv_summary
+
+
 def test_pca_quality_on_real_text(model_path, calib):
     """Perplexity on text the calibration did not see: pca at 6 bits is
     close to f16, and more bits never hurt."""

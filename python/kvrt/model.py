@@ -249,6 +249,9 @@ class Model:
     kv_bytes = property(lambda self: self._m.kv_bytes)
     kv_bits_per_element = property(lambda self: self._m.kv_bits_per_element)
     kv_format = property(lambda self: self._m.kv_format)
+    # The line kvrt-cli prints on stderr: bytes, bits per element, format and
+    # (pca) the plan's shape.
+    kv_summary = property(lambda self: self._m.kv_summary)
 
     def __repr__(self) -> str:
         return f"kvrt.Model({self.path!r}, n_ctx={self.n_ctx}) [{self._m.description}]"
