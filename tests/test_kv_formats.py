@@ -324,6 +324,26 @@ def test_calibrate_cli_refuses_to_overwrite(model_path, tmp_path):
     assert out.read_bytes() == b"keep me"
 
 
+def test_calibrate_without_probes_warns(model_path, calib, tmp_path):
+    """Without the KL probes the plan starves SmolLM2's keys; the command says
+    so, and a negative probe length is refused."""
+    cmd = [os.sys.executable, "-m", "kvrt", "calibrate", str(model_path), "--tokens", "1024",
+           "-c", "256", "-t", "2"]
+    out = tmp_path / "noprobe.kvcal.gguf"
+    r = subprocess.run([*cmd, "--probe-tokens", "0", "-o", str(out)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and "warning: --probe-tokens 0" in r.stderr, r.stderr
+    kept = {}
+    for name, side in (("none", out), ("probed", calib)):
+        m = kvrt.Model(model_path, n_ctx=1024, n_threads=1, kv="pca:3", kv_calib=side)
+        kept[name] = plan_shape(m.kv_summary)["keys"][1]
+    assert kept["none"] < 50 <= kept["probed"], kept
+    r = subprocess.run([*cmd, "--probe-tokens", "-1", "-o", str(tmp_path / "bad.kvcal.gguf")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "--probe-tokens" in r.stderr
+    assert not (tmp_path / "bad.kvcal.gguf").exists()
+
+
 KERNEL_SOURCES = [
     "cpp/quants.cpp",
     "cpp/cpu/quants_ref.cpp",

@@ -41,7 +41,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=4096,
                    help="calibration tokens used (default 4096)")
     p.add_argument("--probe-tokens", type=int, default=128,
-                   help="tokens per sensitivity probe (default 128; 0 skips the probes)")
+                   help="tokens per sensitivity probe (default 128; 0 skips the probes: "
+                   "quicker, but keys and values are then weighed by an unscaled proxy and "
+                   "the plan can be far off, for speed tests only)")
     p.add_argument("--probe-bits", type=float, default=2.0,
                    help="average bits of the probe configuration that scales the sensitivity "
                    "table (default 2.0)")
@@ -74,6 +76,9 @@ def main(args: argparse.Namespace) -> int:
     if not 0.5 <= args.probe_bits <= 8:
         print("error: --probe-bits must be in 0.5..8", file=sys.stderr)
         return 1
+    if args.probe_tokens < 0:
+        print("error: --probe-tokens must be 0 (no probes) or more", file=sys.stderr)
+        return 1
     if args.rope_pairs < -1:
         print("error: --rope-pairs must be -1 (all) or more", file=sys.stderr)
         return 1
@@ -81,6 +86,12 @@ def main(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         print(f"error: {out} exists (use --force to overwrite)", file=sys.stderr)
         return 1
+    if args.probe_tokens == 0:
+        # SmolLM2 at pca:3: keys kept on 15 % of channels and +604 % perplexity without the
+        # probes, 93 % and +5 % with them (docs/RESULTS.md).
+        print("warning: --probe-tokens 0: no KL probes, so the plan weighs keys against values "
+              "by an unscaled proxy and can lose far more quality; fine for speed tests only",
+              file=sys.stderr)
     try:
         r = _core.calibrate(os.fspath(model), text, os.fspath(out), n_ctx=args.ctx,
                             n_threads=args.threads, max_tokens=args.tokens,
