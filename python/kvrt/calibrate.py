@@ -42,8 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="calibration tokens used (default 4096)")
     p.add_argument("--probe-tokens", type=int, default=128,
                    help="tokens per sensitivity probe (default 128; 0 skips the probes: "
-                   "quicker, but keys and values are then weighed by an unscaled proxy and "
-                   "the plan can be far off, for speed tests only)")
+                   "quicker, but keys and values are then weighed by an unscaled proxy, and "
+                   "the plan can be far off both in quality and in the channels it keeps)")
     p.add_argument("--probe-bits", type=float, default=2.0,
                    help="average bits of the probe configuration that scales the sensitivity "
                    "table (default 2.0)")
@@ -90,8 +90,8 @@ def main(args: argparse.Namespace) -> int:
         # SmolLM2 at pca:3: keys kept on 15 % of channels and +604 % perplexity without the
         # probes, 93 % and +5 % with them (docs/RESULTS.md).
         print("warning: --probe-tokens 0: no KL probes, so the plan weighs keys against values "
-              "by an unscaled proxy and can lose far more quality; fine for speed tests only",
-              file=sys.stderr)
+              "by an unscaled proxy: it can lose far more quality and keep other channels than "
+              "a probed plan (so its decode speed is not a probed plan's either)", file=sys.stderr)
     try:
         r = _core.calibrate(os.fspath(model), text, os.fspath(out), n_ctx=args.ctx,
                             n_threads=args.threads, max_tokens=args.tokens,
