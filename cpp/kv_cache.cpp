@@ -307,10 +307,7 @@ std::string pca_plan_shape(const char* name, const std::vector<std::vector<kv_pc
             }
             total += h.bits.size();
             ++heads;
-            for (size_t i = 0; i < h.rope_freq.size() && !h.rope_mean.empty(); ++i) {
-                const size_t a = i * h.pair_stride;
-                pairs += h.rope_mean[a] != 0.0f || h.rope_mean[a + h.pair_gap] != 0.0f;
-            }
+            for (int i = 0; i < (int)h.rope_freq.size(); ++i) pairs += kv_pca_pair_held(h, i);
         }
     if (!total) return "";
     char buf[128];

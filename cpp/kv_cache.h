@@ -61,6 +61,14 @@ struct kv_pca_head {
     int pair_stride = 2, pair_gap = 1;  // NORM rope: (2i, 2i+1); NEOX: (i, i + n_rot/2)
 };
 
+// Whether rotary pair i of h has a mean the keys lose (every stream skips
+// the pairs whose mean is zero: they cost nothing).
+inline bool kv_pca_pair_held(const kv_pca_head& h, int i) {
+    if (h.rope_mean.empty()) return false;
+    const int a = i * h.pair_stride;
+    return h.rope_mean[a] != 0.0f || h.rope_mean[a + h.pair_gap] != 0.0f;
+}
+
 // One layer's keys or values: n_ctx positions x n_head_kv heads x head_dim.
 class kv_stream {
 public:

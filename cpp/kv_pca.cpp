@@ -69,8 +69,8 @@ public:
                     (nf - 1) * h.pair_stride + h.pair_gap >= hd_)
                     throw error("pca KV stream: inconsistent rope mean shapes");
                 for (int i = 0; i < (int)h.rope_freq.size(); ++i) {
+                    if (!kv_pca_pair_held(h, i)) continue;
                     const int a = i * h.pair_stride, b = a + h.pair_gap;
-                    if (h.rope_mean[a] == 0.0f && h.rope_mean[b] == 0.0f) continue;
                     const double turn = (double)KV_BLOCK_TOKENS * h.rope_freq[i];
                     g.pairs.push_back({a, b, h.rope_mean[a], h.rope_mean[b], h.rope_freq[i],
                                        std::cos(turn), std::sin(turn)});

@@ -1064,8 +1064,8 @@ cuda_pca_stream::cuda_pca_stream(const std::vector<kv_pca_head>& heads, int n_ct
             if ((int)p.rope_freq.size() != nf || p.pair_stride != h0.pair_stride || p.pair_gap != h0.pair_gap)
                 throw error("CUDA pca stream: heads differ in their rotary pairs");
             for (int i = 0; i < nf; ++i) {
+                if (!kv_pca_pair_held(p, i)) continue;
                 const int a = i * p.pair_stride, b = a + p.pair_gap;
-                if (p.rope_mean[a] == 0.0f && p.rope_mean[b] == 0.0f) continue;
                 float* pr = &pairs[((size_t)h * (hd / 2) + np) * 5];
                 pr[0] = (float)a;
                 pr[1] = (float)b;

@@ -10,6 +10,7 @@ meeting its budget, and the calibration sidecar's checks.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -161,8 +162,6 @@ PLAN_SHAPE = (r"(keys|values) (\d+\.\d\d) bits on (\d+) % of channels(?:, (\d+) 
 def plan_shape(summary: str) -> dict:
     """The pca plan's shape from the KV summary line: per stream (average
     code bits of kept channels, % of channels kept, rope pairs or None)."""
-    import re
-
     assert "; pca plan: " in summary, summary
     found = re.findall(PLAN_SHAPE, summary.split("; pca plan: ", 1)[1])
     return {s: (float(b), int(p), int(r) if r else None) for s, b, p, r in found}
